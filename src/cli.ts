@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+// The `tricaps` command: wiring only. User mistakes (bad flags, bad values, missing engines) print
+// one clear line and exit 2; anything else is a bug and prints its stack.
+import { Command, CommanderError } from 'commander';
+import { ZodError } from 'zod';
+import * as tf from '@tensorflow/tfjs-core';
+import { UsageError } from './shared/errors.js';
+import { registerModelCommands } from './cli/model-summary.js';
+import { registerTrainCommand } from './cli/train.js';
+import { registerBenchCommands } from './cli/bench.js';
+
+// Gradients for every tfjs op are registered by the union package (tfjs-core alone has none).
+import '@tensorflow/tfjs';
+
+function formatZod(err: ZodError): string {
+  return err.issues.map((i) => `${i.path.join('.') || 'config'}: ${i.message}`).join('; ');
+}
+
+async function main(argv: string[]): Promise<number> {
+  tf.env().set('PROD', true); // no "install tfjs-node" banner, no debug checks
+  const program = new Command('tricaps')
+    .description('Triplet Capsule Networks for clothing image retrieval')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerModelCommands(program);
+  registerTrainCommand(program);
+  registerBenchCommands(program);
+  for (const cmd of program.commands) {
+    cmd.exitOverride();
+    for (const sub of cmd.commands) sub.exitOverride();
+  }
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof UsageError) {
+      process.stderr.write(`tricaps: error: ${err.message}\n`);
+      return 2;
+    }
+    if (err instanceof ZodError) {
+      process.stderr.write(`tricaps: error: invalid configuration: ${formatZod(err)}\n`);
+      return 2;
+    }
+    process.stderr.write(`tricaps: internal error (please report): ${(err as Error).stack ?? err}\n`);
+    return 1;
+  }
+}
+
+main(process.argv).then((code) => {
+  // Exit explicitly: an engine (Dawn's navigator.gpu) can keep the event loop alive.
+  process.exitCode = code;
+  setImmediate(() => process.exit(code));
+});

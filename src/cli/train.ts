@@ -1,0 +1,107 @@
+// `tricaps train`: trains on the embedded synthetic catalogue with a progress bar, and prints
+// retrieval Recall@K on held-out items before and after training.
+import { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { ENGINE_NAMES } from '../shared/engine/engine.js';
+import { createLogger } from '../shared/log.js';
+import { ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
+import { MASK_MODES } from '../shared/model/embedding.js';
+import { MINING_STRATEGIES } from '../shared/model/mining.js';
+import { TrainConfigSchema, type TrainConfig } from '../shared/train-config.js';
+import type { EvaluationResult } from '../shared/eval/evaluate.js';
+import { trainLocal } from '../coordinator/train-local.js';
+import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
+
+export function addModelOptions(cmd: Command): Command {
+  return cmd
+    .option('--variant <v>', `model variant (${VARIANTS.join('|')})`, choiceOption(VARIANTS), 'sc')
+    .option('--image-size <n>', 'input side in pixels (multiple of 16)', intOption(16, 1024), 64)
+    .option('--width <x>', 'channel width multiplier', floatOption(0.01, 8), 1)
+    .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
+    .option('--routing-rule <r>', `routing logit update (${ROUTING_RULES.join('|')})`, choiceOption(ROUTING_RULES), 'reassign')
+    .option('--engine <e>', `compute engine (${ENGINE_NAMES.join('|')})`, choiceOption(ENGINE_NAMES), 'auto')
+    .option('--batch-triplets <n>', 'triplets per step (a PK batch of 3n images)', intOption(2, 4096), 16)
+    .option('--images-per-item <k>', 'K of the PK batch', intOption(2, 64), 3)
+    .option('--seed <n>', 'seed for initialisation, sampling and dropout', intOption(0, 2 ** 31), 1);
+}
+
+const evalMasks = collectChoices(MASK_MODES, ['predicted', 'oracle']);
+
+export function registerTrainCommand(program: Command): void {
+  const cmd = program.command('train').description('train TriCapsNet (today: in this process on the embedded synthetic catalogue)');
+  addModelOptions(cmd)
+    .option('--workers <n>', 'worker processes (0 = train in this process)', intOption(0, 256), 0)
+    .option('--steps <n>', 'optimizer steps', intOption(0), 100)
+    .option('--max-minutes <m>', 'stop training after this many minutes (0 = no limit)', floatOption(0), 0)
+    .option('--mining <m>', `in-batch triplet mining (${MINING_STRATEGIES.join('|')})`, choiceOption(MINING_STRATEGIES), 'batch-hard')
+    .option('--margin <x>', 'triplet margin on squared L2 distance', floatOption(0.001, 100), 2.0)
+    .option('--margin-loss-weight <x>', 'weight of the auxiliary capsule margin loss', floatOption(0, 100), 0)
+    .option('--lr <x>', 'Adam learning rate', floatOption(1e-8, 10), 1e-3)
+    .option('--items <n>', 'synthetic catalogue: items (half train, half query/gallery)', intOption(4, 100_000), 240)
+    .option('--views <n>', 'synthetic catalogue: images per item', intOption(2, 32), 4)
+    .option('--categories <n>', 'synthetic catalogue: categories (= class capsules)', intOption(2, 23), 6)
+    .option('--data-seed <n>', 'synthetic catalogue: seed', intOption(0, 2 ** 31), 7)
+    .option('--eval-mask <m...>', `capsule masks to report retrieval for (${MASK_MODES.join('|')})`, evalMasks.parse, evalMasks.defaults)
+    .option('--bn-momentum <x>', 'BatchNorm moving-average momentum (Keras: 0.99; lower suits short runs)', floatOption(0, 1), 0.99)
+    .option('--dropout <x>', 'spatial dropout rate', floatOption(0, 0.95), 0.3)
+    .option('--json', 'print the final result as one JSON line')
+    .action(async (o) => {
+      const cfg: TrainConfig = TrainConfigSchema.parse({
+        model: { variant: o.variant, imageSize: o.imageSize, width: o.width, routingIterations: o.routingIterations, routingRule: o.routingRule, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
+        optimizer: { learningRate: o.lr },
+        data: { items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
+        engine: o.engine,
+        workers: o.workers,
+        steps: o.steps,
+        maxMinutes: o.maxMinutes,
+        batchTriplets: o.batchTriplets,
+        imagesPerItem: o.imagesPerItem,
+        mining: o.mining,
+        margin: o.margin,
+        marginLossWeight: o.marginLossWeight,
+        evalMasks: o.evalMask,
+        seed: o.seed,
+      });
+      await runTraining(cfg, Boolean(o.json));
+    });
+}
+
+function recallLine(label: string, r: EvaluationResult): string {
+  const ks = Object.keys(r.recall).map(Number);
+  return `${label.padEnd(7)} ${r.mask.padEnd(9)} ${ks.map((k) => `R@${k} ${(r.recall[k] * 100).toFixed(1).padStart(5)}%`).join('  ')}`;
+}
+
+async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
+  const log = createLogger('train');
+  const bar = new cliProgress.SingleBar(
+    {
+      format: 'train |{bar}| step {value}/{total} | loss {loss} | active {active}% | {ips} img/s | eta {eta_formatted}',
+      stream: process.stderr,
+      noTTYOutput: true,
+      notTTYSchedule: 15_000,
+      hideCursor: true,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  const result = await trainLocal(cfg, log, {
+    onEvaluation: (phase) => {
+      if (phase === 'before') bar.start(cfg.steps, 0, { loss: '-', active: '-', ips: '-' });
+      else bar.stop();
+    },
+    onStep: (s) => bar.update(s.step + 1, { loss: s.loss.toFixed(4), active: ((100 * s.activeTriplets) / Math.max(1, s.triplets)).toFixed(0), ips: s.imagesPerSecond.toFixed(1) }),
+  });
+  const first = result.losses.slice(0, 10);
+  const last = result.losses.slice(-10);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  if (json) {
+    console.log(JSON.stringify({ engine: result.engine.name, steps: result.stepsRun, seconds: result.seconds, loss_first10: mean(first), loss_last10: mean(last), before: result.before, after: result.after }));
+    return;
+  }
+  const head = result.after[0];
+  console.log(`\nTrained ${result.stepsRun} steps in ${result.seconds.toFixed(0)} s on ${result.engine.name} (${result.engine.device}).`);
+  console.log(`Loss (mean of 10 steps): first ${mean(first).toFixed(4)} -> last ${mean(last).toFixed(4)}`);
+  console.log(`Retrieval on held-out items: ${head.queries} queries vs ${head.gallery} gallery images (mask "predicted" = longest capsule, "oracle" = true category)`);
+  result.before.forEach((r) => console.log(recallLine('before', r)));
+  result.after.forEach((r) => console.log(recallLine('after', r)));
+  console.log(`category accuracy (longest capsule): before ${(result.before[0].categoryAccuracy * 100).toFixed(1)}% -> after ${(head.categoryAccuracy * 100).toFixed(1)}%`);
+}

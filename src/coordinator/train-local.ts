@@ -1,0 +1,97 @@
+// Single-process training (`tricaps train --workers 0`): the step loop reads top to bottom —
+// plan the PK batch, load it, compute gradients (worker/trainer), apply them (optimizer) — with
+// retrieval evaluated before and after.
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine, type Engine } from '../shared/engine/engine.js';
+import { trainItems } from '../shared/data/catalogue.js';
+import { loadBatchTensor } from '../shared/data/batch.js';
+import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
+import { syntheticCatalogue } from '../shared/data/synthetic.js';
+import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
+import type { Logger } from '../shared/log.js';
+import { buildArchitecture } from '../shared/model/architecture.js';
+import { createModelState } from '../shared/model/params.js';
+import { hashInts } from '../shared/rng.js';
+import { itemsPerBatch, type TrainConfig } from '../shared/train-config.js';
+import { UsageError } from '../shared/errors.js';
+import { computeGradients, type StepStats } from '../worker/trainer.js';
+import { ParameterUpdater } from './optimizer.js';
+
+export interface StepReport extends StepStats {
+  step: number;
+  epoch: number;
+  seconds: number;
+  imagesPerSecond: number;
+  learningRate: number;
+}
+
+export interface TrainHooks {
+  onStart?(info: { engine: Engine; steps: number; stepsPerEpoch: number; trainItems: number }): void;
+  onStep?(report: StepReport): void;
+  onEvaluation?(phase: 'before' | 'after', results: EvaluationResult[]): void;
+}
+
+export interface TrainResult {
+  engine: Engine;
+  stepsRun: number;
+  before: EvaluationResult[];
+  after: EvaluationResult[];
+  losses: number[];
+  seconds: number;
+}
+
+export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHooks = {}): Promise<TrainResult> {
+  if (cfg.workers > 0) {
+    throw new UsageError(`--workers ${cfg.workers}: multi-worker training needs the coordinator, which is not built yet; use --workers 0 to train in this process`);
+  }
+  const engine = await initEngine(cfg.engine, log);
+  const catalogue = syntheticCatalogue(cfg.data);
+  const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
+  const model = createModelState(arch, cfg.seed);
+  const updater = new ParameterUpdater(model, cfg.optimizer);
+  const items = trainItems(catalogue);
+  const P = itemsPerBatch(cfg);
+  const perEpoch = stepsPerEpoch([...items.values()].filter((ids) => ids.length >= 2).length, P);
+  if (perEpoch === 0) throw new UsageError(`${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`);
+  log.info({ catalogue: catalogue.name, params: arch.params.length, stepsPerEpoch: perEpoch, itemsPerBatch: P }, 'training in this process');
+  hooks.onStart?.({ engine, steps: cfg.steps, stepsPerEpoch: perEpoch, trainItems: items.size });
+
+  const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
+  const before = await evaluateRetrieval(model, catalogue, evalOpts);
+  hooks.onEvaluation?.('before', before);
+
+  const started = performance.now();
+  const losses: number[] = [];
+  let step = 0;
+  for (; step < cfg.steps; step++) {
+    if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
+      log.warn({ step, maxMinutes: cfg.maxMinutes }, `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`);
+      break;
+    }
+    const stepStart = performance.now();
+    const epoch = Math.floor(step / perEpoch);
+    const plan = samplePkBatch({ seed: cfg.seed, epoch, step: step % perEpoch, itemsPerBatch: P, imagesPerItem: cfg.imagesPerItem, items });
+    const images = await loadBatchTensor(catalogue, plan.imageIds, arch.config.imageSize);
+    const result = computeGradients(
+      model,
+      { images, itemIds: plan.itemIds, categories: plan.imageIds.map((id) => catalogue.images[id].category) },
+      { mining: cfg.mining, margin: cfg.margin, marginLossWeight: cfg.marginLossWeight, conv: engine.conv, seed: hashInts(cfg.seed, epoch, step) },
+    );
+    updater.apply(result.grads, result.bnUpdates, epoch);
+    result.dispose();
+    images.dispose();
+    if (!Number.isFinite(result.stats.loss)) throw new Error(`step ${step}: loss is ${result.stats.loss}; stopping before the weights are spoiled further`);
+    losses.push(result.stats.loss);
+    const seconds = (performance.now() - stepStart) / 1000;
+    hooks.onStep?.({ ...result.stats, step, epoch, seconds, imagesPerSecond: plan.imageIds.length / seconds, learningRate: updater.learningRateAt(epoch) });
+    // Compute is synchronous: yield to the event loop so timers (progress bar, signals) run.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const trainSeconds = (performance.now() - started) / 1000;
+  const after = await evaluateRetrieval(model, catalogue, evalOpts);
+  hooks.onEvaluation?.('after', after);
+  updater.dispose();
+  model.dispose();
+  log.debug({ tensors: tf.memory().numTensors }, 'training finished');
+  return { engine, stepsRun: step, before, after, losses, seconds: trainSeconds };
+}

@@ -1,0 +1,118 @@
+// Engine selection: which TensorFlow.js backend runs the model, and which convolution gradient it
+// needs. `auto` probes the engines fastest first and says why each faster one was passed over.
+//   tensorflow  @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node (optional; users install it)
+//   webgpu      @tensorflow/tfjs-backend-webgpu on Dawn (npm "webgpu"), when a GPU adapter exists
+//   wasm        @tensorflow/tfjs-backend-wasm (XNNPACK), always available
+//   cpu         pure-JS reference backend, ~50x slower than wasm
+import * as tf from '@tensorflow/tfjs-core';
+import type { Logger } from '../log.js';
+import { UsageError } from '../errors.js';
+import type { Padding } from '../model/architecture.js';
+import { conv2dFastGrad } from './fast-conv.js';
+
+export const ENGINE_NAMES = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+export type EngineChoice = (typeof ENGINE_NAMES)[number];
+export type EngineName = Exclude<EngineChoice, 'auto'>;
+
+/** A convolution as the model calls it; engines differ in how its gradient is computed. */
+export type ConvFn = (x: tf.Tensor4D, filter: tf.Tensor4D, opts: { stride: number; padding: Padding; inputGrad?: boolean }) => tf.Tensor4D;
+
+export const stockConv: ConvFn = (x, filter, { stride, padding }) => tf.conv2d(x, filter, stride, padding);
+export const fastGradConv: ConvFn = conv2dFastGrad;
+
+export interface Engine {
+  name: EngineName;
+  /** The tfjs backend name registered for it ("tensorflow", "webgpu", "wasm", "cpu"). */
+  backend: string;
+  /** Human-readable device, e.g. the GPU adapter or "cpu (wasm simd, 1 thread)". */
+  device: string;
+  conv: ConvFn;
+  /** Why faster engines were not used (auto only). */
+  passedOver: { engine: EngineName; reason: string }[];
+}
+
+type Probe = () => Promise<{ device: string } | { unavailable: string }>;
+
+async function importOptional(name: string): Promise<unknown> {
+  // A variable specifier keeps bundlers and tsc from resolving packages that are not installed.
+  const specifier: string = name;
+  return import(specifier);
+}
+
+const probes: Record<EngineName, Probe> = {
+  async tensorflow() {
+    for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+      try {
+        await importOptional(pkg);
+        if (await tf.setBackend('tensorflow')) return { device: pkg.endsWith('-gpu') ? 'cuda (tfjs-node-gpu)' : 'cpu (tfjs-node)' };
+      } catch {
+        // try the next package
+      }
+    }
+    return {
+      unavailable:
+        'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (install one with `npm install @tensorflow/tfjs-node-gpu@4.22.0` on a machine that can download libtensorflow; the GPU build needs CUDA 11.2 and cuDNN 8.1)',
+    };
+  },
+  async webgpu() {
+    const g = globalThis as { navigator?: { gpu?: unknown } };
+    try {
+      if (!g.navigator?.gpu) {
+        const dawn = (await importOptional('webgpu')) as { create: (flags: string[]) => unknown; globals: object };
+        Object.assign(globalThis, dawn.globals);
+        const gpu = dawn.create([]);
+        if (!g.navigator) Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+        else Object.assign(g.navigator, { gpu });
+      }
+      const gpu = g.navigator!.gpu as { requestAdapter: (o?: object) => Promise<{ info?: { description?: string; vendor?: string; device?: string } } | null> };
+      const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+      if (!adapter) return { unavailable: 'Dawn found no GPU adapter (no Vulkan-capable GPU or Vulkan loader on this machine)' };
+      // The backend registers itself only if navigator.gpu exists when it is imported: import it now.
+      await import('@tensorflow/tfjs-backend-webgpu');
+      if (!(await tf.setBackend('webgpu'))) return { unavailable: 'the tfjs webgpu backend failed to initialise' };
+      const info = adapter.info ?? {};
+      return { device: info.description || info.device || info.vendor || 'webgpu adapter' };
+    } catch (err) {
+      return { unavailable: `the webgpu package could not start Dawn (${(err as Error).message})` };
+    }
+  },
+  async wasm() {
+    await import('@tensorflow/tfjs-backend-wasm');
+    if (!(await tf.setBackend('wasm'))) return { unavailable: 'the wasm backend failed to initialise' };
+    const threads = tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 'threaded' : '1 thread';
+    const simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT') ? 'simd' : 'no simd';
+    return { device: `cpu (wasm ${simd}, ${threads})` };
+  },
+  async cpu() {
+    await import('@tensorflow/tfjs-backend-cpu');
+    await tf.setBackend('cpu');
+    return { device: 'cpu (pure JavaScript reference backend)' };
+  },
+};
+
+/** Engines that need our convolution gradients (their stock backward kernels are missing or slow). */
+const FAST_GRAD_ENGINES = new Set<EngineName>(['wasm', 'webgpu']);
+
+const AUTO_ORDER: EngineName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
+
+/** Initialises the requested engine (or the fastest available for `auto`) and makes it current. */
+export async function initEngine(choice: EngineChoice, log?: Logger): Promise<Engine> {
+  if (!(ENGINE_NAMES as readonly string[]).includes(choice)) {
+    throw new UsageError(`unknown engine "${choice}": choose one of ${ENGINE_NAMES.join(', ')}`);
+  }
+  const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
+  const passedOver: Engine['passedOver'] = [];
+  for (const name of candidates) {
+    const result = await probes[name]();
+    if ('unavailable' in result) {
+      passedOver.push({ engine: name, reason: result.unavailable });
+      continue;
+    }
+    await tf.ready();
+    const engine: Engine = { name, backend: tf.getBackend(), device: result.device, conv: FAST_GRAD_ENGINES.has(name) ? fastGradConv : stockConv, passedOver };
+    log?.info({ engine: name, device: engine.device, passedOver }, `engine ${name} on ${engine.device}${choice === 'auto' ? ' (auto)' : ''}`);
+    return engine;
+  }
+  const why = passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ');
+  throw new UsageError(`engine "${choice}" is not available here: ${why}. Use --engine wasm (always available) or --engine auto.`);
+}

@@ -1,0 +1,44 @@
+// BatchNorm over NHWC activations (statistics per channel, over batch and space).
+//   x [N, H, W, C], gamma/beta/mean/variance [C] -> y [N, H, W, C]
+// Training mode has a hand-written backward pass: autodiff through tf.moments backpropagates
+// through Mean's gradient, which tiles/fills in JavaScript on wasm and dominated the step there.
+import * as tf from '@tensorflow/tfjs-core';
+
+export interface BatchNormTrainingResult {
+  y: tf.Tensor4D;
+  /** Batch mean and (biased) variance [C]: kept tensors, the caller disposes them. */
+  mean: tf.Tensor1D;
+  variance: tf.Tensor1D;
+}
+
+export function batchNormTraining(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
+  let stats: [tf.Tensor1D, tf.Tensor1D] | undefined;
+  const op = tf.customGrad(((xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const { mean, variance } = tf.moments(xIn, [0, 1, 2]);
+    const rstd = tf.rsqrt(tf.add(variance, epsilon));
+    const xhat = tf.mul(tf.sub(xIn, mean), rstd);
+    stats = [tf.keep(mean) as tf.Tensor1D, tf.keep(variance) as tf.Tensor1D];
+    save([xhat, g, rstd]);
+    return {
+      value: tf.add(tf.mul(xhat, g), b),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xh, gs, rs] = saved;
+        const count = xh.size / (xh.shape[3] as number);
+        const dbeta = tf.sum(dy, [0, 1, 2]);
+        const dgamma = tf.sum(tf.mul(dy, xh), [0, 1, 2]);
+        // dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+        const centered = tf.sub(tf.sub(dy, tf.div(dbeta, count)), tf.mul(xh, tf.div(dgamma, count)));
+        return [tf.mul(centered, tf.mul(gs, rs)), dgamma, dbeta];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const y = op(x, gamma, beta) as tf.Tensor4D;
+  return { y, mean: stats![0], variance: stats![1] };
+}
+
+export function batchNormInference(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, movingMean: tf.Tensor, movingVariance: tf.Tensor, epsilon: number): tf.Tensor4D {
+  return tf.tidy(() => {
+    const scale = tf.mul(gamma, tf.rsqrt(tf.add(movingVariance, epsilon)));
+    return tf.add(tf.mul(x, scale), tf.sub(beta, tf.mul(movingMean, scale))) as tf.Tensor4D;
+  });
+}

@@ -1,0 +1,75 @@
+// The `tricaps` command as a user types it: real child processes of dist/cli.js.
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+
+function tricaps(...args: string[]) {
+  const r = spawnSync(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, TRICAPS_LOG_LEVEL: 'warn' } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const lastJsonLine = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!);
+
+describe('tricaps CLI', () => {
+  it('model summary prints the reference parameter counts as JSON', () => {
+    const sc = tricaps('model', 'summary', '--variant', 'sc', '--image-size', '256', '--categories', '23', '--json');
+    expect(sc.code).toBe(0);
+    expect(JSON.parse(sc.stdout).params).toEqual({ total: 2_425_536, trainable: 2_425_024, nonTrainable: 512 });
+    const rc = tricaps('model', 'summary', '--variant', 'rc', '--image-size', '256', '--categories', '23', '--json');
+    expect(JSON.parse(rc.stdout).params).toEqual({ total: 4_845_952, trainable: 4_840_448, nonTrainable: 5_504 });
+    const table = tricaps('model', 'summary');
+    expect(table.stdout).toMatch(/total 2,425,536 parameters: 2,425,024 trainable, 512 BatchNorm buffers/);
+  });
+
+  it.each([
+    [['model', 'summary', '--bogus'], /unknown option '--bogus'/],
+    [['model', 'summary', '--variant', 'xx'], /"xx" is not one of sc, rc/],
+    [['model', 'summary', '--image-size', 'big'], /"big" is not an integer/],
+    [['model', 'summary', '--image-size', '100'], /imageSize: image size 100 is not a multiple of 16; try 96/],
+    [['train', '--workers', '2'], /multi-worker training needs the coordinator.*--workers 0/],
+    [['train', '--engine', 'tensorflow', '--steps', '0'], /tensorflow: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed \(install one with `npm install @tensorflow\/tfjs-node-gpu@4.22.0`/],
+    [['train', '--batch-triplets', '5', '--images-per-item', '4'], /15 images, not a whole number of items with 4 images each/],
+    [['train', '--items', '8', '--steps', '1'], /4 train items; a batch of 16 triplets needs 16/],
+    [['bench', 'engine', '--steps', '0'], /0 is outside 1..10000/],
+    [['nonsense'], /unknown command 'nonsense'/],
+  ])('%j fails with a clear message and exit code 2', (args, message) => {
+    const r = tricaps(...args);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).not.toMatch(/^\s+at /m); // no stack trace for user mistakes
+  });
+
+  it('--engine webgpu either runs on a GPU adapter or says why it cannot', () => {
+    const r = tricaps('train', '--engine', 'webgpu', '--steps', '0', '--items', '32', '--batch-triplets', '4', '--image-size', '16', '--json');
+    if (r.code === 0) expect(lastJsonLine(r.stdout).engine).toBe('webgpu');
+    else {
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/engine "webgpu" is not available here: webgpu: .*Use --engine wasm/);
+    }
+  });
+
+  it.each(['model summary', 'train', 'bench engine'])('%s --help documents its flags', (cmd) => {
+    const r = tricaps(...cmd.split(' '), '--help');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/Usage: tricaps/);
+    expect(r.stdout).toMatch(/--variant/);
+  });
+
+  it('train runs end to end and reports Recall@K before and after as JSON', () => {
+    const r = tricaps('train', '--engine', 'wasm', '--steps', '3', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const out = lastJsonLine(r.stdout);
+    expect(out.steps).toBe(3);
+    expect(out.before.map((e: { mask: string }) => e.mask)).toEqual(['predicted', 'oracle']);
+    expect(Object.keys(out.after[0].recall)).toEqual(['1', '10', '20', '30', '40', '50']);
+    expect(out.after[0].queries).toBeGreaterThan(0);
+  });
+
+  it('bench engine prints one JSON line with timings and a tensor count that does not grow', () => {
+    const r = tricaps('bench', 'engine', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--steps', '3');
+    expect(r.code, r.stderr).toBe(0);
+    const out = lastJsonLine(r.stdout);
+    expect(out).toMatchObject({ bench: 'engine', engine: 'wasm', variant: 'sc', image_size: 32, images_per_step: 12, steps: 3, tensor_growth: 0 });
+    expect(out.ms_per_step.min).toBeGreaterThan(0);
+    expect(out.images_per_s).toBeGreaterThan(0);
+  });
+});

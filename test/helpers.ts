@@ -1,0 +1,25 @@
+// Shared test helpers: backend switching and numeric comparison.
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import '@tensorflow/tfjs-backend-wasm';
+
+export async function useBackend(name: 'cpu' | 'wasm'): Promise<void> {
+  await tf.setBackend(name);
+  await tf.ready();
+}
+
+/** max |a - b| / max(|b|, tiny): a scale-aware relative error. */
+export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length mismatch ${a.length} vs ${b.length}`);
+  let maxDiff = 0;
+  let maxRef = 1e-12;
+  for (let i = 0; i < a.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
+    maxRef = Math.max(maxRef, Math.abs(b[i]));
+  }
+  return maxDiff / maxRef;
+}
+
+export function seededNormal(shape: number[], seed: number): tf.Tensor {
+  return tf.randomNormal(shape, 0, 1, 'float32', seed);
+}

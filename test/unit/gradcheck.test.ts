@@ -1,0 +1,77 @@
+// Whole-model gradient checks: finite differences of the loss on the cpu engine (stock kernels),
+// and the wasm engine's fast convolution gradients against the cpu engine's stock ones.
+import { describe, expect, it } from 'vitest';
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs';
+import { fastGradConv, stockConv } from '../../src/shared/engine/engine.js';
+import { Rng } from '../../src/shared/rng.js';
+import { computeGradients, type LossOptions } from '../../src/worker/trainer.js';
+import { useBackend } from '../helpers.js';
+import { tinyBatch, tinyModel } from '../tiny-model.js';
+
+// Random mining with a fixed seed: the triplets do not move when the weights are perturbed; a margin
+// above the largest possible d(a,p) - d(a,n) (4 on unit vectors) keeps every hinge active.
+const loss: LossOptions = { mining: 'random', margin: 4.5, marginLossWeight: 0.5 };
+
+describe('gradients of the whole loss', () => {
+  it.each(['sc', 'rc'] as const)('%s: match central finite differences per parameter (cpu engine)', async (variant) => {
+    await useBackend('cpu');
+    const model = tinyModel({ variant });
+    const batch = tinyBatch();
+    const opts = { ...loss, conv: stockConv, seed: 4 };
+    const evalLoss = () => {
+      const r = computeGradients(model, batch, opts);
+      r.dispose();
+      return r.stats.loss;
+    };
+    const analytic = computeGradients(model, batch, opts);
+    const rng = new Rng(17);
+    // Small steps (ReLU kinks and curvature bias larger ones); float32 rounding across a forward pass
+    // (~1e-6 of a loss of ~4) then leaves a few 1e-3 of noise per quotient: the absolute term.
+    const eps = 1e-3;
+    const failures: string[] = [];
+    for (const [name, variable] of model.trainable) {
+      const original = variable.dataSync().slice() as Float32Array;
+      const direction = Float32Array.from(original, () => rng.normal());
+      const norm = Math.hypot(...direction);
+      direction.forEach((_, i) => (direction[i] /= norm));
+      const shifted = (sign: number) => {
+        variable.assign(tf.tensor(original.map((v, i) => v + sign * eps * direction[i]), variable.shape));
+        return evalLoss();
+      };
+      const numeric = (shifted(1) - shifted(-1)) / (2 * eps);
+      variable.assign(tf.tensor(original, variable.shape));
+      const g = analytic.grads.get(name)!.dataSync();
+      const exact = g.reduce((s, v, i) => s + v * direction[i], 0);
+      if (Math.abs(exact - numeric) > 5e-2 * Math.max(Math.abs(exact), Math.abs(numeric)) + 5e-3) failures.push(`${name}: analytic ${exact} vs numeric ${numeric}`);
+    }
+    analytic.dispose();
+    expect(failures).toEqual([]);
+    model.dispose();
+  });
+
+  it.each(['sc', 'rc'] as const)('%s: wasm engine with fast conv gradients equals cpu stock gradients', async (variant) => {
+    const grads = async (backend: 'cpu' | 'wasm') => {
+      await useBackend(backend);
+      const model = tinyModel({ variant });
+      const batch = tinyBatch();
+      const r = computeGradients(model, batch, { ...loss, conv: backend === 'wasm' ? fastGradConv : stockConv, seed: 4 });
+      const out = new Map([...r.grads].map(([k, v]) => [k, v.dataSync().slice()]));
+      r.dispose();
+      model.dispose();
+      return out;
+    };
+    const cpu = await grads('cpu');
+    const wasm = await grads('wasm');
+    expect([...wasm.keys()]).toEqual([...cpu.keys()]);
+    // Biases in front of BatchNorm have a true gradient of 0 (BN removes any shift): compare those
+    // against the scale of all gradients, the rest against their own.
+    const globalScale = Math.max(...[...cpu.values()].map((g) => Math.max(...g.map(Math.abs))));
+    for (const [name, g] of cpu) {
+      const own = Math.max(...g.map(Math.abs));
+      const tolerance = own < 1e-4 * globalScale ? 1e-4 * globalScale : 1e-3 * own;
+      const diff = Math.max(...g.map((v, i) => Math.abs(v - wasm.get(name)![i])));
+      expect(diff, name).toBeLessThan(tolerance);
+    }
+  });
+});
