@@ -24,10 +24,11 @@ test: build
 	npx vitest run
 
 # The main job on the embedded default: SC TriCapsNet on the synthetic catalogue, wasm engine,
-# a few minutes on 2 cores, Recall@K before and after training.
+# a few minutes on 2 cores, Recall@K before and after training. Settings that make a short run
+# learn (see README, "Training notes"): mean routing pool, BN momentum 0.9, capsule margin loss.
 demo: build
 	node dist/cli.js train --workers 0 --engine wasm --variant sc --image-size 64 \
-	  --steps 90 --max-minutes 6 --bn-momentum 0.9 --margin-loss-weight 0.5
+	  --steps 120 --max-minutes 6 --mining random --routing-pool mean --bn-momentum 0.9 --margin-loss-weight 0.5
 
 bench: build
 	node dist/cli.js bench engine --engine wasm --variant sc --image-size 64 --batch-triplets 16 --steps 5

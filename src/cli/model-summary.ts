@@ -1,7 +1,7 @@
 // `tricaps model summary`: layer shapes, parameter counts and forward cost, as a table or JSON.
 import type { Command } from 'commander';
 import { buildArchitecture, forwardMacsPerImage, parameterCounts } from '../shared/model/architecture.js';
-import { modelConfig, ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
+import { modelConfig, ROUTING_POOLS, ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
 import { choiceOption, floatOption, intOption } from './options.js';
 
 export function registerModelCommands(program: Command): void {
@@ -17,10 +17,11 @@ export function registerModelCommands(program: Command): void {
     .option('--class-dim <n>', 'class capsule dimension', intOption(2, 64), 16)
     .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
     .option('--routing-rule <r>', `routing logit update (${ROUTING_RULES.join('|')})`, choiceOption(ROUTING_RULES), 'reassign')
+    .option('--routing-pool <p>', `class capsule input (${ROUTING_POOLS.join('|')})`, choiceOption(ROUTING_POOLS), 'sum')
     .option('--json', 'print JSON instead of a table')
     .action((o) => {
       const arch = buildArchitecture(
-        modelConfig({ variant: o.variant, imageSize: o.imageSize, categories: o.categories, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule }),
+        modelConfig({ variant: o.variant, imageSize: o.imageSize, categories: o.categories, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool }),
       );
       const counts = parameterCounts(arch);
       const macs = forwardMacsPerImage(arch);

@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
-import { ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
+import { ROUTING_POOLS, ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
 import { MASK_MODES } from '../shared/model/embedding.js';
 import { MINING_STRATEGIES } from '../shared/model/mining.js';
 import { TrainConfigSchema, type TrainConfig } from '../shared/train-config.js';
@@ -19,6 +19,7 @@ export function addModelOptions(cmd: Command): Command {
     .option('--width <x>', 'channel width multiplier', floatOption(0.01, 8), 1)
     .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
     .option('--routing-rule <r>', `routing logit update (${ROUTING_RULES.join('|')})`, choiceOption(ROUTING_RULES), 'reassign')
+    .option('--routing-pool <p>', `class capsule input: coupling-weighted ${ROUTING_POOLS.join('|')} of predictions (sum = reference)`, choiceOption(ROUTING_POOLS), 'sum')
     .option('--engine <e>', `compute engine (${ENGINE_NAMES.join('|')})`, choiceOption(ENGINE_NAMES), 'auto')
     .option('--batch-triplets <n>', 'triplets per step (a PK batch of 3n images)', intOption(2, 4096), 16)
     .option('--images-per-item <k>', 'K of the PK batch', intOption(2, 64), 3)
@@ -33,7 +34,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--workers <n>', 'worker processes (0 = train in this process)', intOption(0, 256), 0)
     .option('--steps <n>', 'optimizer steps', intOption(0), 100)
     .option('--max-minutes <m>', 'stop training after this many minutes (0 = no limit)', floatOption(0), 0)
-    .option('--mining <m>', `in-batch triplet mining (${MINING_STRATEGIES.join('|')})`, choiceOption(MINING_STRATEGIES), 'batch-hard')
+    .option('--mining <m>', `in-batch triplet mining (${MINING_STRATEGIES.join('|')})`, choiceOption(MINING_STRATEGIES), 'random')
     .option('--margin <x>', 'triplet margin on squared L2 distance', floatOption(0.001, 100), 2.0)
     .option('--margin-loss-weight <x>', 'weight of the auxiliary capsule margin loss', floatOption(0, 100), 0)
     .option('--lr <x>', 'Adam learning rate', floatOption(1e-8, 10), 1e-3)
@@ -47,7 +48,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--json', 'print the final result as one JSON line')
     .action(async (o) => {
       const cfg: TrainConfig = TrainConfigSchema.parse({
-        model: { variant: o.variant, imageSize: o.imageSize, width: o.width, routingIterations: o.routingIterations, routingRule: o.routingRule, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
+        model: { variant: o.variant, imageSize: o.imageSize, width: o.width, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
         optimizer: { learningRate: o.lr },
         data: { items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
         engine: o.engine,

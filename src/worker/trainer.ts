@@ -1,10 +1,11 @@
 // Computes gradients for one batch (a worker's shard) on the current engine. No network, no
 // optimizer: the result is handed to whoever applies it (the local loop or, later, the coordinator).
-// Data flow: images -> forward -> masked embeddings -> distances -> in-batch mining -> loss -> grads.
+// Data flow: images -> forward -> unit capsules -> anchor-masked distances -> in-batch mining -> loss
+// -> grads.
 import * as tf from '@tensorflow/tfjs-core';
 import type { ConvFn } from '../shared/engine/engine.js';
-import { embed } from '../shared/model/embedding.js';
-import { capsuleMarginLoss, pairwiseSquaredDistances, tripletLoss } from '../shared/model/loss.js';
+import { anchorMaskedDistances, capsuleMarginLoss, tripletLoss } from '../shared/model/loss.js';
+import { l2Normalize } from '../shared/model/squash.js';
 import { mineTriplets, type MiningStrategy } from '../shared/model/mining.js';
 import type { ModelState } from '../shared/model/params.js';
 import { paramName } from '../shared/model/params.js';
@@ -60,12 +61,12 @@ export function computeGradients(
   const { value, grads } = tf.variableGrads(() => {
     const out = forward(model, batch.images, { training: true, conv: opts.conv, dropoutSeed: opts.seed });
     bnUpdates = out.bnUpdates;
-    const embeddings = embed(out.capsules, 'oracle', batch.categories);
-    const distances = pairwiseSquaredDistances(embeddings);
+    // Masked with the anchor's category (reference); the miner reads the same distances.
+    const distances = anchorMaskedDistances(l2Normalize(out.capsules) as tf.Tensor3D, batch.categories);
     // Mining reads values only: the choice of triplets carries no gradient.
     const mining = mineTriplets(opts.mining, { distances: distances.dataSync(), labels: batch.itemIds, margin: opts.margin, seed: opts.seed });
     mined = { triplets: mining.triplets.length, skippedAnchors: mining.skippedAnchors };
-    const triplet = tripletLoss(embeddings, mining.triplets, opts.margin);
+    const triplet = tripletLoss(distances, mining.triplets, opts.margin);
     let loss = triplet.loss;
     if (opts.marginLossWeight > 0) loss = tf.add(loss, tf.mul(capsuleMarginLoss(out.capsules, batch.categories), opts.marginLossWeight));
     if (mining.triplets.length > 0) {

@@ -58,3 +58,25 @@ describe('in-batch triplet mining', () => {
     expect(() => mineTriplets('batch-hard', { distances: [0, 1], labels: [0, 1], margin: 1 })).toThrow(/2 entries for 2 labels/);
   });
 });
+
+describe('anchor-masked training distances', () => {
+  it('compare the anchor category capsule of both images, and equal the masked flat embeddings', async () => {
+    const tf = await import('@tensorflow/tfjs-core');
+    await import('@tensorflow/tfjs');
+    const { useBackend } = await import('../helpers.js');
+    const { anchorMaskedDistances, pairwiseSquaredDistances } = await import('../../src/shared/model/loss.js');
+    const { l2Normalize } = await import('../../src/shared/model/squash.js');
+    await useBackend('cpu');
+    const unit = l2Normalize(tf.randomNormal([4, 3, 5], 0, 1, 'float32', 7)) as import('@tensorflow/tfjs-core').Tensor3D;
+    const categories = [0, 2, 2, 1];
+    const d = anchorMaskedDistances(unit, categories).arraySync();
+    const u = unit.arraySync();
+    for (let a = 0; a < 4; a++) {
+      // Reference: mask every image with the anchor's category, flatten, squared distance.
+      const masked = tf.tensor2d(u.map((caps) => caps.flatMap((v, c) => (c === categories[a] ? v : v.map(() => 0)))));
+      const row = pairwiseSquaredDistances(masked).arraySync()[a];
+      for (let x = 0; x < 4; x++) expect(d[a][x]).toBeCloseTo(row[x], 5);
+    }
+    expect(d[0][1]).not.toBeCloseTo(d[1][0], 3); // different categories: not symmetric
+  });
+});

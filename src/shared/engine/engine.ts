@@ -4,6 +4,8 @@
 //   webgpu      @tensorflow/tfjs-backend-webgpu on Dawn (npm "webgpu"), when a GPU adapter exists
 //   wasm        @tensorflow/tfjs-backend-wasm (XNNPACK), always available
 //   cpu         pure-JS reference backend, ~50x slower than wasm
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Logger } from '../log.js';
 import { UsageError } from '../errors.js';
@@ -31,6 +33,13 @@ export interface Engine {
   passedOver: { engine: EngineName; reason: string }[];
 }
 
+/** Linux only: Dawn reaches GPUs through Vulkan, whose loader must be installed. */
+function vulkanLoaderPresent(): boolean {
+  if (process.platform !== 'linux') return true;
+  const dirs = [...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean), '/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/lib/x86_64-linux-gnu', '/lib64', '/usr/local/lib'];
+  return dirs.some((d) => existsSync(join(d, 'libvulkan.so.1')));
+}
+
 type Probe = () => Promise<{ device: string } | { unavailable: string }>;
 
 async function importOptional(name: string): Promise<unknown> {
@@ -56,6 +65,10 @@ const probes: Record<EngineName, Probe> = {
   },
   async webgpu() {
     const g = globalThis as { navigator?: { gpu?: unknown } };
+    if (!g.navigator?.gpu && !vulkanLoaderPresent()) {
+      // Dawn would print a native warning and find nothing: say so without loading it.
+      return { unavailable: 'no Vulkan loader (libvulkan.so.1) on this machine; install libvulkan1 and a GPU driver for the webgpu engine' };
+    }
     try {
       if (!g.navigator?.gpu) {
         const dawn = (await importOptional('webgpu')) as { create: (flags: string[]) => unknown; globals: object };

@@ -72,7 +72,7 @@ const agreementProduct = tf.customGrad(((u: tf.Tensor, v: tf.Tensor, save: tf.Gr
 export function classCapsules(
   u: tf.Tensor3D,
   weight: tf.Tensor2D,
-  cfg: Pick<ModelConfig, 'categories' | 'classCapsuleDim' | 'routingIterations' | 'routingRule'>,
+  cfg: Pick<ModelConfig, 'categories' | 'classCapsuleDim' | 'routingIterations' | 'routingRule'> & Partial<Pick<ModelConfig, 'routingPool'>>,
 ): tf.Tensor3D {
   return tf.tidy(() => {
     const [batch, inCaps] = u.shape;
@@ -84,7 +84,9 @@ export function classCapsules(
     for (let iteration = 0; iteration < cfg.routingIterations; iteration++) {
       const coupling = tf.softmax(logits); // over output capsules
       const c = tf.reshape(tf.transpose(coupling, [0, 2, 1]), [batch * classes, 1, inCaps]);
-      const s = tf.reshape(weightedSum(c, uHat), [batch, classes, outDim]);
+      let pooled = weightedSum(c, uHat) as tf.Tensor;
+      if (cfg.routingPool === 'mean') pooled = tf.div(pooled, tf.sum(c, 2, true));
+      const s = tf.reshape(pooled, [batch, classes, outDim]);
       v = squash(s) as tf.Tensor3D;
       if (iteration < cfg.routingIterations - 1) {
         const agreement = agreementProduct(uHat, tf.reshape(v, [batch * classes, outDim, 1])); // [b*classes, inCaps, 1]

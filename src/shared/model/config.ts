@@ -4,6 +4,7 @@ import { z } from 'zod';
 
 export const ROUTING_RULES = ['reassign', 'accumulate'] as const;
 export const VARIANTS = ['sc', 'rc'] as const;
+export const ROUTING_POOLS = ['sum', 'mean'] as const;
 
 export const ModelConfigSchema = z
   .object({
@@ -20,6 +21,12 @@ export const ModelConfigSchema = z
     routingIterations: z.number().int().min(1).max(10).default(3),
     /** "reassign": b = <v, u_hat> (reference code); "accumulate": b += <v, u_hat> (capsule paper). */
     routingRule: z.enum(ROUTING_RULES).default('reassign'),
+    /**
+     * "sum": s_j = sum_i c_ij u_hat (reference). Its norm grows with the number of primary capsules
+     * (8,192 at 256px), so class capsules start saturated (|v| ~ 0.9997 at init, squash gradient ~0).
+     * "mean": the same sum divided by sum_i c_ij, which keeps |s_j| independent of the input count.
+     */
+    routingPool: z.enum(ROUTING_POOLS).default('sum'),
     /** SpatialDropout rate after the feature blocks (channel-wise). */
     dropout: z.number().min(0).max(0.95).default(0.3),
     /** Keras defaults carried by the reference: LeakyReLU alpha 0.3, BN epsilon 1e-3, momentum 0.99. */

@@ -13,6 +13,25 @@ export function pairwiseSquaredDistances(embeddings: tf.Tensor2D): tf.Tensor2D {
   });
 }
 
+/**
+ * Training distances with the anchor's mask (reference): every image of a triplet is masked with the
+ * anchor's category, so D[a, x] = |unit(v_x)[cat(a)] - unit(v_a)[cat(a)]|^2 compares the same
+ * capsule in both images. Not symmetric when categories differ.
+ *   unitCapsules [n, classes, dim] (L2-normalised), categories [n] -> D [n, n]
+ * (Masking each image with its own category instead would put every cross-category pair at
+ * exactly 2, so random negatives would carry no gradient and embeddings collapse.)
+ */
+export function anchorMaskedDistances(unitCapsules: tf.Tensor3D, categories: number[]): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [n, classes, dim] = unitCapsules.shape;
+    const mask = tf.oneHot(tf.tensor1d(categories, 'int32'), classes); // [n, classes]
+    const own = tf.sum(tf.mul(unitCapsules, tf.expandDims(mask, 2)), 1); // [n, dim]: U[a, cat(a)]
+    const byClass = tf.reshape(tf.transpose(unitCapsules, [1, 0, 2]), [classes, n * dim]);
+    const others = tf.reshape(tf.matMul(mask, byClass), [n, n, dim]); // [a, x]: U[x, cat(a)]
+    return tf.sum(tf.square(tf.sub(tf.expandDims(own, 1), others)), -1) as tf.Tensor2D;
+  });
+}
+
 export interface TripletLossResult {
   loss: tf.Scalar;
   /** Per-triplet hinge values (for statistics). */
@@ -22,25 +41,23 @@ export interface TripletLossResult {
 }
 
 /**
- * Triplet loss on the embeddings of mined triplets. With no triplets the loss is 0.
- * Rows are selected by matMul with a signed one-hot matrix ((A - P) e = a - p): gather's gradient
- * needs UnsortedSegmentSum, which the wasm backend lacks.
+ * Triplet loss from a (differentiable) distance matrix and mined triplets; 0 without triplets.
+ * Entries are picked by a matMul with one-hot rows: gather's gradient needs UnsortedSegmentSum,
+ * which the wasm backend lacks.
  */
-export function tripletLoss(embeddings: tf.Tensor2D, triplets: Triplet[], margin: number): TripletLossResult {
-  const n = embeddings.shape[0];
+export function tripletLoss(distances: tf.Tensor2D, triplets: Triplet[], margin: number): TripletLossResult {
+  const n = distances.shape[0];
   if (triplets.length === 0) {
     return { loss: tf.scalar(0), hinge: tf.zeros([0]) as tf.Tensor1D, positiveDistances: tf.zeros([0]) as tf.Tensor1D, negativeDistances: tf.zeros([0]) as tf.Tensor1D };
   }
-  const selector = (other: (t: Triplet) => number): tf.Tensor2D => {
-    const m = new Float32Array(triplets.length * n);
-    triplets.forEach((t, i) => {
-      m[i * n + t.anchor] += 1;
-      m[i * n + other(t)] -= 1;
-    });
-    return tf.tensor2d(m, [triplets.length, n]);
+  const flat = tf.reshape(distances, [n * n, 1]);
+  const pick = (index: (t: Triplet) => number): tf.Tensor1D => {
+    const rows = new Float32Array(triplets.length * n * n);
+    triplets.forEach((t, i) => (rows[i * n * n + index(t)] = 1));
+    return tf.reshape(tf.matMul(tf.tensor2d(rows, [triplets.length, n * n]), flat), [triplets.length]) as tf.Tensor1D;
   };
-  const positiveDistances = tf.sum(tf.square(tf.matMul(selector((t) => t.positive), embeddings)), 1) as tf.Tensor1D;
-  const negativeDistances = tf.sum(tf.square(tf.matMul(selector((t) => t.negative), embeddings)), 1) as tf.Tensor1D;
+  const positiveDistances = pick((t) => t.anchor * n + t.positive);
+  const negativeDistances = pick((t) => t.anchor * n + t.negative);
   const hinge = tf.relu(tf.add(tf.sub(positiveDistances, negativeDistances), margin)) as tf.Tensor1D;
   return { loss: tf.mean(hinge) as tf.Scalar, hinge, positiveDistances, negativeDistances };
 }
