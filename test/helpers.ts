@@ -3,6 +3,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 
+tf.env().set('PROD', true); // no "install tfjs-node" banner in test output
+
 export async function useBackend(name: 'cpu' | 'wasm'): Promise<void> {
   await tf.setBackend(name);
   await tf.ready();
