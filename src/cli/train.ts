@@ -17,6 +17,8 @@ export function addModelOptions(cmd: Command): Command {
     .option('--variant <v>', `model variant (${VARIANTS.join('|')})`, choiceOption(VARIANTS), 'sc')
     .option('--image-size <n>', 'input side in pixels (multiple of 16)', intOption(16, 1024), 64)
     .option('--width <x>', 'channel width multiplier', floatOption(0.01, 8), 1)
+    .option('--primary-dim <n>', 'primary capsule dimension', intOption(2, 64), 16)
+    .option('--class-dim <n>', 'class capsule dimension', intOption(2, 64), 16)
     .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
     .option('--routing-rule <r>', `routing logit update (${ROUTING_RULES.join('|')})`, choiceOption(ROUTING_RULES), 'reassign')
     .option('--routing-pool <p>', `class capsule input: coupling-weighted ${ROUTING_POOLS.join('|')} of predictions (sum = reference)`, choiceOption(ROUTING_POOLS), 'sum')
@@ -48,7 +50,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--json', 'print the final result as one JSON line')
     .action(async (o) => {
       const cfg: TrainConfig = TrainConfigSchema.parse({
-        model: { variant: o.variant, imageSize: o.imageSize, width: o.width, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
+        model: { variant: o.variant, imageSize: o.imageSize, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
         optimizer: { learningRate: o.lr },
         data: { items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
         engine: o.engine,
