@@ -2,10 +2,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
+import { installSharedIdentityForWasm } from '../src/shared/engine/wasm-identity.js';
 
 tf.env().set('PROD', true); // no "install tfjs-node" banner in test output
 
 export async function useBackend(name: 'cpu' | 'wasm'): Promise<void> {
+  if (name === 'wasm') installSharedIdentityForWasm(); // as the wasm engine runs it
   await tf.setBackend(name);
   await tf.ready();
 }

@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import { UsageError } from '../errors.js';
 import type { Padding } from '../model/architecture.js';
 import { conv2dFastGrad } from './fast-conv.js';
+import { installSharedIdentityForWasm } from './wasm-identity.js';
 
 export const ENGINE_NAMES = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type EngineChoice = (typeof ENGINE_NAMES)[number];
@@ -91,6 +92,7 @@ const probes: Record<EngineName, Probe> = {
   },
   async wasm() {
     await import('@tensorflow/tfjs-backend-wasm');
+    installSharedIdentityForWasm();
     if (!(await tf.setBackend('wasm'))) return { unavailable: 'the wasm backend failed to initialise' };
     const threads = tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT') ? 'threaded' : '1 thread';
     const simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT') ? 'simd' : 'no simd';

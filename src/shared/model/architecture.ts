@@ -214,9 +214,11 @@ export function buildArchitecture(cfg: ModelConfig): Architecture {
       out = [primaryCapsules, layer.dim];
     } else {
       params.push({ name: `${layer.name}/W`, shape: [layer.inDim, layer.classes * layer.outDim], trainable: true, init: 'glorot' });
+      // Factored routing (class-capsules.ts): per iteration pool the inputs by coupling and transform
+      // the pooled vectors; per agreement transform back and dot with every input.
       const iterations = cfg.routingIterations;
-      // Transform, then per routing iteration a weighted sum (and an agreement product but the last).
-      macs = primaryCapsules * layer.inDim * layer.classes * layer.outDim + primaryCapsules * layer.classes * layer.outDim * (2 * iterations - 1);
+      const pool = primaryCapsules * layer.classes * layer.inDim + layer.classes * layer.inDim * layer.outDim;
+      macs = iterations * pool + (iterations - 1) * pool;
       outputShape = [layer.classes, layer.outDim];
       out = outputShape;
     }
