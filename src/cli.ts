@@ -8,6 +8,7 @@ import { UsageError } from './shared/errors.js';
 import { registerModelCommands } from './cli/model-summary.js';
 import { registerTrainCommand } from './cli/train.js';
 import { registerBenchCommands } from './cli/bench.js';
+import { registerDataCommands } from './cli/data.js';
 
 // Gradients for every tfjs op are registered by the union package (tfjs-core alone has none).
 import '@tensorflow/tfjs';
@@ -26,6 +27,7 @@ async function main(argv: string[]): Promise<number> {
   registerModelCommands(program);
   registerTrainCommand(program);
   registerBenchCommands(program);
+  registerDataCommands(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

@@ -1,6 +1,9 @@
 // The `tricaps` command as a user types it: real child processes of dist/cli.js.
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 function tricaps(...args: string[]) {
   const r = spawnSync(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, TRICAPS_LOG_LEVEL: 'warn' } });
@@ -31,6 +34,9 @@ describe('tricaps CLI', () => {
     [['train', '--items', '8', '--steps', '1'], /4 train items; a batch of 16 triplets needs 16/],
     [['bench', 'engine', '--steps', '0'], /0 is outside 1..10000/],
     [['nonsense'], /unknown command 'nonsense'/],
+    [['data', 'inspect', '--root', '/nonexistent-tricaps'], /\/nonexistent-tricaps: no such directory/],
+    [['train', '--data', '/nonexistent-tricaps'], /\/nonexistent-tricaps: no such directory/],
+    [['data', 'synth'], /required option '--out <dir>' not specified/],
   ])('%j fails with a clear message and exit code 2', (args, message) => {
     const r = tricaps(...args);
     expect(r.code).toBe(2);
@@ -47,11 +53,17 @@ describe('tricaps CLI', () => {
     }
   });
 
-  it.each(['model summary', 'train', 'bench engine'])('%s --help documents its flags', (cmd) => {
+  it.each([
+    ['model summary', '--variant'],
+    ['train', '--variant'],
+    ['bench engine', '--variant'],
+    ['data synth', '--out'],
+    ['data inspect', '--root'],
+  ])('%s --help documents its flags', (cmd, flag) => {
     const r = tricaps(...cmd.split(' '), '--help');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/Usage: tricaps/);
-    expect(r.stdout).toMatch(/--variant/);
+    expect(r.stdout).toContain(flag);
   });
 
   it('train runs end to end and reports Recall@K before and after as JSON', () => {
@@ -62,6 +74,27 @@ describe('tricaps CLI', () => {
     expect(out.before.map((e: { mask: string }) => e.mask)).toEqual(['predicted', 'oracle']);
     expect(Object.keys(out.after[0].recall)).toEqual(['1', '10', '20', '30', '40', '50']);
     expect(out.after[0].queries).toBeGreaterThan(0);
+  });
+
+  it('data synth writes an In-shop catalogue that data inspect validates and train reads', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tricaps-cli-'));
+    try {
+      const root = join(dir, 'cat');
+      const synth = tricaps('data', 'synth', '--out', root, '--items', '24', '--categories', '3', '--image-size', '32', '--seed', '3');
+      expect(synth.code, synth.stderr).toBe(0);
+      expect(synth.stdout).toMatch(/wrote 96 images of 24 items/);
+      const again = tricaps('data', 'synth', '--out', root, '--items', '24');
+      expect(again.code).toBe(2);
+      expect(again.stderr).toMatch(/is not empty; choose a new directory or pass --force/);
+      const inspect = tricaps('data', 'inspect', '--root', root, '--json', '--verify-images');
+      expect(inspect.code, inspect.stderr).toBe(0);
+      expect(JSON.parse(inspect.stdout)).toMatchObject({ images: 96, items: 24, splits: { train: { images: 48, items: 12 } }, bounding_boxes: true, skipped: 0 });
+      const train = tricaps('train', '--data', root, '--engine', 'wasm', '--steps', '2', '--batch-triplets', '4', '--image-size', '32', '--json');
+      expect(train.code, train.stderr).toBe(0);
+      expect(lastJsonLine(train.stdout).after[0].gallery).toBe(24);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('bench engine prints one JSON line with timings and a tensor count that does not grow', () => {

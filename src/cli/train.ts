@@ -31,7 +31,7 @@ export function addModelOptions(cmd: Command): Command {
 const evalMasks = collectChoices(MASK_MODES, ['predicted', 'oracle']);
 
 export function registerTrainCommand(program: Command): void {
-  const cmd = program.command('train').description('train TriCapsNet (today: in this process on the embedded synthetic catalogue)');
+  const cmd = program.command('train').description('train TriCapsNet in this process, on an In-shop catalogue (--data) or the built-in synthetic one');
   addModelOptions(cmd)
     .option('--workers <n>', 'worker processes (0 = train in this process)', intOption(0, 256), 0)
     .option('--steps <n>', 'optimizer steps', intOption(0), 100)
@@ -40,6 +40,9 @@ export function registerTrainCommand(program: Command): void {
     .option('--margin <x>', 'triplet margin on squared L2 distance', floatOption(0.001, 100), 2.0)
     .option('--margin-loss-weight <x>', 'weight of the auxiliary capsule margin loss', floatOption(0, 100), 0)
     .option('--lr <x>', 'Adam learning rate', floatOption(1e-8, 10), 1e-3)
+    .option('--data <dir>', 'train on an In-shop catalogue at this root (DeepFashion, or `tricaps data synth` output) instead of the built-in one')
+    .option('--on-bad-image <p>', 'with --data: missing images and single-image train items fail|skip', choiceOption(['fail', 'skip'] as const), 'fail')
+    .option('--bbox-crop', 'with --data: crop images to their Anno bounding boxes')
     .option('--items <n>', 'synthetic catalogue: items (half train, half query/gallery)', intOption(4, 100_000), 240)
     .option('--views <n>', 'synthetic catalogue: images per item', intOption(2, 32), 4)
     .option('--categories <n>', 'synthetic catalogue: categories (= class capsules)', intOption(2, 23), 6)
@@ -52,7 +55,7 @@ export function registerTrainCommand(program: Command): void {
       const cfg: TrainConfig = TrainConfigSchema.parse({
         model: { variant: o.variant, imageSize: o.imageSize, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
         optimizer: { learningRate: o.lr },
-        data: { items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
+        data: { root: o.data, onBadImage: o.onBadImage, bboxCrop: Boolean(o.bboxCrop), items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
         engine: o.engine,
         workers: o.workers,
         steps: o.steps,

@@ -3,7 +3,8 @@
 // retrieval evaluated before and after.
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine, type Engine } from '../shared/engine/engine.js';
-import { trainItems } from '../shared/data/catalogue.js';
+import { trainItems, type Catalogue } from '../shared/data/catalogue.js';
+import { openInshopCatalogue } from '../shared/data/inshop.js';
 import { loadBatchTensor } from '../shared/data/batch.js';
 import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
 import { syntheticCatalogue } from '../shared/data/synthetic.js';
@@ -44,8 +45,11 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   if (cfg.workers > 0) {
     throw new UsageError(`--workers ${cfg.workers}: multi-worker training needs the coordinator, which is not built yet; use --workers 0 to train in this process`);
   }
+  // Data problems are reported before any engine starts.
+  const catalogue: Catalogue = cfg.data.root
+    ? await openInshopCatalogue({ root: cfg.data.root, onBadImage: cfg.data.onBadImage, bboxCrop: cfg.data.bboxCrop })
+    : syntheticCatalogue(cfg.data);
   const engine = await initEngine(cfg.engine, log);
-  const catalogue = syntheticCatalogue(cfg.data);
   const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
   const model = createModelState(arch, cfg.seed);
   const updater = new ParameterUpdater(model, cfg.optimizer);

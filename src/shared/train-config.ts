@@ -8,6 +8,10 @@ import { MINING_STRATEGIES } from './model/mining.js';
 import { MASK_MODES } from './model/embedding.js';
 
 export const SyntheticDataSchema = z.object({
+  /** An In-shop catalogue on disk; without it, the built-in synthetic catalogue (options below). */
+  root: z.string().min(1).optional(),
+  onBadImage: z.enum(['fail', 'skip']).default('fail'),
+  bboxCrop: z.boolean().default(false),
   items: z.number().int().min(4).max(100_000).default(240),
   views: z.number().int().min(2).max(32).default(4),
   categories: z.number().int().min(2).max(23).default(6),

@@ -150,6 +150,19 @@ function patternMix(look: ItemLook, x: number, y: number): number {
 
 /** Renders one view of an item: [size, size, 3] HWC in [0, 1]. */
 export function renderGarment(seed: number, item: number, category: number, categoryName: string, view: number, size: number): Float32Array {
+  return renderGarmentWithBox(seed, item, category, categoryName, view, size).pixels;
+}
+
+/** A rendered view and the garment's bounding box [x1, y1, x2, y2] in pixels (inclusive). */
+export function renderGarmentWithBox(
+  seed: number,
+  item: number,
+  category: number,
+  categoryName: string,
+  view: number,
+  size: number,
+): { pixels: Float32Array; box: [number, number, number, number] } {
+  const box: [number, number, number, number] = [size, size, -1, -1];
   const look = itemLook(seed, item, category);
   const polys = silhouettePolygons(categoryShape(categoryName, category));
   const rng = Rng.from(seed, 0x71e3, item, view);
@@ -178,6 +191,10 @@ export function renderGarment(seed: number, item: number, category: number, cate
       let inside = false;
       for (const poly of polys) if (insidePolygon(gx, gy, poly)) { inside = true; break; }
       if (inside) {
+        box[0] = Math.min(box[0], px);
+        box[1] = Math.min(box[1], py);
+        box[2] = Math.max(box[2], px);
+        box[3] = Math.max(box[3], py);
         const mix = patternMix(look, gx * flip, gy);
         const shade = 0.85 + 0.15 * (gx * light[0] + gy * light[1]) * 0.5;
         rgb = [0, 1, 2].map((c) => (look.primary[c] * (1 - mix) + look.secondary[c] * mix) * shade) as [number, number, number];
@@ -189,7 +206,8 @@ export function renderGarment(seed: number, item: number, category: number, cate
       for (let c = 0; c < 3; c++) out[o + c] = Math.min(1, Math.max(0, rgb[c] * brightness + (noise.next() - 0.5) * 0.04));
     }
   }
-  return out;
+  if (box[2] < 0) box.splice(0, 4, 0, 0, size - 1, size - 1); // garment out of frame: whole image
+  return { pixels: out, box };
 }
 
 export interface SyntheticOptions {
