@@ -9,6 +9,7 @@ import { registerModelCommands } from './cli/model-summary.js';
 import { registerTrainCommand } from './cli/train.js';
 import { registerBenchCommands } from './cli/bench.js';
 import { registerDataCommands } from './cli/data.js';
+import { registerEvalCommands } from './cli/eval.js';
 
 // Gradients for every tfjs op are registered by the union package (tfjs-core alone has none).
 import '@tensorflow/tfjs';
@@ -28,6 +29,7 @@ async function main(argv: string[]): Promise<number> {
   registerTrainCommand(program);
   registerBenchCommands(program);
   registerDataCommands(program);
+  registerEvalCommands(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

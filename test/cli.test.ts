@@ -1,7 +1,7 @@
 // The `tricaps` command as a user types it: real child processes of dist/cli.js.
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -59,6 +59,8 @@ describe('tricaps CLI', () => {
     ['bench engine', '--variant'],
     ['data synth', '--out'],
     ['data inspect', '--root'],
+    ['eval', '--checkpoint'],
+    ['search', '--query'],
   ])('%s --help documents its flags', (cmd, flag) => {
     const r = tricaps(...cmd.split(' '), '--help');
     expect(r.code).toBe(0);
@@ -89,9 +91,42 @@ describe('tricaps CLI', () => {
       const inspect = tricaps('data', 'inspect', '--root', root, '--json', '--verify-images');
       expect(inspect.code, inspect.stderr).toBe(0);
       expect(JSON.parse(inspect.stdout)).toMatchObject({ images: 96, items: 24, splits: { train: { images: 48, items: 12 } }, bounding_boxes: true, skipped: 0 });
-      const train = tricaps('train', '--data', root, '--engine', 'wasm', '--steps', '2', '--batch-triplets', '4', '--image-size', '32', '--json');
+      const ck = join(dir, 'ck');
+      const train = tricaps('train', '--data', root, '--engine', 'wasm', '--steps', '2', '--batch-triplets', '4', '--image-size', '32', '--checkpoint-dir', ck, '--json');
       expect(train.code, train.stderr).toBe(0);
-      expect(lastJsonLine(train.stdout).after[0].gallery).toBe(24);
+      const trained = lastJsonLine(train.stdout);
+      expect(trained.after[0].gallery).toBe(24);
+
+      // eval with the saved weights reproduces the training run's final evaluation.
+      const evaluation = tricaps('eval', '--checkpoint', ck, '--data', root, '--engine', 'wasm', '--json');
+      expect(evaluation.code, evaluation.stderr).toBe(0);
+      const e = lastJsonLine(evaluation.stdout);
+      expect(e.step).toBe(2);
+      expect(e.recall).toEqual(trained.after[0].recall);
+      expect(e.mapAtR).toBeCloseTo(trained.after[0].mapAtR, 6);
+
+      // search ranks the gallery; a query from the catalogue gets its matches marked; --grid writes a PNG.
+      const partition = readFileSync(join(root, 'Eval/list_eval_partition.txt'), 'utf8').split('\n');
+      const query = partition.find((l) => l.trim().endsWith('query'))!.trim().split(/\s+/)[0];
+      const grid = join(dir, 'grid.png');
+      const search = tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(root, query), '-k', '24', '--grid', grid, '--engine', 'wasm', '--json');
+      expect(search.code, search.stderr).toBe(0);
+      const s = lastJsonLine(search.stdout);
+      expect(s.results).toHaveLength(24);
+      expect(s.results.filter((r: { match: boolean }) => r.match)).toHaveLength(2); // every gallery image of the item within k = gallery size
+      expect(s.results.map((r: { distance: number }) => r.distance)).toEqual([...s.results.map((r: { distance: number }) => r.distance)].sort((a, b) => a - b));
+      expect(readFileSync(grid).subarray(1, 4).toString()).toBe('PNG');
+
+      const bad = tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(dir, 'nope.jpg'));
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/nope.jpg: cannot read the query image/);
+      writeFileSync(join(ck, 'step-00000002', 'weights.bin'), 'short');
+      const corrupt = tricaps('eval', '--checkpoint', ck, '--data', root);
+      expect(corrupt.code).toBe(2);
+      expect(corrupt.stderr).toMatch(/weights.bin: 5 bytes, the manifest needs \d+; the checkpoint is truncated or corrupt/);
+      const empty = tricaps('eval', '--checkpoint', root, '--data', root);
+      expect(empty.code).toBe(2);
+      expect(empty.stderr).toMatch(/holds no checkpoint/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -50,6 +50,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--eval-mask <m...>', `capsule masks to report retrieval for (${MASK_MODES.join('|')})`, evalMasks.parse, evalMasks.defaults)
     .option('--bn-momentum <x>', 'BatchNorm moving-average momentum (Keras: 0.99; lower suits short runs)', floatOption(0, 1), 0.99)
     .option('--dropout <x>', 'spatial dropout rate', floatOption(0, 0.95), 0.3)
+    .option('--checkpoint-dir <dir>', 'save the final weights under this directory (for tricaps eval/search)')
     .option('--json', 'print the final result as one JSON line')
     .action(async (o) => {
       const cfg: TrainConfig = TrainConfigSchema.parse({
@@ -67,14 +68,15 @@ export function registerTrainCommand(program: Command): void {
         marginLossWeight: o.marginLossWeight,
         evalMasks: o.evalMask,
         seed: o.seed,
+        checkpointDir: o.checkpointDir,
       });
       await runTraining(cfg, Boolean(o.json));
     });
 }
 
-function recallLine(label: string, r: EvaluationResult): string {
+export function recallLine(label: string, r: EvaluationResult): string {
   const ks = Object.keys(r.recall).map(Number);
-  return `${label.padEnd(7)} ${r.mask.padEnd(9)} ${ks.map((k) => `R@${k} ${(r.recall[k] * 100).toFixed(1).padStart(5)}%`).join('  ')}`;
+  return `${label.padEnd(7)} ${r.mask.padEnd(9)} ${ks.map((k) => `R@${k} ${(r.recall[k] * 100).toFixed(1).padStart(5)}%`).join('  ')}  mAP@R ${(r.mapAtR * 100).toFixed(1).padStart(5)}%`;
 }
 
 async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
@@ -107,6 +109,7 @@ async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
   console.log(`\nTrained ${result.stepsRun} steps in ${result.seconds.toFixed(0)} s on ${result.engine.name} (${result.engine.device}).`);
   console.log(`Loss (mean of 10 steps): first ${mean(first).toFixed(4)} -> last ${mean(last).toFixed(4)}`);
   console.log(`Retrieval on held-out items: ${head.queries} queries vs ${head.gallery} gallery images (mask "predicted" = longest capsule, "oracle" = true category)`);
+  if (result.checkpoint) console.log(`Weights saved to ${result.checkpoint}`);
   result.before.forEach((r) => console.log(recallLine('before', r)));
   result.after.forEach((r) => console.log(recallLine('after', r)));
   console.log(`category accuracy (longest capsule): before ${(result.before[0].categoryAccuracy * 100).toFixed(1)}% -> after ${(head.categoryAccuracy * 100).toFixed(1)}%`);

@@ -11,7 +11,9 @@ import { syntheticCatalogue } from '../shared/data/synthetic.js';
 import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
-import { createModelState } from '../shared/model/params.js';
+import { createModelState, readState } from '../shared/model/params.js';
+import { saveWeights, stepDirName } from '../shared/checkpoint-format.js';
+import { join } from 'node:path';
 import { hashInts } from '../shared/rng.js';
 import { itemsPerBatch, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
@@ -39,6 +41,7 @@ export interface TrainResult {
   after: EvaluationResult[];
   losses: number[];
   seconds: number;
+  checkpoint?: string;
 }
 
 export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHooks = {}): Promise<TrainResult> {
@@ -94,8 +97,14 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const trainSeconds = (performance.now() - started) / 1000;
   const after = await evaluateRetrieval(model, catalogue, evalOpts);
   hooks.onEvaluation?.('after', after);
+  let checkpoint: string | undefined;
+  if (cfg.checkpointDir) {
+    checkpoint = join(cfg.checkpointDir, stepDirName(step));
+    saveWeights(checkpoint, { modelConfig: arch.config, step, categories: catalogue.categories, values: await readState(model), shapes: new Map(arch.params.map((p) => [p.name, p.shape])) });
+    log.info({ checkpoint }, `saved weights to ${checkpoint}`);
+  }
   updater.dispose();
   model.dispose();
   log.debug({ tensors: tf.memory().numTensors }, 'training finished');
-  return { engine, stepsRun: step, before, after, losses, seconds: trainSeconds };
+  return { engine, stepsRun: step, before, after, losses, seconds: trainSeconds, checkpoint };
 }

@@ -40,6 +40,8 @@ export const TrainConfigSchema = z
     evalMasks: z.array(z.enum(MASK_MODES)).min(1).default(['predicted', 'oracle']),
     evalBatch: z.number().int().min(1).default(64),
     seed: z.number().int().default(1),
+    /** Where the final weights go (step-NNNNNNNN/ below it); none when absent. */
+    checkpointDir: z.string().min(1).optional(),
   })
   .superRefine((c, ctx) => {
     if ((3 * c.batchTriplets) % c.imagesPerItem !== 0) {

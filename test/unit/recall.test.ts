@@ -42,3 +42,17 @@ describe('Recall@K (In-shop definition)', () => {
     expect(() => new RecallAccumulator([0], [1])).toThrow(/positive integer/);
   });
 });
+
+describe('mAP@R', () => {
+  it('averages precision over the first R ranks (hand-computed)', async () => {
+    const { averagePrecisionAtR } = await import('../../src/shared/eval/recall.js');
+    // Item 7 has R = 2 gallery images, ranked 1st and 3rd: (1/1 + 0) / 2 within the first R = 2 ranks.
+    expect(averagePrecisionAtR([0.1, 0.2, 0.3, 0.4], 7, [7, 8, 7, 9])).toBeCloseTo(0.5);
+    // Ranked 1st and 2nd: perfect.
+    expect(averagePrecisionAtR([0.1, 0.2, 0.3], 7, [7, 7, 9])).toBe(1);
+    // A tie with a non-matching image ranks the match second: (0 + 1/2) / 1... R = 1 -> 0.
+    expect(averagePrecisionAtR([0.5, 0.5], 7, [7, 9])).toBe(0);
+    expect(averagePrecisionAtR([0.5], 7, [9])).toBe(0);
+    expect(recallAtK([0.1, 0.2, 0.3, 0.4], [7], [7, 8, 7, 9], [1]).mapAtR).toBeCloseTo(0.5);
+  });
+});

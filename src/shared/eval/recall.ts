@@ -8,6 +8,8 @@ export const DEFAULT_KS = [1, 10, 20, 30, 40, 50] as const;
 export interface RecallResult {
   /** Recall@K in [0, 1] per K. */
   recall: Record<number, number>;
+  /** Mean average precision at R over queries with a match. */
+  mapAtR: number;
   queries: number;
   /** Queries whose item has no gallery image (excluded from the denominator). */
   queriesWithoutMatch: number;
@@ -27,9 +29,32 @@ export function firstMatchRank(row: ArrayLike<number>, queryItem: number, galler
   return ahead + 1;
 }
 
+/**
+ * Average precision at R for one query (R = number of gallery images of its item), the
+ * "mAP@R" of Musgrave et al.: (1/R) * sum over the first R ranks of precision@i at each hit.
+ * Ranks ties pessimistically like firstMatchRank. 0 when the item has no gallery image.
+ */
+export function averagePrecisionAtR(row: ArrayLike<number>, queryItem: number, galleryItems: ArrayLike<number>): number {
+  const order = Array.from({ length: row.length }, (_, g) => g);
+  const relevant = (g: number) => galleryItems[g] === queryItem;
+  order.sort((a, b) => row[a] - row[b] || Number(relevant(a)) - Number(relevant(b)) || a - b);
+  const r = order.reduce((n, g) => n + (relevant(g) ? 1 : 0), 0);
+  if (r === 0) return 0;
+  let hits = 0;
+  let sum = 0;
+  for (let i = 0; i < r; i++) {
+    if (relevant(order[i])) {
+      hits++;
+      sum += hits / (i + 1);
+    }
+  }
+  return sum / r;
+}
+
 /** Accumulates first-match ranks (so distances can be computed block by block). */
 export class RecallAccumulator {
   private readonly hits = new Map<number, number>();
+  private apSum = 0;
   private queries = 0;
   private withoutMatch = 0;
 
@@ -54,6 +79,7 @@ export class RecallAccumulator {
         continue;
       }
       this.queries++;
+      this.apSum += averagePrecisionAtR(row, queryItems[q], this.galleryItems);
       for (const k of this.ks) if (rank <= k) this.hits.set(k, this.hits.get(k)! + 1);
     }
   }
@@ -61,7 +87,7 @@ export class RecallAccumulator {
   result(): RecallResult {
     const recall: Record<number, number> = {};
     for (const k of this.ks) recall[k] = this.queries ? this.hits.get(k)! / this.queries : 0;
-    return { recall, queries: this.queries, queriesWithoutMatch: this.withoutMatch, gallery: this.galleryItems.length };
+    return { recall, mapAtR: this.queries ? this.apSum / this.queries : 0, queries: this.queries, queriesWithoutMatch: this.withoutMatch, gallery: this.galleryItems.length };
   }
 }
 
