@@ -25,13 +25,21 @@ test: build
 
 # The main job on the embedded default: SC TriCapsNet on the synthetic catalogue, wasm engine,
 # a few minutes on 2 cores, Recall@K before and after training. Settings that make a short run
-# learn (see README, "Training notes"): mean routing pool, BN momentum 0.9, capsule margin loss.
+# learn (see README, "Training notes"): mean routing pool, BN momentum 0.9, capsule margin loss,
+# no augmentation.
+DEMO_DIR := .demo
 demo: build
-	node dist/cli.js train --workers 0 --engine wasm --variant sc --image-size 64 \
-	  --steps 120 --max-minutes 6 --mining random --routing-pool mean --bn-momentum 0.9 --margin-loss-weight 0.5
+	@test -f $(DEMO_DIR)/catalogue/Eval/list_eval_partition.txt || \
+	  node dist/cli.js data synth --out $(DEMO_DIR)/catalogue --items 240 --categories 6 --views 4 --image-size 64 --seed 7 --force
+	node dist/cli.js train --workers 0 --engine wasm --variant sc --image-size 64 --data $(DEMO_DIR)/catalogue \
+	  --steps 120 --max-minutes 6 --mining random --routing-pool mean --bn-momentum 0.9 --margin-loss-weight 0.5 --no-augment \
+	  --checkpoint-dir $(DEMO_DIR)/checkpoints
+	node dist/cli.js search --checkpoint $(DEMO_DIR)/checkpoints --data $(DEMO_DIR)/catalogue --engine wasm -k 11 --mask oracle \
+	  --query $(DEMO_DIR)/catalogue/$$(awk 'NR > 2 && $$3 == "query" { print $$1; exit }' $(DEMO_DIR)/catalogue/Eval/list_eval_partition.txt) \
+	  --grid $(DEMO_DIR)/search.png
 
 bench: build
 	node dist/cli.js bench engine --engine wasm --variant sc --image-size 64 --batch-triplets 16 --steps 5
 
 clean:
-	rm -rf dist
+	rm -rf dist $(DEMO_DIR)

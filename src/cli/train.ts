@@ -1,6 +1,6 @@
 // `tricaps train`: trains on the embedded synthetic catalogue with a progress bar, and prints
 // retrieval Recall@K on held-out items before and after training.
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
@@ -30,6 +30,14 @@ export function addModelOptions(cmd: Command): Command {
 
 const evalMasks = collectChoices(MASK_MODES, ['predicted', 'oracle']);
 
+function brightnessRange(value: string): [number, number] {
+  const parts = value.split(',').map(Number);
+  if (parts.length !== 2 || parts.some((x) => !Number.isFinite(x) || x < 0) || parts[0] > parts[1]) {
+    throw new InvalidArgumentError(`"${value}" is not a range "lo,hi" with 0 <= lo <= hi.`);
+  }
+  return [parts[0], parts[1]];
+}
+
 export function registerTrainCommand(program: Command): void {
   const cmd = program.command('train').description('train TriCapsNet in this process, on an In-shop catalogue (--data) or the built-in synthetic one');
   addModelOptions(cmd)
@@ -50,6 +58,13 @@ export function registerTrainCommand(program: Command): void {
     .option('--eval-mask <m...>', `capsule masks to report retrieval for (${MASK_MODES.join('|')})`, evalMasks.parse, evalMasks.defaults)
     .option('--bn-momentum <x>', 'BatchNorm moving-average momentum (Keras: 0.99; lower suits short runs)', floatOption(0, 1), 0.99)
     .option('--dropout <x>', 'spatial dropout rate', floatOption(0, 0.95), 0.3)
+    .option('--no-augment', 'train without augmentation (reference: rotation, shift, brightness, shear, zoom, flip)')
+    .option('--aug-rotation <deg>', 'augmentation: max rotation in degrees (0 = off)', floatOption(0, 180), 30)
+    .option('--aug-shift <f>', 'augmentation: max shift, fraction of the side (0 = off)', floatOption(0, 0.5), 0.1)
+    .option('--aug-zoom <f>', 'augmentation: zoom range per axis (0 = off)', floatOption(0, 0.9), 0.1)
+    .option('--aug-shear <deg>', 'augmentation: max shear in degrees, Keras semantics (0 = off)', floatOption(0, 45), 0.1)
+    .option('--aug-brightness <lo,hi>', 'augmentation: brightness factor range (1,1 = off)', brightnessRange, [0.5, 1.5])
+    .option('--no-aug-flip', 'augmentation: no horizontal flips')
     .option('--checkpoint-dir <dir>', 'save the final weights under this directory (for tricaps eval/search)')
     .option('--json', 'print the final result as one JSON line')
     .action(async (o) => {
@@ -69,6 +84,7 @@ export function registerTrainCommand(program: Command): void {
         evalMasks: o.evalMask,
         seed: o.seed,
         checkpointDir: o.checkpointDir,
+        augment: { enabled: o.augment, rotationDegrees: o.augRotation, shift: o.augShift, zoom: o.augZoom, shearDegrees: o.augShear, brightness: o.augBrightness, horizontalFlip: o.augFlip },
       });
       await runTraining(cfg, Boolean(o.json));
     });
@@ -83,7 +99,7 @@ async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
   const log = createLogger('train');
   const bar = new cliProgress.SingleBar(
     {
-      format: 'train |{bar}| step {value}/{total} | loss {loss} | active {active}% | {ips} img/s | eta {eta_formatted}',
+      format: 'train |{bar}| step {value}/{total} | loss {loss} | active {active}% | {ips} img/s | data wait {wait} ms | eta {eta_formatted}',
       stream: process.stderr,
       noTTYOutput: true,
       notTTYSchedule: 15_000,
@@ -93,21 +109,21 @@ async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
   );
   const result = await trainLocal(cfg, log, {
     onEvaluation: (phase) => {
-      if (phase === 'before') bar.start(cfg.steps, 0, { loss: '-', active: '-', ips: '-' });
+      if (phase === 'before') bar.start(cfg.steps, 0, { loss: '-', active: '-', ips: '-', wait: '-' });
       else bar.stop();
     },
-    onStep: (s) => bar.update(s.step + 1, { loss: s.loss.toFixed(4), active: ((100 * s.activeTriplets) / Math.max(1, s.triplets)).toFixed(0), ips: s.imagesPerSecond.toFixed(1) }),
+    onStep: (s) => bar.update(s.step + 1, { loss: s.loss.toFixed(4), active: ((100 * s.activeTriplets) / Math.max(1, s.triplets)).toFixed(0), ips: s.imagesPerSecond.toFixed(1), wait: (s.dataWaitSeconds * 1000).toFixed(0) }),
   });
   const first = result.losses.slice(0, 10);
   const last = result.losses.slice(-10);
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   if (json) {
-    console.log(JSON.stringify({ engine: result.engine.name, steps: result.stepsRun, seconds: result.seconds, loss_first10: mean(first), loss_last10: mean(last), before: result.before, after: result.after }));
+    console.log(JSON.stringify({ engine: result.engine.name, steps: result.stepsRun, seconds: result.seconds, data_wait_seconds_mean: mean(result.dataWaitSeconds), loss_first10: mean(first), loss_last10: mean(last), before: result.before, after: result.after, checkpoint: result.checkpoint ?? null }));
     return;
   }
   const head = result.after[0];
   console.log(`\nTrained ${result.stepsRun} steps in ${result.seconds.toFixed(0)} s on ${result.engine.name} (${result.engine.device}).`);
-  console.log(`Loss (mean of 10 steps): first ${mean(first).toFixed(4)} -> last ${mean(last).toFixed(4)}`);
+  console.log(`Loss (mean of 10 steps): first ${mean(first).toFixed(4)} -> last ${mean(last).toFixed(4)}; data wait ${(mean(result.dataWaitSeconds) * 1000).toFixed(1)} ms per step`);
   console.log(`Retrieval on held-out items: ${head.queries} queries vs ${head.gallery} gallery images (mask "predicted" = longest capsule, "oracle" = true category)`);
   if (result.checkpoint) console.log(`Weights saved to ${result.checkpoint}`);
   result.before.forEach((r) => console.log(recallLine('before', r)));

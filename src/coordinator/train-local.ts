@@ -5,7 +5,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initEngine, type Engine } from '../shared/engine/engine.js';
 import { trainItems, type Catalogue } from '../shared/data/catalogue.js';
 import { openInshopCatalogue } from '../shared/data/inshop.js';
-import { loadBatchTensor } from '../shared/data/batch.js';
+import { loadImages } from '../shared/data/batch.js';
+import { applyAugmentation, augmentParams } from '../shared/data/augment.js';
+import { Prefetcher } from '../shared/data/prefetch.js';
 import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
 import { syntheticCatalogue } from '../shared/data/synthetic.js';
 import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
@@ -24,6 +26,8 @@ export interface StepReport extends StepStats {
   step: number;
   epoch: number;
   seconds: number;
+  /** Time this step waited for its batch (0 when prefetching kept up). */
+  dataWaitSeconds: number;
   imagesPerSecond: number;
   learningRate: number;
 }
@@ -40,6 +44,8 @@ export interface TrainResult {
   before: EvaluationResult[];
   after: EvaluationResult[];
   losses: number[];
+  /** Per-step time spent waiting for data. */
+  dataWaitSeconds: number[];
   seconds: number;
   checkpoint?: string;
 }
@@ -67,8 +73,25 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const before = await evaluateRetrieval(model, catalogue, evalOpts);
   hooks.onEvaluation?.('before', before);
 
+  // Host-side batches (pixels and labels), one step ahead of compute.
+  const loadStep = async (s: number) => {
+    const epoch = Math.floor(s / perEpoch);
+    const plan = samplePkBatch({ seed: cfg.seed, epoch, step: s % perEpoch, itemsPerBatch: P, imagesPerItem: cfg.imagesPerItem, items });
+    const size = arch.config.imageSize;
+    const pixels = await loadImages(catalogue, plan.imageIds, size);
+    if (cfg.augment.enabled) {
+      for (let i = 0; i < plan.imageIds.length; i++) {
+        const view = pixels.subarray(i * size * size * 3, (i + 1) * size * size * 3);
+        view.set(applyAugmentation(view, size, augmentParams(cfg.augment, { seed: cfg.seed, epoch, step: s, worker: 0, sample: i })));
+      }
+    }
+    return { epoch, plan, pixels };
+  };
+  const prefetcher = new Prefetcher(loadStep);
+
   const started = performance.now();
   const losses: number[] = [];
+  const waits: number[] = [];
   let step = 0;
   for (; step < cfg.steps; step++) {
     if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
@@ -76,9 +99,9 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
       break;
     }
     const stepStart = performance.now();
-    const epoch = Math.floor(step / perEpoch);
-    const plan = samplePkBatch({ seed: cfg.seed, epoch, step: step % perEpoch, itemsPerBatch: P, imagesPerItem: cfg.imagesPerItem, items });
-    const images = await loadBatchTensor(catalogue, plan.imageIds, arch.config.imageSize);
+    const { value: batch, waitSeconds } = await prefetcher.take(step);
+    const { epoch, plan } = batch;
+    const images = tf.tensor4d(batch.pixels, [plan.imageIds.length, arch.config.imageSize, arch.config.imageSize, 3]);
     const result = computeGradients(
       model,
       { images, itemIds: plan.itemIds, categories: plan.imageIds.map((id) => catalogue.images[id].category) },
@@ -89,11 +112,13 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
     images.dispose();
     if (!Number.isFinite(result.stats.loss)) throw new Error(`step ${step}: loss is ${result.stats.loss}; stopping before the weights are spoiled further`);
     losses.push(result.stats.loss);
+    waits.push(waitSeconds);
     const seconds = (performance.now() - stepStart) / 1000;
-    hooks.onStep?.({ ...result.stats, step, epoch, seconds, imagesPerSecond: plan.imageIds.length / seconds, learningRate: updater.learningRateAt(epoch) });
+    hooks.onStep?.({ ...result.stats, step, epoch, seconds, dataWaitSeconds: waitSeconds, imagesPerSecond: plan.imageIds.length / seconds, learningRate: updater.learningRateAt(epoch) });
     // Compute is synchronous: yield to the event loop so timers (progress bar, signals) run.
     await new Promise((resolve) => setImmediate(resolve));
   }
+  prefetcher.clear();
   const trainSeconds = (performance.now() - started) / 1000;
   const after = await evaluateRetrieval(model, catalogue, evalOpts);
   hooks.onEvaluation?.('after', after);
@@ -106,5 +131,5 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   updater.dispose();
   model.dispose();
   log.debug({ tensors: tf.memory().numTensors }, 'training finished');
-  return { engine, stepsRun: step, before, after, losses, seconds: trainSeconds, checkpoint };
+  return { engine, stepsRun: step, before, after, losses, dataWaitSeconds: waits, seconds: trainSeconds, checkpoint };
 }

@@ -6,6 +6,7 @@ import { ENGINE_NAMES } from './engine/engine.js';
 import { ModelConfigSchema } from './model/config.js';
 import { MINING_STRATEGIES } from './model/mining.js';
 import { MASK_MODES } from './model/embedding.js';
+import { AugmentConfigSchema } from './data/augment.js';
 
 export const SyntheticDataSchema = z.object({
   /** An In-shop catalogue on disk; without it, the built-in synthetic catalogue (options below). */
@@ -23,6 +24,7 @@ export const TrainConfigSchema = z
     model: ModelConfigSchema.default(ModelConfigSchema.parse({})),
     optimizer: OptimizerConfigSchema.default(OptimizerConfigSchema.parse({})),
     data: SyntheticDataSchema.default(SyntheticDataSchema.parse({})),
+    augment: AugmentConfigSchema.default(AugmentConfigSchema.parse({})),
     engine: z.enum(ENGINE_NAMES).default('auto'),
     /** 0 = train in this process; >0 arrives with the coordinator. */
     workers: z.number().int().min(0).max(256).default(0),
