@@ -88,7 +88,13 @@ const phaseTaps = (kernel: number, stride: number, r: number) => Math.ceil((kern
 function phaseFilters(filter: tf.Tensor4D, stride: number): (tf.Tensor4D | null)[][] {
   const [kernel, , cin, cout] = filter.shape;
   const onHost = tf.getBackend() === 'wasm' || tf.getBackend() === 'cpu';
-  const w = onHost ? (filter.dataSync() as Float32Array) : undefined;
+  // [K, K, Cout, Cin] on the host: each tap is then one contiguous block to copy.
+  let w: Float32Array | undefined;
+  if (onHost) {
+    const swapped = tf.transpose(filter, [0, 1, 3, 2]);
+    w = swapped.dataSync() as Float32Array;
+    swapped.dispose();
+  }
   const result: (tf.Tensor4D | null)[][] = [];
   for (let rh = 0; rh < stride; rh++) {
     const row: (tf.Tensor4D | null)[] = [];
@@ -98,12 +104,12 @@ function phaseFilters(filter: tf.Tensor4D, stride: number): (tf.Tensor4D | null)
       if (th <= 0 || tw <= 0) {
         row.push(null);
       } else if (w) {
-        const out = new Float32Array(th * tw * cout * cin);
+        const block = cout * cin;
+        const out = new Float32Array(th * tw * block);
         for (let u = 0; u < th; u++) {
           for (let v = 0; v < tw; v++) {
-            const src = ((stride * (th - 1 - u) + rh) * kernel + (stride * (tw - 1 - v) + rw)) * cin * cout;
-            const dst = (u * tw + v) * cout * cin;
-            for (let i = 0; i < cin; i++) for (let o = 0; o < cout; o++) out[dst + o * cin + i] = w[src + i * cout + o];
+            const src = ((stride * (th - 1 - u) + rh) * kernel + (stride * (tw - 1 - v) + rw)) * block;
+            out.set(w.subarray(src, src + block), (u * tw + v) * block);
           }
         }
         row.push(tf.tensor4d(out, [th, tw, cout, cin]));
