@@ -140,4 +140,15 @@ describe('tricaps CLI', () => {
     expect(out.ms_per_step.min).toBeGreaterThan(0);
     expect(out.images_per_s).toBeGreaterThan(0);
   });
+
+  it('bench profile lists kernels of one step, largest first', () => {
+    const r = tricaps('bench', 'profile', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--top', '5');
+    expect(r.code, r.stderr).toBe(0);
+    const out = lastJsonLine(r.stdout);
+    expect(out).toMatchObject({ bench: 'profile', engine: 'wasm' });
+    expect(out.top).toHaveLength(5);
+    expect(out.top[0].kernel).toMatch(/^Conv2D/);
+    const ms = out.top.map((t: { ms: number }) => t.ms);
+    expect(ms).toEqual([...ms].sort((a: number, b: number) => b - a));
+  });
 });

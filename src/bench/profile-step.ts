@@ -1,6 +1,6 @@
-// Developer tool: per-kernel time of one training step (tf.profile), largest first, as JSON.
+// `tricaps bench profile`: per-kernel time of one training step (tf.profile), largest first, as JSON.
+// Kernel times include profiling overhead; use them to rank, and `bench engine` to time.
 import * as tf from '@tensorflow/tfjs-core';
-import '@tensorflow/tfjs';
 import { initEngine, type EngineChoice } from '../shared/engine/engine.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { modelConfig, type ModelConfigInput } from '../shared/model/config.js';
@@ -21,8 +21,10 @@ export async function profileStep(engineChoice: EngineChoice, model: ModelConfig
     const r = run();
     r.dispose();
   });
+  // "unnamed scope" entries are custom-gradient wrappers whose inner kernels are listed too.
+  const kernels = info.kernels.filter((k) => k.name !== 'unnamed scope');
   const byKernel = new Map<string, { ms: number; calls: number }>();
-  for (const k of info.kernels) {
+  for (const k of kernels) {
     const key = `${k.name} ${JSON.stringify(k.inputShapes)}`;
     const e = byKernel.get(key) ?? { ms: 0, calls: 0 };
     e.ms += Number(k.kernelTimeMs) || 0;
@@ -30,17 +32,15 @@ export async function profileStep(engineChoice: EngineChoice, model: ModelConfig
     byKernel.set(key, e);
   }
   const byName = new Map<string, number>();
-  for (const k of info.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + (Number(k.kernelTimeMs) || 0));
+  for (const k of kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + (Number(k.kernelTimeMs) || 0));
+  state.dispose();
+  images.dispose();
   return {
+    bench: 'profile',
+    engine: engine.name,
+    kernels: kernels.length,
     total_kernel_ms: [...byName.values()].reduce((a, b) => a + b, 0),
     by_op: Object.fromEntries([...byName].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => [k, Math.round(v)])),
     top: [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, top).map(([k, v]) => ({ kernel: k, ms: Math.round(v.ms), calls: v.calls })),
   };
-}
-
-if (import.meta.url === `file://${process.argv[1]}`) {
-  const [engine = 'wasm', variant = 'sc', size = '64', triplets = '16'] = process.argv.slice(2);
-  tf.env().set('PROD', true);
-  console.log(JSON.stringify(await profileStep(engine as EngineChoice, { variant: variant as 'sc', imageSize: Number(size) }, Number(triplets)), null, 1));
-  process.exit(0);
 }

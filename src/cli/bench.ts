@@ -1,6 +1,7 @@
 // `tricaps bench ...`: benchmarks that print JSON (the last line of stdout).
 import type { Command } from 'commander';
 import { benchEngine } from '../bench/engine.js';
+import { profileStep } from '../bench/profile-step.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
 import { VARIANTS } from '../shared/model/config.js';
@@ -29,5 +30,17 @@ export function registerBenchCommands(program: Command): void {
         createLogger('bench'),
       );
       console.log(JSON.stringify(result));
+    });
+  bench
+    .command('profile')
+    .description('time every kernel of one training step (tf.profile) and list the largest')
+    .option('--engine <e>', `compute engine (${ENGINE_NAMES.join('|')})`, choiceOption(ENGINE_NAMES), 'auto')
+    .option('--variant <v>', `model variant (${VARIANTS.join('|')})`, choiceOption(VARIANTS), 'sc')
+    .option('--image-size <n>', 'input side in pixels (multiple of 16)', intOption(16, 1024), 64)
+    .option('--categories <n>', 'categories (class capsules)', intOption(2, 1000), 23)
+    .option('--batch-triplets <n>', 'triplets per step (3n images)', intOption(1, 4096), 16)
+    .option('--top <n>', 'kernels to list', intOption(1, 1000), 25)
+    .action(async (o) => {
+      console.log(JSON.stringify(await profileStep(o.engine, { variant: o.variant, imageSize: o.imageSize, categories: o.categories }, o.batchTriplets, o.top)));
     });
 }

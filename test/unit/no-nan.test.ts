@@ -37,3 +37,19 @@ describe('no NaN at zero', () => {
     expect(tripletLoss(pairwiseSquaredDistances(e), triplets, 2).loss.dataSync()[0]).toBeCloseTo(2);
   });
 });
+
+describe('embedding masks', () => {
+  it('the evaluation path (host masks) equals the tensor path for every mask', async () => {
+    await useBackend('cpu');
+    const { maskedEmbeddings } = await import('../../src/shared/eval/evaluate.js');
+    const capsules = tf.randomNormal([5, 4, 3], 0, 1, 'float32', 9) as tf.Tensor3D;
+    const labels = [0, 3, 1, 1, 2];
+    const unit = l2Normalize(capsules).dataSync() as Float32Array;
+    const predicted = tf.argMax(tf.sum(tf.square(capsules), -1), 1).dataSync() as Int32Array;
+    for (const mode of ['predicted', 'oracle', 'none'] as const) {
+      const host = maskedEmbeddings({ unit, categories: 4, dim: 3, predicted }, mode, labels);
+      const tensor = embed(capsules, mode, labels).dataSync();
+      Array.from(tensor).forEach((v, i) => expect(host[i]).toBeCloseTo(v, 6));
+    }
+  });
+});
