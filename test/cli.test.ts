@@ -37,6 +37,9 @@ describe('tricaps CLI', () => {
     [['data', 'inspect', '--root', '/nonexistent-tricaps'], /\/nonexistent-tricaps: no such directory/],
     [['train', '--data', '/nonexistent-tricaps'], /\/nonexistent-tricaps: no such directory/],
     [['data', 'synth'], /required option '--out <dir>' not specified/],
+    [['train', '--aug-brightness', '2,1'], /"2,1" is not a range "lo,hi" with 0 <= lo <= hi/],
+    [['train', '--eval-mask', 'predicted', 'psychic'], /"psychic" is not one of predicted, oracle, none/],
+    [['bench', 'profile', '--engine', 'tpu'], /"tpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
   ])('%j fails with a clear message and exit code 2', (args, message) => {
     const r = tricaps(...args);
     expect(r.code).toBe(2);
@@ -120,10 +123,17 @@ describe('tricaps CLI', () => {
       const bad = tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(dir, 'nope.jpg'));
       expect(bad.code).toBe(2);
       expect(bad.stderr).toMatch(/nope.jpg: cannot read the query image/);
+      const good = readFileSync(join(ck, 'step-00000002', 'weights.bin'));
       writeFileSync(join(ck, 'step-00000002', 'weights.bin'), 'short');
       const corrupt = tricaps('eval', '--checkpoint', ck, '--data', root);
       expect(corrupt.code).toBe(2);
       expect(corrupt.stderr).toMatch(/weights.bin: 5 bytes, the manifest needs \d+; the checkpoint is truncated or corrupt/);
+      const other = join(dir, 'other');
+      expect(tricaps('data', 'synth', '--out', other, '--items', '8', '--categories', '2', '--image-size', '16').code).toBe(0);
+      writeFileSync(join(ck, 'step-00000002', 'weights.bin'), good);
+      const mismatch = tricaps('eval', '--checkpoint', ck, '--data', other);
+      expect(mismatch.code).toBe(2);
+      expect(mismatch.stderr).toMatch(/was trained on 3 categories, .* has 2/);
       const empty = tricaps('eval', '--checkpoint', root, '--data', root);
       expect(empty.code).toBe(2);
       expect(empty.stderr).toMatch(/holds no checkpoint/);

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { hashInts } from '../shared/rng.js';
 import { itemsPerBatch, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
-import { computeGradients, type StepStats } from '../worker/trainer.js';
+import { assertFiniteLoss, computeGradients, type StepStats } from '../worker/trainer.js';
 import { ParameterUpdater } from './optimizer.js';
 
 export interface StepReport extends StepStats {
@@ -107,10 +107,13 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
       { images, itemIds: plan.itemIds, categories: plan.imageIds.map((id) => catalogue.images[id].category) },
       { mining: cfg.mining, margin: cfg.margin, marginLossWeight: cfg.marginLossWeight, conv: engine.conv, seed: hashInts(cfg.seed, epoch, step) },
     );
-    updater.apply(result.grads, result.bnUpdates, epoch);
-    result.dispose();
     images.dispose();
-    if (!Number.isFinite(result.stats.loss)) throw new Error(`step ${step}: loss is ${result.stats.loss}; stopping before the weights are spoiled further`);
+    try {
+      assertFiniteLoss(result.stats, step); // before the optimizer step: never apply a non-finite update
+      updater.apply(result.grads, result.bnUpdates, epoch);
+    } finally {
+      result.dispose();
+    }
     losses.push(result.stats.loss);
     waits.push(waitSeconds);
     const seconds = (performance.now() - stepStart) / 1000;
