@@ -1,0 +1,107 @@
+import { describe, expect, it } from 'vitest';
+import { decodeTensor, encodeTensor, fromHalf, toHalf, type EncodedChunk } from '../../src/shared/tensor-codec.js';
+import { shardBatch } from '../../src/shared/plan/step-plan.js';
+import { meanOf, weightedAverage } from '../../src/shared/plan/average.js';
+import { samplePkBatch } from '../../src/shared/data/pk-sampler.js';
+import { Rng } from '../../src/shared/rng.js';
+
+const limits = { maxElements: 1 << 24, maxChunks: 1024 };
+const values = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 10);
+
+describe('tensor codec', () => {
+  it('round-trips float32 exactly in chunks under the size limit', () => {
+    const chunks = encodeTensor('w', values, [10, 100], 'float32', 1024);
+    expect(chunks).toHaveLength(4);
+    for (const c of chunks) expect(c.data.byteLength).toBeLessThanOrEqual(1024);
+    expect(Array.from(decodeTensor(chunks, { name: 'w', shape: [10, 100] }, limits))).toEqual(Array.from(values));
+  });
+
+  it('float16 halves the bytes and keeps ~3 significant digits', () => {
+    const chunks = encodeTensor('w', values, [1000], 'float16', 1 << 20);
+    expect(chunks[0].data.byteLength).toBe(2000);
+    const back = decodeTensor(chunks, { name: 'w', shape: [1000] }, limits);
+    back.forEach((v, i) => expect(Math.abs(v - values[i])).toBeLessThanOrEqual(Math.abs(values[i]) * 1e-3 + 1e-6));
+    for (const x of [0, 1, -2.5, 65504, 6.1e-5, 1e-7]) expect(fromHalf(toHalf(x))).toBeCloseTo(x, 3);
+    expect(fromHalf(toHalf(1e6))).toBe(Infinity);
+  });
+
+  const good = () => encodeTensor('w', values, [1000], 'float32', 1024);
+  it.each<[string, (c: EncodedChunk[]) => EncodedChunk[], RegExp]>([
+    ['no chunks', () => [], /no chunks/],
+    ['a missing chunk', (c) => c.slice(0, 3), /3 chunks received, 4 announced/],
+    ['chunks out of order', (c) => [c[1], c[0], c[2], c[3]], /chunk 1 arrived in position 0/],
+    ['a wrong shape', (c) => c.map((x) => ({ ...x, shape: [999] })), /shape \[999\] where \[1000\] was expected/],
+    ['another tensor', (c) => [c[0], { ...c[1], name: 'v' }, c[2], c[3]], /chunk 1 belongs to tensor v/],
+    ['a gap', (c) => [c[0], { ...c[1], offset: c[1].offset + 1 }, c[2], c[3]], /gap or overlap/],
+    ['a torn value', (c) => [c[0], { ...c[1], data: c[1].data.subarray(0, 1021) }, c[2], c[3]], /not a whole number of float32 values/],
+    ['a NaN', (c) => { const d = new Uint8Array(c[0].data); new DataView(d.buffer).setFloat32(8, Number.NaN, true); return [{ ...c[0], data: d }, ...c.slice(1)]; }, /non-finite value NaN at element 2/],
+    ['too many chunks', (c) => c, /4 chunks, more than the limit of 2/],
+  ])('rejects %s', (label, breakIt, message) => {
+    const lim = label === 'too many chunks' ? { ...limits, maxChunks: 2 } : limits;
+    expect(() => decodeTensor(breakIt(good()), { name: 'w', shape: [1000] }, lim)).toThrow(message);
+  });
+
+  it('refuses to encode values that do not fill the shape, or decode an unknown dtype', () => {
+    expect(() => encodeTensor('w', values, [3, 3])).toThrow(/1000 values for shape \[3,3\]/);
+    expect(() => decodeTensor(good().map((c) => ({ ...c, dtype: 'int8' as never })), { name: 'w', shape: [1000] }, limits)).toThrow(/unknown dtype int8/);
+  });
+
+  it('rejects a tensor larger than the element limit before reading it', () => {
+    expect(() => decodeTensor(good(), { name: 'w', shape: [1000] }, { maxElements: 100, maxChunks: 10 })).toThrow(/1000 elements, more than the limit of 100/);
+  });
+});
+
+describe('step plan', () => {
+  const items = new Map<number, number[]>(Array.from({ length: 20 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2]]));
+  const batch = samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 7, imagesPerItem: 3, items });
+
+  it('gives every worker whole items, every image exactly once, sizes within one item', () => {
+    for (const n of [1, 2, 3, 7]) {
+      const shards = shardBatch(batch, Array.from({ length: n }, (_, i) => `w${i}`));
+      expect(shards.flatMap((s) => s.imageIds).sort((a, b) => a - b)).toEqual([...batch.imageIds].sort((a, b) => a - b));
+      const itemsPerShard = shards.map((s) => new Set(s.itemIds).size);
+      expect(Math.max(...itemsPerShard) - Math.min(...itemsPerShard)).toBeLessThanOrEqual(1);
+      for (const s of shards) for (const item of new Set(s.itemIds)) expect(s.itemIds.filter((x) => x === item)).toHaveLength(3);
+      const owners = new Map<number, string>();
+      for (const s of shards) for (const item of s.itemIds) expect(owners.get(item) ?? (owners.set(item, s.worker), s.worker)).toBe(s.worker);
+    }
+  });
+
+  it('keeps an affinity group on one worker when it fits', () => {
+    const ids = [...new Set(batch.itemIds)];
+    const affinity = new Map([[ids[0], 1], [ids[4], 1], [ids[6], 1]]);
+    const shards = shardBatch(batch, ['a', 'b', 'c'], affinity);
+    const owner = shards.find((s) => s.itemIds.includes(ids[0]))!;
+    expect(owner.itemIds).toContain(ids[4]);
+    expect(owner.itemIds).toContain(ids[6]);
+  });
+
+  it('is deterministic and refuses bad worker lists', () => {
+    expect(shardBatch(batch, ['a', 'b'])).toEqual(shardBatch(batch, ['a', 'b']));
+    expect(() => shardBatch(batch, [])).toThrow(/no workers/);
+    expect(() => shardBatch(batch, ['a', 'a'])).toThrow(/duplicate worker names/);
+  });
+});
+
+describe('gradient averaging', () => {
+  it('weighting shard means by triplet counts gives the mean over all triplets', () => {
+    // Per-triplet "gradients" g_t; a shard reports the mean of its triplets' gradients.
+    const rng = new Rng(3);
+    const perTriplet = Array.from({ length: 10 }, () => Float32Array.from({ length: 5 }, () => rng.normal()));
+    const mean = (xs: Float32Array[]) => xs.reduce((acc, x) => acc.map((v, i) => v + x[i] / xs.length), new Float32Array(5));
+    const split = [perTriplet.slice(0, 3), perTriplet.slice(3, 10), []];
+    const shards = split.map((ts) => ({ triplets: ts.length, grads: new Map(ts.length ? [['w', mean(ts)]] : []) }));
+    const { grads, triplets } = weightedAverage(shards);
+    expect(triplets).toBe(10);
+    Array.from(grads.get('w')!).forEach((v, i) => expect(v).toBeCloseTo(mean(perTriplet)[i], 5));
+  });
+
+  it('refuses empty or inconsistent input', () => {
+    expect(() => weightedAverage([{ triplets: 0, grads: new Map() }])).toThrow(/no shard contributed/);
+    expect(() => weightedAverage([{ triplets: 1, grads: new Map([['w', new Float32Array(2)]]) }, { triplets: 1, grads: new Map() }])).toThrow(/lacks gradient w/);
+    expect(() => weightedAverage([{ triplets: 1, grads: new Map([['w', new Float32Array(2)]]) }, { triplets: 1, grads: new Map([['w', new Float32Array(3)]]) }])).toThrow(/3 values in one shard and 2/);
+    expect(Array.from(meanOf([Float32Array.of(1, 2), Float32Array.of(3, 4)]))).toEqual([2, 3]);
+    expect(() => meanOf([])).toThrow(/nothing to average/);
+    expect(() => meanOf([Float32Array.of(1), Float32Array.of(1, 2)])).toThrow(/lengths/);
+  });
+});
