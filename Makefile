@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM_STAMP := node_modules/.tricaps-installed
 
-.PHONY: all install build test demo bench typecheck clean
+.PHONY: all install build test demo bench typecheck clean proto
 
 all: build
 
@@ -16,6 +16,12 @@ install: $(NPM_STAMP)
 build: $(NPM_STAMP)
 	npx tsc -p tsconfig.json
 	@chmod +x dist/cli.js
+
+# TypeScript for proto/ (buf + ts-proto, grpc-js services); the output is committed.
+proto: $(NPM_STAMP)
+	npx buf lint
+	rm -rf src/shared/gen
+	npx buf generate
 
 typecheck: $(NPM_STAMP)
 	npx tsc -p tsconfig.json --noEmit
