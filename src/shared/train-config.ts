@@ -8,7 +8,7 @@ import { MINING_STRATEGIES } from './model/mining.js';
 import { MASK_MODES } from './model/embedding.js';
 import { AugmentConfigSchema } from './data/augment.js';
 
-export const SyntheticDataSchema = z.object({
+export const DataConfigSchema = z.object({
   /** An In-shop catalogue on disk; without it, the built-in synthetic catalogue (options below). */
   root: z.string().min(1).optional(),
   onBadImage: z.enum(['fail', 'skip']).default('fail'),
@@ -23,7 +23,7 @@ export const TrainConfigSchema = z
   .object({
     model: ModelConfigSchema.default(ModelConfigSchema.parse({})),
     optimizer: OptimizerConfigSchema.default(OptimizerConfigSchema.parse({})),
-    data: SyntheticDataSchema.default(SyntheticDataSchema.parse({})),
+    data: DataConfigSchema.default(DataConfigSchema.parse({})),
     augment: AugmentConfigSchema.default(AugmentConfigSchema.parse({})),
     engine: z.enum(ENGINE_NAMES).default('auto'),
     /** 0 = train in this process; >0 arrives with the coordinator. */

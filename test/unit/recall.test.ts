@@ -50,7 +50,7 @@ describe('mAP@R', () => {
     expect(averagePrecisionAtR([0.1, 0.2, 0.3, 0.4], 7, [7, 8, 7, 9])).toBeCloseTo(0.5);
     // Ranked 1st and 2nd: perfect.
     expect(averagePrecisionAtR([0.1, 0.2, 0.3], 7, [7, 7, 9])).toBe(1);
-    // A tie with a non-matching image ranks the match second: (0 + 1/2) / 1... R = 1 -> 0.
+    // R = 1 and a tie puts the non-matching image first: nothing relevant in the first R ranks.
     expect(averagePrecisionAtR([0.5, 0.5], 7, [7, 9])).toBe(0);
     expect(averagePrecisionAtR([0.5], 7, [9])).toBe(0);
     expect(recallAtK([0.1, 0.2, 0.3, 0.4], [7], [7, 8, 7, 9], [1]).mapAtR).toBeCloseTo(0.5);
