@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
-import { conv2dFastGrad, axisGeometry } from '../../src/shared/engine/fast-conv.js';
+import { conv2dFastGrad, axisGeometry, phaseFilters } from '../../src/shared/engine/fast-conv.js';
 import { relativeError, seededNormal, useBackend } from '../helpers.js';
 
 type Case = { kernel: number; stride: number; padding: 'same' | 'valid'; size: number; cin: number; cout: number };
@@ -51,6 +51,23 @@ describe('fast convolution gradients', () => {
     });
     expect(Math.max(...dx.map(Math.abs))).toBe(0);
     expect(relativeError(dw, reference.dw)).toBeLessThan(1e-4);
+  });
+
+  it('builds the same phase sub-filters on the host (cpu/wasm) and with gathers (GPU backends)', async () => {
+    await useBackend('cpu');
+    for (const [kernel, stride] of [[7, 2], [3, 2], [1, 2], [3, 1]]) {
+      const w = seededNormal([kernel, kernel, 3, 5], kernel * 10 + stride) as tf.Tensor4D;
+      const host = phaseFilters(w, stride, true);
+      const device = phaseFilters(w, stride, false);
+      host.forEach((row, rh) =>
+        row.forEach((f, rw) => {
+          const g = device[rh][rw];
+          if (f === null || g === null) return expect(g).toBe(f);
+          expect(g.shape).toEqual(f.shape);
+          expect(Array.from(g.dataSync())).toEqual(Array.from(f.dataSync()));
+        }),
+      );
+    }
   });
 
   it('follows TensorFlow padding geometry', () => {

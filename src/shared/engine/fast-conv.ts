@@ -83,11 +83,11 @@ const phaseTaps = (kernel: number, stride: number, r: number) => Math.ceil((kern
  * The flipped, channel-swapped sub-filter of every stride phase, [phaseH][phaseW] -> [th, tw, Cout, Cin]
  * (null where a phase has no taps): G_r[u][v][o][i] = w[stride*(th-1-u) + rh][stride*(tw-1-v) + rw][i][o].
  * Filters are small: on CPU backends they are rearranged on the host (wasm's StridedSlice, Reverse
- * and Gather on them cost more than the convolutions they feed); elsewhere with two gathers.
+ * and Gather kernels were slower than a host copy); on GPU backends with two gathers, which keeps
+ * the data on the device.
  */
-function phaseFilters(filter: tf.Tensor4D, stride: number): (tf.Tensor4D | null)[][] {
+export function phaseFilters(filter: tf.Tensor4D, stride: number, onHost = tf.getBackend() === 'wasm' || tf.getBackend() === 'cpu'): (tf.Tensor4D | null)[][] {
   const [kernel, , cin, cout] = filter.shape;
-  const onHost = tf.getBackend() === 'wasm' || tf.getBackend() === 'cpu';
   // [K, K, Cout, Cin] on the host: each tap is then one contiguous block to copy.
   let w: Float32Array | undefined;
   if (onHost) {
