@@ -4,7 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { ZodError } from 'zod';
 import * as tf from '@tensorflow/tfjs-core';
-import { UsageError } from './shared/errors.js';
+import { explainResourceFailure, UsageError } from './shared/errors.js';
 import { registerModelCommands } from './cli/model-summary.js';
 import { registerTrainCommand } from './cli/train.js';
 import { registerBenchCommands } from './cli/bench.js';
@@ -45,6 +45,11 @@ async function main(argv: string[]): Promise<number> {
     }
     if (err instanceof ZodError) {
       process.stderr.write(`tricaps: error: invalid configuration: ${formatZod(err)}\n`);
+      return 2;
+    }
+    const limit = explainResourceFailure(err);
+    if (limit) {
+      process.stderr.write(`tricaps: error: ${limit}\n`);
       return 2;
     }
     process.stderr.write(`tricaps: internal error (please report): ${(err as Error).stack ?? err}\n`);

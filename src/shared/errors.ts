@@ -7,3 +7,15 @@ export class UsageError extends Error {
     this.name = 'UsageError';
   }
 }
+
+/**
+ * A one-line explanation for failures that are limits, not bugs, or undefined. The wasm engine
+ * aborts (or faults) inside WebAssembly when its 32-bit heap (at most 4 GB) runs out, e.g. SC at
+ * 256px with 96 images per step.
+ */
+export function explainResourceFailure(err: unknown): string | undefined {
+  if (err instanceof WebAssembly.RuntimeError) {
+    return `the wasm engine failed inside WebAssembly (${err.message.split('.')[0]}), almost always because its memory (at most 4 GB) ran out. Use fewer images per step (--batch-triplets) or a smaller --image-size, or a GPU engine (--engine webgpu or tensorflow)`;
+  }
+  return undefined;
+}
