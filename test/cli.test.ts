@@ -5,10 +5,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-function tricaps(...args: string[]) {
-  const r = spawnSync(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, TRICAPS_LOG_LEVEL: 'warn' } });
+function tricapsWithLogLevel(level: string, ...args: string[]) {
+  const r = spawnSync(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, TRICAPS_LOG_LEVEL: level } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+const tricaps = (...args: string[]) => tricapsWithLogLevel('warn', ...args);
 
 const lastJsonLine = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!);
 
@@ -72,8 +74,11 @@ describe('tricaps CLI', () => {
   });
 
   it('train runs end to end and reports Recall@K before and after as JSON', () => {
-    const r = tricaps('train', '--engine', 'wasm', '--steps', '3', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--json');
+    const r = tricapsWithLogLevel('info', 'train', '--engine', 'wasm', '--steps', '3', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--log-every', '1', '--json');
     expect(r.code, r.stderr).toBe(0);
+    const stepLines = r.stderr.split('\n').filter((l) => l.includes('"msg":"step '));
+    expect(stepLines.map((l) => JSON.parse(l).step)).toEqual([0, 1, 2]);
+    expect(JSON.parse(stepLines[0])).toHaveProperty('data_wait_ms');
     const out = lastJsonLine(r.stdout);
     expect(out.steps).toBe(3);
     expect(out.before.map((e: { mask: string }) => e.mask)).toEqual(['predicted', 'oracle']);

@@ -66,6 +66,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--aug-brightness <lo,hi>', 'augmentation: brightness factor range (1,1 = off)', brightnessRange, [0.5, 1.5])
     .option('--no-aug-flip', 'augmentation: no horizontal flips')
     .option('--checkpoint-dir <dir>', 'save the final weights under this directory (for tricaps eval/search)')
+    .option('--log-every <n>', 'also log one structured line every n steps (loss, triplets, data wait, images/s); 0 = off', intOption(0), 0)
     .option('--json', 'print the final result as one JSON line')
     .action(async (o) => {
       const cfg: TrainConfig = TrainConfigSchema.parse({
@@ -86,7 +87,7 @@ export function registerTrainCommand(program: Command): void {
         checkpointDir: o.checkpointDir,
         augment: { enabled: o.augment, rotationDegrees: o.augRotation, shift: o.augShift, zoom: o.augZoom, shearDegrees: o.augShear, brightness: o.augBrightness, horizontalFlip: o.augFlip },
       });
-      await runTraining(cfg, Boolean(o.json));
+      await runTraining(cfg, Boolean(o.json), o.logEvery);
     });
 }
 
@@ -95,7 +96,7 @@ export function recallLine(label: string, r: EvaluationResult): string {
   return `${label.padEnd(7)} ${r.mask.padEnd(9)} ${ks.map((k) => `R@${k} ${(r.recall[k] * 100).toFixed(1).padStart(5)}%`).join('  ')}  mAP@R ${(r.mapAtR * 100).toFixed(1).padStart(5)}%`;
 }
 
-async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
+async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number): Promise<void> {
   const log = createLogger('train');
   const bar = new cliProgress.SingleBar(
     {
@@ -112,7 +113,15 @@ async function runTraining(cfg: TrainConfig, json: boolean): Promise<void> {
       if (phase === 'before') bar.start(cfg.steps, 0, { loss: '-', active: '-', ips: '-', wait: '-' });
       else bar.stop();
     },
-    onStep: (s) => bar.update(s.step + 1, { loss: s.loss.toFixed(4), active: ((100 * s.activeTriplets) / Math.max(1, s.triplets)).toFixed(0), ips: s.imagesPerSecond.toFixed(1), wait: (s.dataWaitSeconds * 1000).toFixed(0) }),
+    onStep: (s) => {
+      if (logEvery > 0 && s.step % logEvery === 0) {
+        log.info(
+          { step: s.step, epoch: s.epoch, loss: s.loss, triplets: s.triplets, active: s.activeTriplets, dap: s.meanPositiveDistance, dan: s.meanNegativeDistance, data_wait_ms: s.dataWaitSeconds * 1000, images_per_s: s.imagesPerSecond, lr: s.learningRate },
+          `step ${s.step} loss ${s.loss.toFixed(4)}`,
+        );
+      }
+      bar.update(s.step + 1, { loss: s.loss.toFixed(4), active: ((100 * s.activeTriplets) / Math.max(1, s.triplets)).toFixed(0), ips: s.imagesPerSecond.toFixed(1), wait: (s.dataWaitSeconds * 1000).toFixed(0) });
+    },
   });
   const first = result.losses.slice(0, 10);
   const last = result.losses.slice(-10);
