@@ -27,3 +27,8 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): numbe
 export function seededNormal(shape: number[], seed: number): tf.Tensor {
   return tf.randomNormal(shape, 0, 1, 'float32', seed);
 }
+
+/** Squared Euclidean distances between all rows of flat embeddings (reference for tests). */
+export function pairwiseSquaredDistances(embeddings: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => tf.sum(tf.square(tf.sub(tf.expandDims(embeddings, 1), tf.expandDims(embeddings, 0))), -1) as tf.Tensor2D);
+}

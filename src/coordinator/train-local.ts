@@ -33,7 +33,6 @@ export interface StepReport extends StepStats {
 }
 
 export interface TrainHooks {
-  onStart?(info: { engine: Engine; steps: number; stepsPerEpoch: number; trainItems: number }): void;
   onStep?(report: StepReport): void;
   onEvaluation?(phase: 'before' | 'after', results: EvaluationResult[]): void;
 }
@@ -67,7 +66,6 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const perEpoch = stepsPerEpoch([...items.values()].filter((ids) => ids.length >= 2).length, P);
   if (perEpoch === 0) throw new UsageError(`${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`);
   log.info({ catalogue: catalogue.name, params: arch.params.length, stepsPerEpoch: perEpoch, itemsPerBatch: P }, 'training in this process');
-  hooks.onStart?.({ engine, steps: cfg.steps, stepsPerEpoch: perEpoch, trainItems: items.size });
 
   const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
   const before = await evaluateRetrieval(model, catalogue, evalOpts);

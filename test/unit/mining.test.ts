@@ -63,8 +63,8 @@ describe('anchor-masked training distances', () => {
   it('compare the anchor category capsule of both images, and equal the masked flat embeddings', async () => {
     const tf = await import('@tensorflow/tfjs-core');
     await import('@tensorflow/tfjs');
-    const { useBackend } = await import('../helpers.js');
-    const { anchorMaskedDistances, pairwiseSquaredDistances } = await import('../../src/shared/model/loss.js');
+    const { pairwiseSquaredDistances, useBackend } = await import('../helpers.js');
+    const { anchorMaskedDistances } = await import('../../src/shared/model/loss.js');
     const { l2Normalize } = await import('../../src/shared/model/squash.js');
     await useBackend('cpu');
     const unit = l2Normalize(tf.randomNormal([4, 3, 5], 0, 1, 'float32', 7)) as import('@tensorflow/tfjs-core').Tensor3D;

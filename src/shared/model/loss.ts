@@ -5,14 +5,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Triplet } from './mining.js';
 import { capsuleLengths } from './embedding.js';
 
-/** Squared Euclidean distances between all rows, [n, n] (exact differences: no cancellation). */
-export function pairwiseSquaredDistances(embeddings: tf.Tensor2D): tf.Tensor2D {
-  return tf.tidy(() => {
-    const diff = tf.sub(tf.expandDims(embeddings, 1), tf.expandDims(embeddings, 0));
-    return tf.sum(tf.square(diff), -1) as tf.Tensor2D;
-  });
-}
-
 /**
  * Training distances with the anchor's mask (reference): every image of a triplet is masked with the
  * anchor's category, so D[a, x] = |unit(v_x)[cat(a)] - unit(v_a)[cat(a)]|^2 compares the same
