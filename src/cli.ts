@@ -10,6 +10,7 @@ import { registerTrainCommand } from './cli/train.js';
 import { registerBenchCommands } from './cli/bench.js';
 import { registerDataCommands } from './cli/data.js';
 import { registerEvalCommands } from './cli/eval.js';
+import { registerFleetCommands } from './cli/fleet.js';
 
 // Gradients for every tfjs op are registered by the union package (tfjs-core alone has none).
 import '@tensorflow/tfjs';
@@ -30,13 +31,14 @@ async function main(argv: string[]): Promise<number> {
   registerBenchCommands(program);
   registerDataCommands(program);
   registerEvalCommands(program);
+  registerFleetCommands(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();
   }
   try {
     await program.parseAsync(argv);
-    return 0;
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof UsageError) {

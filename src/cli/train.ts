@@ -10,6 +10,8 @@ import { MINING_STRATEGIES } from '../shared/model/mining.js';
 import { TrainConfigSchema, type TrainConfig } from '../shared/train-config.js';
 import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import { trainLocal } from '../coordinator/train-local.js';
+import { runLocalFleet } from '../coordinator/local-fleet.js';
+import { FleetConfigSchema, type FleetConfig } from '../coordinator/fleet-config.js';
 import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
 
 export function addModelOptions(cmd: Command): Command {
@@ -38,11 +40,11 @@ function brightnessRange(value: string): [number, number] {
   return [parts[0], parts[1]];
 }
 
-export function registerTrainCommand(program: Command): void {
-  const cmd = program.command('train').description('train TriCapsNet in this process, on an In-shop catalogue (--data) or the built-in synthetic one');
-  addModelOptions(cmd)
-    .option('--workers <n>', 'worker processes (0 = train in this process)', intOption(0, 256), 0)
-    .option('--steps <n>', 'optimizer steps', intOption(0), 100)
+/** The training flags shared by `train` and `coordinator`. */
+export function addTrainingOptions(cmd: Command): Command {
+  return addModelOptions(cmd)
+    .option('--steps <n>', 'optimizer steps (default 100, or unlimited with --epochs)', intOption(0))
+    .option('--epochs <n>', 'also stop after this many passes over the train items', intOption(1))
     .option('--max-minutes <m>', 'stop training after this many minutes (0 = no limit)', floatOption(0), 0)
     .option('--mining <m>', `in-batch triplet mining (${MINING_STRATEGIES.join('|')})`, choiceOption(MINING_STRATEGIES), 'random')
     .option('--margin <x>', 'triplet margin on squared L2 distance', floatOption(0.001, 100), 2.0)
@@ -65,30 +67,73 @@ export function registerTrainCommand(program: Command): void {
     .option('--aug-shear <deg>', 'augmentation: max shear in degrees, Keras semantics (0 = off)', floatOption(0, 45), 0.1)
     .option('--aug-brightness <lo,hi>', 'augmentation: brightness factor range (1,1 = off)', brightnessRange, [0.5, 1.5])
     .option('--no-aug-flip', 'augmentation: no horizontal flips')
-    .option('--checkpoint-dir <dir>', 'save the final weights under this directory (for tricaps eval/search)')
+    .option('--checkpoint-dir <dir>', 'save the final weights under this directory (for tricaps eval/search)');
+}
+
+/** The coordinator's fleet flags (also taken by `train --workers N`). */
+export function addFleetOptions(cmd: Command, listenDefault: string): Command {
+  return cmd
+    .option('--listen <host:port>', 'address the coordinator serves gRPC on (port 0: chosen at start and logged)', listenDefault)
+    .option('--min-workers <n>', 'train only while at least this many workers are present (pause otherwise)', intOption(1, 1024))
+    .option('--max-workers <n>', 'refuse workers beyond this many', intOption(1, 1024))
+    .option('--shards <n>', 'mining shards per step (default: --min-workers); workers take whole shards, so results do not depend on the fleet size', intOption(1, 1024))
+    .option('--heartbeat-interval <ms>', 'how often workers send heartbeats', intOption(50, 600_000), 1000)
+    .option('--heartbeat-timeout <ms>', 'drop a worker silent this long', intOption(200, 3_600_000), 5000)
+    .option('--step-timeout <ms>', 'drop a worker that holds a step this long without answering', intOption(1000, 86_400_000), 300_000)
+    .option('--wire <dtype>', 'gradient wire format (float16 halves the bytes; accumulation stays float32)', choiceOption(['float32', 'float16'] as const), 'float32')
+    .option('--hard-negative-every <n>', 'every n steps, embed the train items over the fleet and put confusable items in the same shard (0 = off)', intOption(0), 0)
+    .option('--run-id <id>', 'name of the run (default: generated); workers of another run are refused');
+}
+
+export function trainConfigFrom(o: Record<string, any>, workers: number): TrainConfig {
+  return TrainConfigSchema.parse({
+    model: { variant: o.variant, imageSize: o.imageSize, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
+    optimizer: { learningRate: o.lr },
+    data: { root: o.data, onBadImage: o.onBadImage, bboxCrop: Boolean(o.bboxCrop), items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
+    engine: o.engine,
+    workers,
+    steps: o.steps ?? (o.epochs ? Number.MAX_SAFE_INTEGER : 100),
+    epochs: o.epochs,
+    maxMinutes: o.maxMinutes,
+    batchTriplets: o.batchTriplets,
+    imagesPerItem: o.imagesPerItem,
+    mining: o.mining,
+    margin: o.margin,
+    marginLossWeight: o.marginLossWeight,
+    evalMasks: o.evalMask,
+    seed: o.seed,
+    checkpointDir: o.checkpointDir,
+    augment: { enabled: o.augment, rotationDegrees: o.augRotation, shift: o.augShift, zoom: o.augZoom, shearDegrees: o.augShear, brightness: o.augBrightness, horizontalFlip: o.augFlip },
+  });
+}
+
+export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: number }): FleetConfig {
+  const minWorkers = o.minWorkers ?? defaults.minWorkers;
+  return FleetConfigSchema.parse({
+    listen: o.listen,
+    runId: o.runId,
+    minWorkers,
+    maxWorkers: o.maxWorkers ?? Math.max(64, minWorkers),
+    shards: o.shards,
+    heartbeatIntervalMs: o.heartbeatInterval,
+    heartbeatTimeoutMs: o.heartbeatTimeout,
+    stepTimeoutMs: o.stepTimeout,
+    gradientWire: o.wire,
+    hardNegativeEvery: o.hardNegativeEvery,
+  });
+}
+
+export function registerTrainCommand(program: Command): void {
+  const cmd = program.command('train').description('train TriCapsNet on an In-shop catalogue (--data) or the built-in synthetic one: in this process (--workers 0) or with a local fleet of worker processes');
+  addTrainingOptions(cmd)
+    .option('--workers <n>', 'worker processes on loopback (0 = train in this process)', intOption(0, 256), 0)
     .option('--log-every <n>', 'also log one structured line every n steps (loss, triplets, data wait, images/s); 0 = off', intOption(0), 0)
-    .option('--json', 'print the final result as one JSON line')
-    .action(async (o) => {
-      const cfg: TrainConfig = TrainConfigSchema.parse({
-        model: { variant: o.variant, imageSize: o.imageSize, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool, categories: o.categories, bnMomentum: o.bnMomentum, dropout: o.dropout },
-        optimizer: { learningRate: o.lr },
-        data: { root: o.data, onBadImage: o.onBadImage, bboxCrop: Boolean(o.bboxCrop), items: o.items, views: o.views, categories: o.categories, seed: o.dataSeed },
-        engine: o.engine,
-        workers: o.workers,
-        steps: o.steps,
-        maxMinutes: o.maxMinutes,
-        batchTriplets: o.batchTriplets,
-        imagesPerItem: o.imagesPerItem,
-        mining: o.mining,
-        margin: o.margin,
-        marginLossWeight: o.marginLossWeight,
-        evalMasks: o.evalMask,
-        seed: o.seed,
-        checkpointDir: o.checkpointDir,
-        augment: { enabled: o.augment, rotationDegrees: o.augRotation, shift: o.augShift, zoom: o.augZoom, shearDegrees: o.augShear, brightness: o.augBrightness, horizontalFlip: o.augFlip },
-      });
-      await runTraining(cfg, Boolean(o.json), o.logEvery);
-    });
+    .option('--json', 'print the final result as one JSON line');
+  addFleetOptions(cmd, '127.0.0.1:0').action(async (o) => {
+    const cfg = trainConfigFrom(o, o.workers);
+    if (cfg.workers > 0) await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json));
+    else await runTraining(cfg, Boolean(o.json), o.logEvery);
+  });
 }
 
 export function recallLine(label: string, r: EvaluationResult): string {
@@ -138,4 +183,36 @@ async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number): P
   result.before.forEach((r) => console.log(recallLine('before', r)));
   result.after.forEach((r) => console.log(recallLine('after', r)));
   console.log(`category accuracy (longest capsule): before ${(result.before[0].categoryAccuracy * 100).toFixed(1)}% -> after ${(head.categoryAccuracy * 100).toFixed(1)}%`);
+}
+
+async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: boolean): Promise<void> {
+  const log = createLogger('coordinator');
+  const abort = new AbortController();
+  const onSignal = () => abort.abort();
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  try {
+    const result = await runLocalFleet(cfg, fleet, cfg.engine, log, {}, { evaluate: true, signal: abort.signal });
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+    const first = result.losses.slice(0, 10);
+    const last = result.losses.slice(-10);
+    const outside = mean(result.reports.map((r) => (r.seconds - r.workerComputeSeconds - r.workerDataSeconds) / r.seconds));
+    if (json) {
+      console.log(JSON.stringify({ run: result.runId, workers: cfg.workers, steps: result.stepsRun, seconds: result.seconds, loss_first10: mean(first), loss_last10: mean(last), images_per_s_mean: mean(result.reports.map((r) => r.imagesPerSecond)), outside_compute_share_mean: outside, lost: result.lost, before: result.before, after: result.after, checkpoint: result.checkpoint ?? null }));
+      return;
+    }
+    console.log(`\nTrained ${result.stepsRun} steps in ${result.seconds.toFixed(0)} s with ${cfg.workers} local workers (run ${result.runId}).`);
+    console.log(`Loss (mean of 10 steps): first ${mean(first).toFixed(4)} -> last ${mean(last).toFixed(4)}; ${mean(result.reports.map((r) => r.imagesPerSecond)).toFixed(1)} images/s; ${(outside * 100).toFixed(1)}% of each step outside worker compute`);
+    if (result.lost.length) console.log(`Workers lost: ${result.lost.map((l) => `${l.id} at step ${l.step} (${l.reason})`).join('; ')}`);
+    if (result.checkpoint) console.log(`Weights saved to ${result.checkpoint}`);
+    const head = result.after[0];
+    if (head) {
+      console.log(`Retrieval on held-out items: ${head.queries} queries vs ${head.gallery} gallery images (mask "predicted" = longest capsule, "oracle" = true category)`);
+      result.before.forEach((r) => console.log(recallLine('before', r)));
+      result.after.forEach((r) => console.log(recallLine('after', r)));
+    }
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
 }

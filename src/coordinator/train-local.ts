@@ -4,12 +4,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine, type Engine } from '../shared/engine/engine.js';
 import { trainItems, type Catalogue } from '../shared/data/catalogue.js';
-import { openInshopCatalogue } from '../shared/data/inshop.js';
+import { openTrainingCatalogue } from '../shared/data/open-catalogue.js';
 import { loadImages } from '../shared/data/batch.js';
 import { applyAugmentation, augmentParams } from '../shared/data/augment.js';
 import { Prefetcher } from '../shared/data/prefetch.js';
 import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
-import { syntheticCatalogue } from '../shared/data/synthetic.js';
 import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
@@ -17,7 +16,7 @@ import { createModelState, readState } from '../shared/model/params.js';
 import { saveWeights, stepDirName } from '../shared/checkpoint-format.js';
 import { join } from 'node:path';
 import { hashInts } from '../shared/rng.js';
-import { itemsPerBatch, type TrainConfig } from '../shared/train-config.js';
+import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
 import { assertFiniteLoss, computeGradients, type StepStats } from '../worker/trainer.js';
 import { ParameterUpdater } from './optimizer.js';
@@ -50,13 +49,9 @@ export interface TrainResult {
 }
 
 export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHooks = {}): Promise<TrainResult> {
-  if (cfg.workers > 0) {
-    throw new UsageError(`--workers ${cfg.workers}: multi-worker training needs the coordinator, which is not built yet; use --workers 0 to train in this process`);
-  }
+  if (cfg.workers > 0) throw new Error('trainLocal trains in this process; --workers N runs the local fleet (local-fleet.ts)');
   // Data problems are reported before any engine starts.
-  const catalogue: Catalogue = cfg.data.root
-    ? await openInshopCatalogue({ root: cfg.data.root, onBadImage: cfg.data.onBadImage, bboxCrop: cfg.data.bboxCrop })
-    : syntheticCatalogue(cfg.data);
+  const catalogue: Catalogue = await openTrainingCatalogue(cfg.data);
   const engine = await initEngine(cfg.engine, log);
   const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
   const model = createModelState(arch, cfg.seed);
@@ -91,7 +86,8 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const losses: number[] = [];
   const waits: number[] = [];
   let step = 0;
-  for (; step < cfg.steps; step++) {
+  const totalSteps = plannedSteps(cfg, perEpoch);
+  for (; step < totalSteps; step++) {
     if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
       log.warn({ step, maxMinutes: cfg.maxMinutes }, `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`);
       break;

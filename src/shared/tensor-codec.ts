@@ -20,6 +20,8 @@ export interface EncodedChunk {
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
 
 const bytesPer = (dtype: WireDType) => (dtype === 'float32' ? 4 : 2);
+// On little-endian hosts (all we run on) float32 chunks are plain byte copies; elsewhere DataView.
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 // float32 <-> float16 (IEEE 754 binary16), round to nearest even.
 const f32 = new Float32Array(1);
@@ -68,10 +70,14 @@ export function encodeTensor(name: string, values: Float32Array, shape: number[]
     const start = c * perChunk;
     const end = Math.min(size, start + perChunk);
     const data = new Uint8Array((end - start) * per);
-    const view = new DataView(data.buffer);
-    for (let i = start; i < end; i++) {
-      if (dtype === 'float32') view.setFloat32((i - start) * 4, values[i], true);
-      else view.setUint16((i - start) * 2, toHalf(values[i]), true);
+    if (dtype === 'float32' && LITTLE_ENDIAN) {
+      data.set(new Uint8Array(values.buffer, values.byteOffset + start * 4, (end - start) * 4));
+    } else {
+      const view = new DataView(data.buffer);
+      for (let i = start; i < end; i++) {
+        if (dtype === 'float32') view.setFloat32((i - start) * 4, values[i], true);
+        else view.setUint16((i - start) * 2, toHalf(values[i]), true);
+      }
     }
     chunks.push({ name, dtype, shape: [...shape], chunkIndex: c, chunkCount, offset: start, data });
   }
@@ -119,11 +125,16 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
     if (c.data.byteLength % per !== 0) fail(`chunk ${i} has ${c.data.byteLength} bytes, not a whole number of ${first.dtype} values`);
     const count = c.data.byteLength / per;
     if (next + count > size) fail(`chunk ${i} runs past the end of the tensor`);
-    const view = new DataView(c.data.buffer, c.data.byteOffset, c.data.byteLength);
-    for (let k = 0; k < count; k++) {
-      const v = per === 4 ? view.getFloat32(k * 4, true) : fromHalf(view.getUint16(k * 2, true));
-      if (!Number.isFinite(v)) fail(`non-finite value ${v} at element ${next + k}`);
-      out[next + k] = v;
+    if (per === 4 && LITTLE_ENDIAN) {
+      new Uint8Array(out.buffer, next * 4, c.data.byteLength).set(c.data);
+      for (let k = next; k < next + count; k++) if (!Number.isFinite(out[k])) fail(`non-finite value ${out[k]} at element ${k}`);
+    } else {
+      const view = new DataView(c.data.buffer, c.data.byteOffset, c.data.byteLength);
+      for (let k = 0; k < count; k++) {
+        const v = per === 4 ? view.getFloat32(k * 4, true) : fromHalf(view.getUint16(k * 2, true));
+        if (!Number.isFinite(v)) fail(`non-finite value ${v} at element ${next + k}`);
+        out[next + k] = v;
+      }
     }
     next += count;
   });

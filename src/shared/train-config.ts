@@ -29,6 +29,8 @@ export const TrainConfigSchema = z
     /** 0 = train in this process; >0 arrives with the coordinator. */
     workers: z.number().int().min(0).max(256).default(0),
     steps: z.number().int().min(0).default(100),
+    /** Also stop after this many passes over the train items (whichever of steps/epochs ends first). */
+    epochs: z.number().int().min(1).optional(),
     /** Stop early (still evaluating) once this much wall time has passed. 0 = no limit. */
     maxMinutes: z.number().min(0).default(0),
     /** Triplets per step; a PK batch holds 3 * batchTriplets images. */
@@ -53,6 +55,11 @@ export const TrainConfigSchema = z
 
 export type TrainConfig = z.infer<typeof TrainConfigSchema>;
 export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
+
+/** Steps the run will take given the steps per epoch. */
+export function plannedSteps(cfg: Pick<TrainConfig, 'steps' | 'epochs'>, perEpoch: number): number {
+  return cfg.epochs === undefined ? cfg.steps : Math.min(cfg.steps, cfg.epochs * perEpoch);
+}
 
 /** Items per PK batch. */
 export function itemsPerBatch(cfg: TrainConfig): number {

@@ -3,10 +3,14 @@ import { type TensorChunk, WireDType } from './gen/tricaps/v1/fleet.js';
 import type { EncodedChunk, WireDType as CodecDType } from './tensor-codec.js';
 import { TensorDecodeError } from './tensor-codec.js';
 
+export function toProtoDType(d: CodecDType): WireDType {
+  return d === 'float32' ? WireDType.WIRE_D_TYPE_FLOAT32 : WireDType.WIRE_D_TYPE_FLOAT16;
+}
+
 export function toProtoChunk(c: EncodedChunk): TensorChunk {
   return {
     name: c.name,
-    dtype: c.dtype === 'float32' ? WireDType.WIRE_D_TYPE_FLOAT32 : WireDType.WIRE_D_TYPE_FLOAT16,
+    dtype: toProtoDType(c.dtype),
     shape: c.shape,
     chunkIndex: c.chunkIndex,
     chunkCount: c.chunkCount,

@@ -59,3 +59,40 @@ export function shardBatch(batch: PkBatch, workers: string[], affinity?: Map<num
     };
   });
 }
+
+/** One mining shard of a step: whole items; in-batch mining and BatchNorm statistics stay inside it. */
+export interface PlannedShard {
+  index: number;
+  imageIds: number[];
+  itemIds: number[];
+}
+
+/**
+ * Splits a PK batch into a fixed number of mining shards. The shard count is a property of the run,
+ * not of the fleet: whatever number of workers shares a step, each shard is computed exactly as
+ * planned, so losing or adding a worker changes who computes, never what is computed.
+ */
+export function planShards(batch: PkBatch, shardCount: number, affinity?: Map<number, number>): PlannedShard[] {
+  const items = new Set(batch.itemIds).size;
+  if (shardCount < 1) throw new Error(`planShards: ${shardCount} shards`);
+  if (items < 2 * shardCount) throw new Error(`planShards: ${items} items cannot fill ${shardCount} shards with at least 2 items each (a shard needs a negative item)`);
+  return shardBatch(batch, Array.from({ length: shardCount }, (_, i) => String(i)), affinity).map((s, index) => ({ index, imageIds: s.imageIds, itemIds: s.itemIds }));
+}
+
+/**
+ * Deals shard indexes over workers in order, in contiguous runs whose sizes differ by at most one
+ * (earlier workers take the larger runs). Workers beyond the shard count get nothing.
+ */
+export function assignShards(shardIndexes: number[], workers: string[]): Map<string, number[]> {
+  if (workers.length === 0) throw new Error('assignShards: no workers');
+  const out = new Map<string, number[]>();
+  const base = Math.floor(shardIndexes.length / workers.length);
+  const extra = shardIndexes.length % workers.length;
+  let next = 0;
+  workers.forEach((w, i) => {
+    const take = base + (i < extra ? 1 : 0);
+    if (take > 0) out.set(w, shardIndexes.slice(next, next + take));
+    next += take;
+  });
+  return out;
+}

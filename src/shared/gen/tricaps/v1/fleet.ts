@@ -72,6 +72,61 @@ export function wireDTypeToJSON(object: WireDType): string {
   }
 }
 
+export enum StepAction {
+  STEP_ACTION_UNSPECIFIED = 0,
+  /** STEP_ACTION_TRAIN - Compute gradients for the shards given. */
+  STEP_ACTION_TRAIN = 1,
+  /** STEP_ACTION_WAIT - Nothing yet (paused, or this step has no shard for the worker): ask again. */
+  STEP_ACTION_WAIT = 2,
+  /** STEP_ACTION_FINISH - The run is over: exit. */
+  STEP_ACTION_FINISH = 3,
+  /** STEP_ACTION_EMBED - Embed the images of the given shards (one image per item) for the hard-negative plan. */
+  STEP_ACTION_EMBED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function stepActionFromJSON(object: any): StepAction {
+  switch (object) {
+    case 0:
+    case "STEP_ACTION_UNSPECIFIED":
+      return StepAction.STEP_ACTION_UNSPECIFIED;
+    case 1:
+    case "STEP_ACTION_TRAIN":
+      return StepAction.STEP_ACTION_TRAIN;
+    case 2:
+    case "STEP_ACTION_WAIT":
+      return StepAction.STEP_ACTION_WAIT;
+    case 3:
+    case "STEP_ACTION_FINISH":
+      return StepAction.STEP_ACTION_FINISH;
+    case 4:
+    case "STEP_ACTION_EMBED":
+      return StepAction.STEP_ACTION_EMBED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return StepAction.UNRECOGNIZED;
+  }
+}
+
+export function stepActionToJSON(object: StepAction): string {
+  switch (object) {
+    case StepAction.STEP_ACTION_UNSPECIFIED:
+      return "STEP_ACTION_UNSPECIFIED";
+    case StepAction.STEP_ACTION_TRAIN:
+      return "STEP_ACTION_TRAIN";
+    case StepAction.STEP_ACTION_WAIT:
+      return "STEP_ACTION_WAIT";
+    case StepAction.STEP_ACTION_FINISH:
+      return "STEP_ACTION_FINISH";
+    case StepAction.STEP_ACTION_EMBED:
+      return "STEP_ACTION_EMBED";
+    case StepAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Every message names its run, membership round and step; stale or foreign ones are rejected. */
 export interface RunRef {
   runId: string;
@@ -95,6 +150,8 @@ export interface RegisterRequest {
   workerName: string;
   engine: string;
   device: string;
+  /** The run this worker expects (empty: any). A worker of another run is refused. */
+  runId: string;
 }
 
 export interface RegisterResponse {
@@ -103,6 +160,8 @@ export interface RegisterResponse {
   heartbeatIntervalMs: number;
   /** The model and training configuration as JSON (validated by the worker's zod schema). */
   configJson: string;
+  /** How the worker should send gradients. */
+  gradientDtype: WireDType;
 }
 
 export interface HeartbeatRequest {
@@ -111,14 +170,26 @@ export interface HeartbeatRequest {
 }
 
 export interface HeartbeatResponse {
-  run: RunRef | undefined;
+  run:
+    | RunRef
+    | undefined;
+  /** The run is over or the coordinator is shutting down: the worker should exit. */
   stop: boolean;
 }
 
 export interface FetchWeightsRequest {
   run: RunRef | undefined;
   workerId: string;
-  dtype: WireDType;
+}
+
+/**
+ * Weights of one version (the number of optimizer steps applied), parameters and BatchNorm
+ * statistics, always float32.
+ */
+export interface FetchWeightsResponse {
+  weightsVersion: number;
+  tensorCount: number;
+  chunk: TensorChunk | undefined;
 }
 
 export interface NextStepRequest {
@@ -126,24 +197,41 @@ export interface NextStepRequest {
   workerId: string;
 }
 
-export interface FetchWeightsResponse {
-  chunk: TensorChunk | undefined;
-}
-
-/** A worker's shard of the step: whole items, loaded by the worker from the shared data path. */
-export interface NextStepResponse {
-  run: RunRef | undefined;
+/**
+ * One mining shard of the global PK batch: whole items, loaded by the worker from the shared data
+ * path (only indices travel). Mining and BatchNorm statistics are per shard, so a step's result
+ * does not depend on how many workers share it.
+ */
+export interface Shard {
+  index: number;
   imageIds: number[];
   itemIds: number[];
-  seed: number;
+}
+
+export interface NextStepResponse {
+  run: RunRef | undefined;
+  action: StepAction;
+  epoch: number;
+  shards: Shard[];
+  /** Weights the shards must be computed with; fetch them when the worker holds another version. */
+  weightsVersion: number;
 }
 
 export interface GradientHeader {
   run: RunRef | undefined;
   workerId: string;
+  /** Triplets whose loss entered the gradient (its weight in the average). */
   contributingTriplets: number;
+  /** Triplet-weighted mean loss over the worker's shards. */
   loss: number;
+  /** Gradient tensors then BatchNorm statistics (named as the parameters). */
   tensorCount: number;
+  shardIndexes: number[];
+  weightsVersion: number;
+  /** Worker-side seconds: data loading and gradient computation (for the step-phase metrics). */
+  dataSeconds: number;
+  computeSeconds: number;
+  activeTriplets: number;
 }
 
 export interface PushGradientsRequest {
@@ -154,6 +242,33 @@ export interface PushGradientsRequest {
 export interface PushGradientsResponse {
   accepted: boolean;
   reason: string;
+}
+
+export interface EmbeddingHeader {
+  run: RunRef | undefined;
+  workerId: string;
+  /** Units of the embedding assignment, as given in NextStepResponse.shards. */
+  shardIndexes: number[];
+  weightsVersion: number;
+}
+
+export interface PushEmbeddingsRequest {
+  header?: EmbeddingHeader | undefined;
+  chunk?: TensorChunk | undefined;
+}
+
+export interface PushEmbeddingsResponse {
+  accepted: boolean;
+  reason: string;
+}
+
+export interface LeaveRequest {
+  run: RunRef | undefined;
+  workerId: string;
+  reason: string;
+}
+
+export interface LeaveResponse {
 }
 
 function createBaseRunRef(): RunRef {
@@ -449,7 +564,7 @@ export const TensorChunk: MessageFns<TensorChunk> = {
 };
 
 function createBaseRegisterRequest(): RegisterRequest {
-  return { workerName: "", engine: "", device: "" };
+  return { workerName: "", engine: "", device: "", runId: "" };
 }
 
 export const RegisterRequest: MessageFns<RegisterRequest> = {
@@ -462,6 +577,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     }
     if (message.device !== "") {
       writer.uint32(26).string(message.device);
+    }
+    if (message.runId !== "") {
+      writer.uint32(34).string(message.runId);
     }
     return writer;
   },
@@ -503,6 +621,14 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
             message.device = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -524,6 +650,11 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
         : "",
       engine: isSet(object.engine) ? globalThis.String(object.engine) : "",
       device: isSet(object.device) ? globalThis.String(object.device) : "",
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
     };
   },
 
@@ -538,6 +669,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     if (message.device !== "") {
       obj.device = message.device;
     }
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
     return obj;
   },
 
@@ -549,12 +683,13 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     message.workerName = object.workerName ?? "";
     message.engine = object.engine ?? "";
     message.device = object.device ?? "";
+    message.runId = object.runId ?? "";
     return message;
   },
 };
 
 function createBaseRegisterResponse(): RegisterResponse {
-  return { run: undefined, workerId: "", heartbeatIntervalMs: 0, configJson: "" };
+  return { run: undefined, workerId: "", heartbeatIntervalMs: 0, configJson: "", gradientDtype: 0 };
 }
 
 export const RegisterResponse: MessageFns<RegisterResponse> = {
@@ -570,6 +705,9 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     }
     if (message.configJson !== "") {
       writer.uint32(34).string(message.configJson);
+    }
+    if (message.gradientDtype !== 0) {
+      writer.uint32(40).int32(message.gradientDtype);
     }
     return writer;
   },
@@ -619,6 +757,14 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
             message.configJson = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.gradientDtype = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -649,6 +795,11 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
         : isSet(object.config_json)
         ? globalThis.String(object.config_json)
         : "",
+      gradientDtype: isSet(object.gradientDtype)
+        ? wireDTypeFromJSON(object.gradientDtype)
+        : isSet(object.gradient_dtype)
+        ? wireDTypeFromJSON(object.gradient_dtype)
+        : 0,
     };
   },
 
@@ -666,6 +817,9 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     if (message.configJson !== "") {
       obj.configJson = message.configJson;
     }
+    if (message.gradientDtype !== 0) {
+      obj.gradientDtype = wireDTypeToJSON(message.gradientDtype);
+    }
     return obj;
   },
 
@@ -678,6 +832,7 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     message.workerId = object.workerId ?? "";
     message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
     message.configJson = object.configJson ?? "";
+    message.gradientDtype = object.gradientDtype ?? 0;
     return message;
   },
 };
@@ -857,7 +1012,7 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
 };
 
 function createBaseFetchWeightsRequest(): FetchWeightsRequest {
-  return { run: undefined, workerId: "", dtype: 0 };
+  return { run: undefined, workerId: "" };
 }
 
 export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
@@ -867,9 +1022,6 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
     }
     if (message.workerId !== "") {
       writer.uint32(18).string(message.workerId);
-    }
-    if (message.dtype !== 0) {
-      writer.uint32(24).int32(message.dtype);
     }
     return writer;
   },
@@ -903,14 +1055,6 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
             message.workerId = reader.string();
             continue;
           }
-          case 3: {
-            if (tag !== 24) {
-              break;
-            }
-
-            message.dtype = reader.int32() as any;
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -931,7 +1075,6 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
         : isSet(object.worker_id)
         ? globalThis.String(object.worker_id)
         : "",
-      dtype: isSet(object.dtype) ? wireDTypeFromJSON(object.dtype) : 0,
     };
   },
 
@@ -943,9 +1086,6 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
     if (message.workerId !== "") {
       obj.workerId = message.workerId;
     }
-    if (message.dtype !== 0) {
-      obj.dtype = wireDTypeToJSON(message.dtype);
-    }
     return obj;
   },
 
@@ -956,7 +1096,117 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
     const message = createBaseFetchWeightsRequest();
     message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
     message.workerId = object.workerId ?? "";
-    message.dtype = object.dtype ?? 0;
+    return message;
+  },
+};
+
+function createBaseFetchWeightsResponse(): FetchWeightsResponse {
+  return { weightsVersion: 0, tensorCount: 0, chunk: undefined };
+}
+
+export const FetchWeightsResponse: MessageFns<FetchWeightsResponse> = {
+  encode(message: FetchWeightsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.weightsVersion !== 0) {
+      writer.uint32(8).uint64(message.weightsVersion);
+    }
+    if (message.tensorCount !== 0) {
+      writer.uint32(16).uint32(message.tensorCount);
+    }
+    if (message.chunk !== undefined) {
+      TensorChunk.encode(message.chunk, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FetchWeightsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFetchWeightsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.weightsVersion = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.tensorCount = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.chunk = TensorChunk.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FetchWeightsResponse {
+    return {
+      weightsVersion: isSet(object.weightsVersion)
+        ? globalThis.Number(object.weightsVersion)
+        : isSet(object.weights_version)
+        ? globalThis.Number(object.weights_version)
+        : 0,
+      tensorCount: isSet(object.tensorCount)
+        ? globalThis.Number(object.tensorCount)
+        : isSet(object.tensor_count)
+        ? globalThis.Number(object.tensor_count)
+        : 0,
+      chunk: isSet(object.chunk) ? TensorChunk.fromJSON(object.chunk) : undefined,
+    };
+  },
+
+  toJSON(message: FetchWeightsResponse): unknown {
+    const obj: any = {};
+    if (message.weightsVersion !== 0) {
+      obj.weightsVersion = Math.round(message.weightsVersion);
+    }
+    if (message.tensorCount !== 0) {
+      obj.tensorCount = Math.round(message.tensorCount);
+    }
+    if (message.chunk !== undefined) {
+      obj.chunk = TensorChunk.toJSON(message.chunk);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FetchWeightsResponse>, I>>(base?: I): FetchWeightsResponse {
+    return FetchWeightsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FetchWeightsResponse>, I>>(object: I): FetchWeightsResponse {
+    const message = createBaseFetchWeightsResponse();
+    message.weightsVersion = object.weightsVersion ?? 0;
+    message.tensorCount = object.tensorCount ?? 0;
+    message.chunk = (object.chunk !== undefined && object.chunk !== null)
+      ? TensorChunk.fromPartial(object.chunk)
+      : undefined;
     return message;
   },
 };
@@ -1050,83 +1300,14 @@ export const NextStepRequest: MessageFns<NextStepRequest> = {
   },
 };
 
-function createBaseFetchWeightsResponse(): FetchWeightsResponse {
-  return { chunk: undefined };
+function createBaseShard(): Shard {
+  return { index: 0, imageIds: [], itemIds: [] };
 }
 
-export const FetchWeightsResponse: MessageFns<FetchWeightsResponse> = {
-  encode(message: FetchWeightsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.chunk !== undefined) {
-      TensorChunk.encode(message.chunk, writer.uint32(10).fork()).join();
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): FetchWeightsResponse {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseFetchWeightsResponse();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.chunk = TensorChunk.decode(reader, reader.uint32());
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): FetchWeightsResponse {
-    return { chunk: isSet(object.chunk) ? TensorChunk.fromJSON(object.chunk) : undefined };
-  },
-
-  toJSON(message: FetchWeightsResponse): unknown {
-    const obj: any = {};
-    if (message.chunk !== undefined) {
-      obj.chunk = TensorChunk.toJSON(message.chunk);
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<FetchWeightsResponse>, I>>(base?: I): FetchWeightsResponse {
-    return FetchWeightsResponse.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<FetchWeightsResponse>, I>>(object: I): FetchWeightsResponse {
-    const message = createBaseFetchWeightsResponse();
-    message.chunk = (object.chunk !== undefined && object.chunk !== null)
-      ? TensorChunk.fromPartial(object.chunk)
-      : undefined;
-    return message;
-  },
-};
-
-function createBaseNextStepResponse(): NextStepResponse {
-  return { run: undefined, imageIds: [], itemIds: [], seed: 0 };
-}
-
-export const NextStepResponse: MessageFns<NextStepResponse> = {
-  encode(message: NextStepResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.run !== undefined) {
-      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+export const Shard: MessageFns<Shard> = {
+  encode(message: Shard, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint32(message.index);
     }
     if (message.imageIds.length !== 0) {
       writer.uint32(18).fork();
@@ -1142,13 +1323,10 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
       }
       writer.join();
     }
-    if (message.seed !== 0) {
-      writer.uint32(32).uint64(message.seed);
-    }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): NextStepResponse {
+  decode(input: BinaryReader | Uint8Array, length?: number): Shard {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -1157,16 +1335,16 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseNextStepResponse();
+      const message = createBaseShard();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
           case 1: {
-            if (tag !== 10) {
+            if (tag !== 8) {
               break;
             }
 
-            message.run = RunRef.decode(reader, reader.uint32());
+            message.index = reader.uint32();
             continue;
           }
           case 2: {
@@ -1205,12 +1383,135 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
 
             break;
           }
-          case 4: {
-            if (tag !== 32) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Shard {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      imageIds: globalThis.Array.isArray(object?.imageIds)
+        ? object.imageIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.image_ids)
+        ? object.image_ids.map((e: any) => globalThis.Number(e))
+        : [],
+      itemIds: globalThis.Array.isArray(object?.itemIds)
+        ? object.itemIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.item_ids)
+        ? object.item_ids.map((e: any) => globalThis.Number(e))
+        : [],
+    };
+  },
+
+  toJSON(message: Shard): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.imageIds?.length) {
+      obj.imageIds = message.imageIds.map((e) => Math.round(e));
+    }
+    if (message.itemIds?.length) {
+      obj.itemIds = message.itemIds.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Shard>, I>>(base?: I): Shard {
+    return Shard.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Shard>, I>>(object: I): Shard {
+    const message = createBaseShard();
+    message.index = object.index ?? 0;
+    message.imageIds = object.imageIds?.map((e) => e) || [];
+    message.itemIds = object.itemIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseNextStepResponse(): NextStepResponse {
+  return { run: undefined, action: 0, epoch: 0, shards: [], weightsVersion: 0 };
+}
+
+export const NextStepResponse: MessageFns<NextStepResponse> = {
+  encode(message: NextStepResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    if (message.action !== 0) {
+      writer.uint32(16).int32(message.action);
+    }
+    if (message.epoch !== 0) {
+      writer.uint32(24).uint32(message.epoch);
+    }
+    for (const v of message.shards) {
+      Shard.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.weightsVersion !== 0) {
+      writer.uint32(40).uint64(message.weightsVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NextStepResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNextStepResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
               break;
             }
 
-            message.seed = longToNumber(reader.uint64());
+            message.run = RunRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.epoch = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.shards.push(Shard.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.weightsVersion = longToNumber(reader.uint64());
             continue;
           }
         }
@@ -1228,17 +1529,14 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
   fromJSON(object: any): NextStepResponse {
     return {
       run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
-      imageIds: globalThis.Array.isArray(object?.imageIds)
-        ? object.imageIds.map((e: any) => globalThis.Number(e))
-        : globalThis.Array.isArray(object?.image_ids)
-        ? object.image_ids.map((e: any) => globalThis.Number(e))
-        : [],
-      itemIds: globalThis.Array.isArray(object?.itemIds)
-        ? object.itemIds.map((e: any) => globalThis.Number(e))
-        : globalThis.Array.isArray(object?.item_ids)
-        ? object.item_ids.map((e: any) => globalThis.Number(e))
-        : [],
-      seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
+      action: isSet(object.action) ? stepActionFromJSON(object.action) : 0,
+      epoch: isSet(object.epoch) ? globalThis.Number(object.epoch) : 0,
+      shards: globalThis.Array.isArray(object?.shards) ? object.shards.map((e: any) => Shard.fromJSON(e)) : [],
+      weightsVersion: isSet(object.weightsVersion)
+        ? globalThis.Number(object.weightsVersion)
+        : isSet(object.weights_version)
+        ? globalThis.Number(object.weights_version)
+        : 0,
     };
   },
 
@@ -1247,14 +1545,17 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
     if (message.run !== undefined) {
       obj.run = RunRef.toJSON(message.run);
     }
-    if (message.imageIds?.length) {
-      obj.imageIds = message.imageIds.map((e) => Math.round(e));
+    if (message.action !== 0) {
+      obj.action = stepActionToJSON(message.action);
     }
-    if (message.itemIds?.length) {
-      obj.itemIds = message.itemIds.map((e) => Math.round(e));
+    if (message.epoch !== 0) {
+      obj.epoch = Math.round(message.epoch);
     }
-    if (message.seed !== 0) {
-      obj.seed = Math.round(message.seed);
+    if (message.shards?.length) {
+      obj.shards = message.shards.map((e) => Shard.toJSON(e));
+    }
+    if (message.weightsVersion !== 0) {
+      obj.weightsVersion = Math.round(message.weightsVersion);
     }
     return obj;
   },
@@ -1265,15 +1566,27 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
   fromPartial<I extends Exact<DeepPartial<NextStepResponse>, I>>(object: I): NextStepResponse {
     const message = createBaseNextStepResponse();
     message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
-    message.imageIds = object.imageIds?.map((e) => e) || [];
-    message.itemIds = object.itemIds?.map((e) => e) || [];
-    message.seed = object.seed ?? 0;
+    message.action = object.action ?? 0;
+    message.epoch = object.epoch ?? 0;
+    message.shards = object.shards?.map((e) => Shard.fromPartial(e)) || [];
+    message.weightsVersion = object.weightsVersion ?? 0;
     return message;
   },
 };
 
 function createBaseGradientHeader(): GradientHeader {
-  return { run: undefined, workerId: "", contributingTriplets: 0, loss: 0, tensorCount: 0 };
+  return {
+    run: undefined,
+    workerId: "",
+    contributingTriplets: 0,
+    loss: 0,
+    tensorCount: 0,
+    shardIndexes: [],
+    weightsVersion: 0,
+    dataSeconds: 0,
+    computeSeconds: 0,
+    activeTriplets: 0,
+  };
 }
 
 export const GradientHeader: MessageFns<GradientHeader> = {
@@ -1292,6 +1605,25 @@ export const GradientHeader: MessageFns<GradientHeader> = {
     }
     if (message.tensorCount !== 0) {
       writer.uint32(40).uint32(message.tensorCount);
+    }
+    if (message.shardIndexes.length !== 0) {
+      writer.uint32(50).fork();
+      for (const v of message.shardIndexes) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.weightsVersion !== 0) {
+      writer.uint32(56).uint64(message.weightsVersion);
+    }
+    if (message.dataSeconds !== 0) {
+      writer.uint32(69).float(message.dataSeconds);
+    }
+    if (message.computeSeconds !== 0) {
+      writer.uint32(77).float(message.computeSeconds);
+    }
+    if (message.activeTriplets !== 0) {
+      writer.uint32(80).uint32(message.activeTriplets);
     }
     return writer;
   },
@@ -1349,6 +1681,56 @@ export const GradientHeader: MessageFns<GradientHeader> = {
             message.tensorCount = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag === 48) {
+              message.shardIndexes.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 50) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.shardIndexes.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.weightsVersion = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 69) {
+              break;
+            }
+
+            message.dataSeconds = reader.float();
+            continue;
+          }
+          case 9: {
+            if (tag !== 77) {
+              break;
+            }
+
+            message.computeSeconds = reader.float();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.activeTriplets = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1380,6 +1762,31 @@ export const GradientHeader: MessageFns<GradientHeader> = {
         : isSet(object.tensor_count)
         ? globalThis.Number(object.tensor_count)
         : 0,
+      shardIndexes: globalThis.Array.isArray(object?.shardIndexes)
+        ? object.shardIndexes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.shard_indexes)
+        ? object.shard_indexes.map((e: any) => globalThis.Number(e))
+        : [],
+      weightsVersion: isSet(object.weightsVersion)
+        ? globalThis.Number(object.weightsVersion)
+        : isSet(object.weights_version)
+        ? globalThis.Number(object.weights_version)
+        : 0,
+      dataSeconds: isSet(object.dataSeconds)
+        ? globalThis.Number(object.dataSeconds)
+        : isSet(object.data_seconds)
+        ? globalThis.Number(object.data_seconds)
+        : 0,
+      computeSeconds: isSet(object.computeSeconds)
+        ? globalThis.Number(object.computeSeconds)
+        : isSet(object.compute_seconds)
+        ? globalThis.Number(object.compute_seconds)
+        : 0,
+      activeTriplets: isSet(object.activeTriplets)
+        ? globalThis.Number(object.activeTriplets)
+        : isSet(object.active_triplets)
+        ? globalThis.Number(object.active_triplets)
+        : 0,
     };
   },
 
@@ -1400,6 +1807,21 @@ export const GradientHeader: MessageFns<GradientHeader> = {
     if (message.tensorCount !== 0) {
       obj.tensorCount = Math.round(message.tensorCount);
     }
+    if (message.shardIndexes?.length) {
+      obj.shardIndexes = message.shardIndexes.map((e) => Math.round(e));
+    }
+    if (message.weightsVersion !== 0) {
+      obj.weightsVersion = Math.round(message.weightsVersion);
+    }
+    if (message.dataSeconds !== 0) {
+      obj.dataSeconds = floatToJson(message.dataSeconds);
+    }
+    if (message.computeSeconds !== 0) {
+      obj.computeSeconds = floatToJson(message.computeSeconds);
+    }
+    if (message.activeTriplets !== 0) {
+      obj.activeTriplets = Math.round(message.activeTriplets);
+    }
     return obj;
   },
 
@@ -1413,6 +1835,11 @@ export const GradientHeader: MessageFns<GradientHeader> = {
     message.contributingTriplets = object.contributingTriplets ?? 0;
     message.loss = object.loss ?? 0;
     message.tensorCount = object.tensorCount ?? 0;
+    message.shardIndexes = object.shardIndexes?.map((e) => e) || [];
+    message.weightsVersion = object.weightsVersion ?? 0;
+    message.dataSeconds = object.dataSeconds ?? 0;
+    message.computeSeconds = object.computeSeconds ?? 0;
+    message.activeTriplets = object.activeTriplets ?? 0;
     return message;
   },
 };
@@ -1591,6 +2018,480 @@ export const PushGradientsResponse: MessageFns<PushGradientsResponse> = {
   },
 };
 
+function createBaseEmbeddingHeader(): EmbeddingHeader {
+  return { run: undefined, workerId: "", shardIndexes: [], weightsVersion: 0 };
+}
+
+export const EmbeddingHeader: MessageFns<EmbeddingHeader> = {
+  encode(message: EmbeddingHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    if (message.workerId !== "") {
+      writer.uint32(18).string(message.workerId);
+    }
+    if (message.shardIndexes.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.shardIndexes) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.weightsVersion !== 0) {
+      writer.uint32(32).uint64(message.weightsVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EmbeddingHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEmbeddingHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.run = RunRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.shardIndexes.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.shardIndexes.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.weightsVersion = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EmbeddingHeader {
+    return {
+      run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      shardIndexes: globalThis.Array.isArray(object?.shardIndexes)
+        ? object.shardIndexes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.shard_indexes)
+        ? object.shard_indexes.map((e: any) => globalThis.Number(e))
+        : [],
+      weightsVersion: isSet(object.weightsVersion)
+        ? globalThis.Number(object.weightsVersion)
+        : isSet(object.weights_version)
+        ? globalThis.Number(object.weights_version)
+        : 0,
+    };
+  },
+
+  toJSON(message: EmbeddingHeader): unknown {
+    const obj: any = {};
+    if (message.run !== undefined) {
+      obj.run = RunRef.toJSON(message.run);
+    }
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.shardIndexes?.length) {
+      obj.shardIndexes = message.shardIndexes.map((e) => Math.round(e));
+    }
+    if (message.weightsVersion !== 0) {
+      obj.weightsVersion = Math.round(message.weightsVersion);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EmbeddingHeader>, I>>(base?: I): EmbeddingHeader {
+    return EmbeddingHeader.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EmbeddingHeader>, I>>(object: I): EmbeddingHeader {
+    const message = createBaseEmbeddingHeader();
+    message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
+    message.workerId = object.workerId ?? "";
+    message.shardIndexes = object.shardIndexes?.map((e) => e) || [];
+    message.weightsVersion = object.weightsVersion ?? 0;
+    return message;
+  },
+};
+
+function createBasePushEmbeddingsRequest(): PushEmbeddingsRequest {
+  return { header: undefined, chunk: undefined };
+}
+
+export const PushEmbeddingsRequest: MessageFns<PushEmbeddingsRequest> = {
+  encode(message: PushEmbeddingsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      EmbeddingHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.chunk !== undefined) {
+      TensorChunk.encode(message.chunk, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushEmbeddingsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushEmbeddingsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = EmbeddingHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.chunk = TensorChunk.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushEmbeddingsRequest {
+    return {
+      header: isSet(object.header) ? EmbeddingHeader.fromJSON(object.header) : undefined,
+      chunk: isSet(object.chunk) ? TensorChunk.fromJSON(object.chunk) : undefined,
+    };
+  },
+
+  toJSON(message: PushEmbeddingsRequest): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = EmbeddingHeader.toJSON(message.header);
+    }
+    if (message.chunk !== undefined) {
+      obj.chunk = TensorChunk.toJSON(message.chunk);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushEmbeddingsRequest>, I>>(base?: I): PushEmbeddingsRequest {
+    return PushEmbeddingsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushEmbeddingsRequest>, I>>(object: I): PushEmbeddingsRequest {
+    const message = createBasePushEmbeddingsRequest();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? EmbeddingHeader.fromPartial(object.header)
+      : undefined;
+    message.chunk = (object.chunk !== undefined && object.chunk !== null)
+      ? TensorChunk.fromPartial(object.chunk)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePushEmbeddingsResponse(): PushEmbeddingsResponse {
+  return { accepted: false, reason: "" };
+}
+
+export const PushEmbeddingsResponse: MessageFns<PushEmbeddingsResponse> = {
+  encode(message: PushEmbeddingsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accepted !== false) {
+      writer.uint32(8).bool(message.accepted);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushEmbeddingsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushEmbeddingsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accepted = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushEmbeddingsResponse {
+    return {
+      accepted: isSet(object.accepted) ? globalThis.Boolean(object.accepted) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PushEmbeddingsResponse): unknown {
+    const obj: any = {};
+    if (message.accepted !== false) {
+      obj.accepted = message.accepted;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushEmbeddingsResponse>, I>>(base?: I): PushEmbeddingsResponse {
+    return PushEmbeddingsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushEmbeddingsResponse>, I>>(object: I): PushEmbeddingsResponse {
+    const message = createBasePushEmbeddingsResponse();
+    message.accepted = object.accepted ?? false;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseLeaveRequest(): LeaveRequest {
+  return { run: undefined, workerId: "", reason: "" };
+}
+
+export const LeaveRequest: MessageFns<LeaveRequest> = {
+  encode(message: LeaveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    if (message.workerId !== "") {
+      writer.uint32(18).string(message.workerId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.run = RunRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaveRequest {
+    return {
+      run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: LeaveRequest): unknown {
+    const obj: any = {};
+    if (message.run !== undefined) {
+      obj.run = RunRef.toJSON(message.run);
+    }
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaveRequest>, I>>(base?: I): LeaveRequest {
+    return LeaveRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaveRequest>, I>>(object: I): LeaveRequest {
+    const message = createBaseLeaveRequest();
+    message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
+    message.workerId = object.workerId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseLeaveResponse(): LeaveResponse {
+  return {};
+}
+
+export const LeaveResponse: MessageFns<LeaveResponse> = {
+  encode(_: LeaveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): LeaveResponse {
+    return {};
+  },
+
+  toJSON(_: LeaveResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LeaveResponse>, I>>(base?: I): LeaveResponse {
+    return LeaveResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LeaveResponse>, I>>(_: I): LeaveResponse {
+    const message = createBaseLeaveResponse();
+    return message;
+  },
+};
+
 export type FleetServiceService = typeof FleetServiceService;
 export const FleetServiceService = {
   register: {
@@ -1621,6 +2522,7 @@ export const FleetServiceService = {
       Buffer.from(FetchWeightsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): FetchWeightsResponse => FetchWeightsResponse.decode(value),
   },
+  /** Long poll: answers when the worker has work, or WAIT after a few seconds. */
   nextStep: {
     path: "/tricaps.v1.FleetService/NextStep" as const,
     requestStream: false as const,
@@ -1640,14 +2542,39 @@ export const FleetServiceService = {
       Buffer.from(PushGradientsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PushGradientsResponse => PushGradientsResponse.decode(value),
   },
+  pushEmbeddings: {
+    path: "/tricaps.v1.FleetService/PushEmbeddings" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: PushEmbeddingsRequest): Buffer =>
+      Buffer.from(PushEmbeddingsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PushEmbeddingsRequest => PushEmbeddingsRequest.decode(value),
+    responseSerialize: (value: PushEmbeddingsResponse): Buffer =>
+      Buffer.from(PushEmbeddingsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PushEmbeddingsResponse => PushEmbeddingsResponse.decode(value),
+  },
+  /** A worker that stops (SIGTERM) says so, so its shards are re-planned at once. */
+  leave: {
+    path: "/tricaps.v1.FleetService/Leave" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaveRequest): Buffer => Buffer.from(LeaveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaveRequest => LeaveRequest.decode(value),
+    responseSerialize: (value: LeaveResponse): Buffer => Buffer.from(LeaveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaveResponse => LeaveResponse.decode(value),
+  },
 } as const;
 
 export interface FleetServiceServer extends UntypedServiceImplementation {
   register: handleUnaryCall<RegisterRequest, RegisterResponse>;
   heartbeat: handleUnaryCall<HeartbeatRequest, HeartbeatResponse>;
   fetchWeights: handleServerStreamingCall<FetchWeightsRequest, FetchWeightsResponse>;
+  /** Long poll: answers when the worker has work, or WAIT after a few seconds. */
   nextStep: handleUnaryCall<NextStepRequest, NextStepResponse>;
   pushGradients: handleClientStreamingCall<PushGradientsRequest, PushGradientsResponse>;
+  pushEmbeddings: handleClientStreamingCall<PushEmbeddingsRequest, PushEmbeddingsResponse>;
+  /** A worker that stops (SIGTERM) says so, so its shards are re-planned at once. */
+  leave: handleUnaryCall<LeaveRequest, LeaveResponse>;
 }
 
 export interface FleetServiceClient extends Client {
@@ -1690,6 +2617,7 @@ export interface FleetServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<FetchWeightsResponse>;
+  /** Long poll: answers when the worker has work, or WAIT after a few seconds. */
   nextStep(
     request: NextStepRequest,
     callback: (error: ServiceError | null, response: NextStepResponse) => void,
@@ -1721,6 +2649,38 @@ export interface FleetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PushGradientsResponse) => void,
   ): ClientWritableStream<PushGradientsRequest>;
+  pushEmbeddings(
+    callback: (error: ServiceError | null, response: PushEmbeddingsResponse) => void,
+  ): ClientWritableStream<PushEmbeddingsRequest>;
+  pushEmbeddings(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PushEmbeddingsResponse) => void,
+  ): ClientWritableStream<PushEmbeddingsRequest>;
+  pushEmbeddings(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushEmbeddingsResponse) => void,
+  ): ClientWritableStream<PushEmbeddingsRequest>;
+  pushEmbeddings(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushEmbeddingsResponse) => void,
+  ): ClientWritableStream<PushEmbeddingsRequest>;
+  /** A worker that stops (SIGTERM) says so, so its shards are re-planned at once. */
+  leave(
+    request: LeaveRequest,
+    callback: (error: ServiceError | null, response: LeaveResponse) => void,
+  ): ClientUnaryCall;
+  leave(
+    request: LeaveRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaveResponse) => void,
+  ): ClientUnaryCall;
+  leave(
+    request: LeaveRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaveResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const FleetServiceClient = makeGenericClientConstructor(

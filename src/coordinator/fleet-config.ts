@@ -1,0 +1,31 @@
+// The coordinator's fleet settings (beside the training configuration): where it listens, how many
+// workers it trains with, its deadlines, and the wire format of gradients.
+import { z } from 'zod';
+
+export const FleetConfigSchema = z
+  .object({
+    listen: z.string().min(1).default('127.0.0.1:0'),
+    runId: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, ".", "_" and "-" only (at most 64)').optional(),
+    minWorkers: z.number().int().min(1).default(1),
+    maxWorkers: z.number().int().min(1).max(1024).default(64),
+    /** Mining shards per step (default: --min-workers). */
+    shards: z.number().int().min(1).optional(),
+    heartbeatIntervalMs: z.number().int().min(50).default(1000),
+    heartbeatTimeoutMs: z.number().int().min(200).default(5000),
+    /** A worker that holds an assignment longer than this is dropped as stalled. */
+    stepTimeoutMs: z.number().int().min(1000).default(300_000),
+    gradientWire: z.enum(['float32', 'float16']).default('float32'),
+    /** Refresh the hard-negative plan every this many steps (0 = off). */
+    hardNegativeEvery: z.number().int().min(0).default(0),
+  })
+  .superRefine((c, ctx) => {
+    if (c.maxWorkers < c.minWorkers) ctx.addIssue({ code: 'custom', path: ['maxWorkers'], message: `--max-workers ${c.maxWorkers} is below --min-workers ${c.minWorkers}` });
+    if (c.heartbeatTimeoutMs <= c.heartbeatIntervalMs) ctx.addIssue({ code: 'custom', path: ['heartbeatTimeoutMs'], message: `the heartbeat timeout (${c.heartbeatTimeoutMs} ms) must be longer than the interval (${c.heartbeatIntervalMs} ms)` });
+  });
+export type FleetConfig = z.infer<typeof FleetConfigSchema>;
+export type FleetConfigInput = z.input<typeof FleetConfigSchema>;
+
+export function newRunId(): string {
+  const t = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
+  return `run-${t}-${Math.random().toString(36).slice(2, 6)}`;
+}

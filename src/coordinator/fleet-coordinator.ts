@@ -1,0 +1,394 @@
+// The coordinator's fleet logic without a transport: membership, the work of the current step,
+// long-polled assignments, liveness sweeps (heartbeats, per-assignment deadlines), validation of
+// results against the run, round, step and assignment they claim to answer. The gRPC service
+// (fleet-service.ts) maps requests onto these methods and FleetError codes onto gRPC statuses; the
+// training loop (run-coordinator.ts) drives steps with execute().
+import type { Logger } from '../shared/log.js';
+import type { EncodedChunk } from '../shared/tensor-codec.js';
+import type { WireDType } from '../shared/tensor-codec.js';
+import { describeMember, FleetFullError, Membership, type Member } from './membership.js';
+import type { Assignment, StepWork } from './step-work.js';
+import type { PlannedShard } from '../shared/plan/step-plan.js';
+
+/** Transport-independent error classes (mapped onto gRPC status codes by the service). */
+export type FleetErrorCode = 'invalid-argument' | 'wrong-run' | 'not-member' | 'stale' | 'full' | 'unavailable';
+
+export class FleetError extends Error {
+  constructor(
+    readonly code: FleetErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'FleetError';
+  }
+}
+
+export interface RunRefLike {
+  runId: string;
+  round: number;
+  step: number;
+}
+
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+}
+
+/** What the coordinator serves as weights and expects back as gradients. */
+export interface WeightSource {
+  readonly version: number;
+  /** Every parameter and buffer of the current version, float32. */
+  chunks(): EncodedChunk[];
+  /** Gradients expected per trainable parameter. */
+  readonly gradientSpecs: TensorSpec[];
+  /** New statistics expected per BatchNorm buffer. */
+  readonly statSpecs: TensorSpec[];
+}
+
+export interface TrainResult {
+  triplets: number;
+  activeTriplets: number;
+  loss: number;
+  shards: number;
+  grads: Map<string, Float32Array>;
+  bnStats: Map<string, Float32Array>;
+  dataSeconds: number;
+  computeSeconds: number;
+  /** Coordinator clock: when the worker took the assignment and when the upload was complete. */
+  issuedAt: number;
+  receivedAt: number;
+}
+
+export interface EmbedResult {
+  imageIds: number[];
+  /** [imageIds.length, dim] row-major. */
+  embeddings: Float32Array;
+  dim: number;
+}
+
+export type Work = StepWork<TrainResult> | StepWork<EmbedResult>;
+
+export interface FleetOptions {
+  runId: string;
+  minWorkers: number;
+  maxWorkers: number;
+  heartbeatIntervalMs: number;
+  /** A worker silent this long is removed. */
+  heartbeatTimeoutMs: number;
+  /** A worker that holds an assignment this long without answering is removed. */
+  assignmentTimeoutMs: number;
+  /** How long NextStep waits for work before answering WAIT. */
+  longPollMs: number;
+  gradientDtype: WireDType;
+  /** Sent to workers at registration (the training configuration as JSON). */
+  configJson: string;
+  now?: () => number;
+}
+
+export type NextStepAnswer =
+  | { action: 'train' | 'embed'; run: RunRefLike; epoch: number; assignment: Assignment; shards: PlannedShard[]; weightsVersion: number }
+  | { action: 'wait'; run: RunRefLike }
+  | { action: 'finish'; run: RunRefLike };
+
+export class StoppedError extends Error {}
+
+export class FleetCoordinator {
+  readonly membership: Membership;
+  private work: Work | undefined;
+  private finished = false;
+  private stopped = false;
+  private currentStep = 0;
+  private wakers = new Set<() => void>();
+  private pausedSince: number | undefined;
+  private lastPauseLog = Number.NEGATIVE_INFINITY;
+  /** Members that have been told the run is over. */
+  private readonly told = new Set<string>();
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private readonly now: () => number;
+  /** Losses so far (metrics and tests). */
+  readonly lost: { id: string; name: string; reason: string; step: number }[] = [];
+
+  constructor(
+    readonly opts: FleetOptions,
+    private readonly weights: WeightSource,
+    private readonly log: Logger,
+  ) {
+    this.membership = new Membership(opts.maxWorkers);
+    this.now = opts.now ?? (() => performance.now());
+  }
+
+  get runId(): string {
+    return this.opts.runId;
+  }
+
+  runRef(): RunRefLike {
+    return { runId: this.opts.runId, round: this.membership.round, step: this.currentStep };
+  }
+
+  /** Starts the liveness sweeps (heartbeats and deadlines). */
+  start(): void {
+    const every = Math.max(50, Math.min(500, this.opts.heartbeatTimeoutMs / 4));
+    this.sweepTimer = setInterval(() => this.sweep(), every);
+    this.sweepTimer.unref();
+  }
+
+  close(): void {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.stopped = true;
+    this.notify();
+  }
+
+  // ---- requests (called by the transport) ----
+
+  register(req: { workerName: string; engine: string; device: string; runId: string }): { member: Member; run: RunRefLike } {
+    if (req.runId && req.runId !== this.opts.runId) {
+      throw new FleetError('wrong-run', `this worker belongs to run ${req.runId}; this coordinator runs ${this.opts.runId}`);
+    }
+    if (this.finished) throw new FleetError('unavailable', `run ${this.opts.runId} is over`);
+    let member: Member;
+    try {
+      member = this.membership.register(req.workerName.slice(0, 128), req.engine.slice(0, 64), req.device.slice(0, 256), this.now());
+    } catch (err) {
+      if (err instanceof FleetFullError) throw new FleetError('full', err.message);
+      throw err;
+    }
+    this.log.info({ worker: member.id, name: member.name, engine: member.engine, device: member.device, workers: this.membership.size, round: this.membership.round }, `worker ${describeMember(member)} joined (${member.engine}, ${member.device}); ${this.membership.size} workers`);
+    this.notify();
+    return { member, run: this.runRef() };
+  }
+
+  heartbeat(workerId: string, run: RunRefLike | undefined): { stop: boolean; run: RunRefLike } {
+    this.checkRun(run);
+    this.memberOrThrow(workerId);
+    const stop = this.finished;
+    if (stop) this.told.add(workerId);
+    return { stop, run: this.runRef() };
+  }
+
+  /** Long poll: the worker's next assignment, WAIT after longPollMs, or FINISH. */
+  async nextStep(workerId: string, run: RunRefLike | undefined, signal?: AbortSignal): Promise<NextStepAnswer> {
+    this.checkRun(run);
+    this.memberOrThrow(workerId);
+    const deadline = this.now() + this.opts.longPollMs;
+    for (;;) {
+      if (this.finished) {
+        this.told.add(workerId);
+        return { action: 'finish', run: this.runRef() };
+      }
+      if (!this.membership.get(workerId)) throw this.notMember(workerId);
+      const work = this.work;
+      const assignment = work?.take(workerId, this.now());
+      if (work && assignment) {
+        const shards = assignment.units.map((u) => work.units[u]);
+        return { action: work.kind, run: { runId: this.opts.runId, round: assignment.round, step: work.step }, epoch: work.epoch, assignment, shards, weightsVersion: this.weights.version };
+      }
+      const left = deadline - this.now();
+      if (left <= 0 || signal?.aborted || this.stopped) return { action: 'wait', run: this.runRef() };
+      await this.changed(left, signal);
+    }
+  }
+
+  weightChunks(workerId: string, run: RunRefLike | undefined): { version: number; chunks: EncodedChunk[] } {
+    this.checkRun(run);
+    this.memberOrThrow(workerId);
+    return { version: this.weights.version, chunks: this.weights.chunks() };
+  }
+
+  /** The tensors a train result must carry (gradients, then statistics), for decoding. */
+  expectedTrainTensors(): TensorSpec[] {
+    return [...this.weights.gradientSpecs, ...this.weights.statSpecs];
+  }
+
+  /** Splits a decoded train upload into gradients and BatchNorm statistics. */
+  splitTrainTensors(tensors: Map<string, Float32Array>): { grads: Map<string, Float32Array>; bnStats: Map<string, Float32Array> } {
+    const grads = new Map<string, Float32Array>();
+    const bnStats = new Map<string, Float32Array>();
+    for (const s of this.weights.gradientSpecs) grads.set(s.name, tensors.get(s.name)!);
+    for (const s of this.weights.statSpecs) bnStats.set(s.name, tensors.get(s.name)!);
+    return { grads, bnStats };
+  }
+
+  /** The images of the current embedding work's units (empty when none is open). */
+  embedImagesOf(units: number[]): number[] {
+    const work = this.work;
+    if (!work || work.kind !== 'embed') return [];
+    return units.flatMap((u) => work.units[u]?.imageIds ?? []);
+  }
+
+  /**
+   * Checks a result header before its tensors are read: the run, the member, the step, the round
+   * and the assignment it answers, and the weights it was computed with.
+   */
+  checkResultHeader(kind: 'train' | 'embed', workerId: string, run: RunRefLike | undefined, units: number[], weightsVersion: number): void {
+    this.checkRun(run);
+    this.memberOrThrow(workerId);
+    const work = this.work;
+    if (!work || work.kind !== kind) throw new FleetError('stale', `no ${kind} work is open (the run is at step ${this.currentStep})`);
+    const verdict = work.check(workerId, { step: run!.step, round: run!.round, units });
+    if (!verdict.ok) throw new FleetError('stale', verdict.reason);
+    if (weightsVersion !== this.weights.version) throw new FleetError('stale', `computed with weights version ${weightsVersion}, the current version is ${this.weights.version}`);
+  }
+
+  acceptTrain(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: Omit<TrainResult, 'issuedAt' | 'receivedAt'>): void {
+    this.checkResultHeader('train', workerId, run, units, weightsVersion);
+    const work = this.work as StepWork<TrainResult>;
+    const issuedAt = work.take(workerId, this.now())?.issuedAt ?? this.now();
+    work.accept(workerId, { step: run.step, round: run.round, units }, { ...result, issuedAt, receivedAt: this.now() });
+    this.membership.touch(workerId, this.now());
+    this.notify();
+  }
+
+  acceptEmbeddings(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: EmbedResult): void {
+    this.checkResultHeader('embed', workerId, run, units, weightsVersion);
+    const work = this.work as StepWork<EmbedResult>;
+    const expected = units.flatMap((u) => work.units[u].imageIds);
+    if (expected.length !== result.imageIds.length || expected.some((id, i) => id !== result.imageIds[i])) {
+      throw new FleetError('invalid-argument', `embeddings for ${result.imageIds.length} images, the assignment has ${expected.length}`);
+    }
+    work.accept(workerId, { step: run.step, round: run.round, units }, result);
+    this.membership.touch(workerId, this.now());
+    this.notify();
+  }
+
+  /**
+   * A member's result could not be used (malformed tensors): it holds its assignment and would send
+   * the same again, so it is removed and its shards re-planned. Messages from non-members change
+   * nothing.
+   */
+  rejectResult(workerId: string, reason: string): void {
+    const work = this.work;
+    if (this.membership.get(workerId) && work?.holds(workerId)) this.lose(workerId, `sent an unusable result: ${reason}`);
+  }
+
+  leave(workerId: string, run: RunRefLike | undefined, reason: string): void {
+    this.checkRun(run);
+    if (!this.membership.get(workerId)) return;
+    this.lose(workerId, `left: ${reason || 'no reason given'}`, 'info');
+  }
+
+  // ---- the training loop's side ----
+
+  /**
+   * Runs one unit of work to completion over the fleet: plans its units over the members, waits
+   * (pausing, with a log line, while fewer than --min-workers are present), re-plans the units of
+   * lost workers. Throws StoppedError if close() is called meanwhile.
+   */
+  async execute(work: Work): Promise<void> {
+    this.work = work;
+    this.currentStep = work.step;
+    try {
+      while (!work.finished) {
+        if (this.stopped) throw new StoppedError('the coordinator is stopping');
+        if (work.unplannedUnits.length > 0) {
+          const members = this.membership.list();
+          if (members.length < this.opts.minWorkers) {
+            this.notePause(members.length, work);
+          } else {
+            this.noteResume();
+            work.plan(
+              members.map((m) => m.id),
+              this.membership.round,
+            );
+            this.notify();
+          }
+        }
+        await this.changed(1000);
+      }
+    } finally {
+      this.work = undefined;
+    }
+  }
+
+  /** Tells workers the run is over and waits (up to timeoutMs) until each has heard it. */
+  async finish(timeoutMs: number): Promise<void> {
+    this.finished = true;
+    this.notify();
+    const until = this.now() + timeoutMs;
+    while (this.now() < until && this.membership.list().some((m) => !this.told.has(m.id))) await this.changed(Math.min(200, until - this.now()));
+  }
+
+  // ---- internals ----
+
+  private sweep(): void {
+    const now = this.now();
+    for (const m of this.membership.silent(now, this.opts.heartbeatTimeoutMs)) {
+      this.lose(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s (limit ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)`);
+    }
+    const work = this.work;
+    if (work) {
+      for (const id of work.overdue(now, this.opts.assignmentTimeoutMs)) {
+        this.lose(id, `stalled: no result for step ${work.step} within ${(this.opts.assignmentTimeoutMs / 1000).toFixed(1)} s`);
+      }
+    }
+  }
+
+  private lose(workerId: string, reason: string, level: 'warn' | 'info' = 'warn'): void {
+    const departure = this.membership.remove(workerId, reason);
+    if (!departure) return;
+    const back = this.work?.revoke(workerId) ?? [];
+    this.lost.push({ id: workerId, name: departure.member.name, reason, step: this.currentStep });
+    const replan = back.length ? `; shards [${back}] of step ${this.currentStep} go to the other workers` : '';
+    this.log[level](
+      { worker: workerId, name: departure.member.name, reason, step: this.currentStep, round: this.membership.round, workers: this.membership.size, replanned: back },
+      `lost worker ${describeMember(departure.member)}: ${reason}${replan}; ${this.membership.size} workers remain`,
+    );
+    this.notify();
+  }
+
+  private notePause(present: number, work: Work): void {
+    const now = this.now();
+    if (this.pausedSince === undefined) this.pausedSince = now;
+    if (now - this.lastPauseLog >= 10_000) {
+      this.lastPauseLog = now;
+      this.log.warn(
+        { step: work.step, workers: present, minWorkers: this.opts.minWorkers, pausedSeconds: (now - this.pausedSince) / 1000 },
+        `paused at step ${work.step}: ${present} of --min-workers ${this.opts.minWorkers} workers present; waiting for workers to join`,
+      );
+    }
+  }
+
+  private noteResume(): void {
+    if (this.pausedSince === undefined) return;
+    this.log.info({ pausedSeconds: (this.now() - this.pausedSince) / 1000, workers: this.membership.size }, `resumed with ${this.membership.size} workers`);
+    this.pausedSince = undefined;
+    this.lastPauseLog = Number.NEGATIVE_INFINITY;
+  }
+
+  private checkRun(run: RunRefLike | undefined): void {
+    if (!run || !run.runId) throw new FleetError('invalid-argument', 'message without a run reference (run_id, round, step)');
+    if (run.runId !== this.opts.runId) throw new FleetError('wrong-run', `message for run ${run.runId}; this coordinator runs ${this.opts.runId}`);
+  }
+
+  private memberOrThrow(workerId: string): Member {
+    const m = this.membership.get(workerId);
+    if (!m) throw this.notMember(workerId);
+    m.lastSeen = this.now();
+    return m;
+  }
+
+  private notMember(workerId: string): FleetError {
+    const why = this.membership.departureOf(workerId);
+    return new FleetError('not-member', `worker ${workerId || '(none)'} is not a member of run ${this.opts.runId}${why ? ` (removed: ${why})` : ''}; register again`);
+  }
+
+  private notify(): void {
+    const wake = [...this.wakers];
+    this.wakers.clear();
+    for (const w of wake) w();
+  }
+
+  /** Resolves on the next change (member, result, finish) or after ms. */
+  private changed(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakers.delete(done);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      this.wakers.add(done);
+      signal?.addEventListener('abort', done);
+    });
+  }
+}

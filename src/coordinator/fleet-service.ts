@@ -1,0 +1,293 @@
+// The coordinator's gRPC transport: FleetService handlers over FleetCoordinator, plus the standard
+// gRPC health service. Streams are read and decoded here (chunk by chunk, against the shapes the
+// coordinator expects); every rejection is a gRPC status whose details say what was wrong.
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import {
+  FetchWeightsResponse,
+  FleetServiceService,
+  StepAction,
+  type FleetServiceServer,
+  type PushEmbeddingsRequest,
+  type PushGradientsRequest,
+  type RunRef,
+  type TensorChunk,
+} from '../shared/gen/tricaps/v1/fleet.js';
+import { decodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
+import { fromProtoChunk, toProtoChunk, toProtoDType } from '../shared/wire.js';
+import { UsageError } from '../shared/errors.js';
+import { FleetError, type FleetCoordinator, type FleetErrorCode, type RunRefLike, type TensorSpec } from './fleet-coordinator.js';
+
+export const FLEET_SERVICE_NAME = 'tricaps.v1.FleetService';
+
+const STATUS: Record<FleetErrorCode, grpc.status> = {
+  'invalid-argument': grpc.status.INVALID_ARGUMENT,
+  'wrong-run': grpc.status.FAILED_PRECONDITION,
+  'not-member': grpc.status.NOT_FOUND,
+  stale: grpc.status.ABORTED,
+  full: grpc.status.RESOURCE_EXHAUSTED,
+  unavailable: grpc.status.UNAVAILABLE,
+};
+
+/** Upper bound on the chunks of one upload (our encoder sends 1 MB chunks: ~10 for SC). */
+const MAX_UPLOAD_CHUNKS = 100_000;
+
+function toServiceError(err: unknown): Partial<grpc.ServiceError> {
+  if (err instanceof FleetError) return { code: STATUS[err.code], details: err.message };
+  if (err instanceof TensorDecodeError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+  return { code: grpc.status.INTERNAL, details: `coordinator error: ${(err as Error).message}` };
+}
+
+function runOf(ref: RunRef | undefined): RunRefLike | undefined {
+  return ref ? { runId: ref.runId, round: ref.round, step: ref.step } : undefined;
+}
+
+/** Wraps a unary handler: FleetError and friends become statuses. */
+function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    Promise.resolve()
+      .then(() => fn(call.request, call))
+      .then(
+        (res) => callback(null, res),
+        (err) => callback(toServiceError(err)),
+      );
+  };
+}
+
+/**
+ * Reads an upload stream (a header, then tensor chunks, each tensor's chunks contiguous and in
+ * order) and decodes each tensor as soon as its last chunk arrives.
+ */
+class UploadReader {
+  private readonly tensors = new Map<string, Float32Array>();
+  private pending: EncodedChunk[] = [];
+  private chunks = 0;
+
+  constructor(private readonly specOf: (name: string, first: EncodedChunk) => TensorSpec | undefined) {}
+
+  add(chunk: TensorChunk): void {
+    if (++this.chunks > MAX_UPLOAD_CHUNKS) throw new TensorDecodeError(`upload of more than ${MAX_UPLOAD_CHUNKS} chunks`);
+    const c = fromProtoChunk(chunk);
+    if (this.pending.length && this.pending[0].name !== c.name) {
+      throw new TensorDecodeError(`tensor ${this.pending[0].name}: chunk of ${c.name} arrived before its ${this.pending[0].chunkCount} chunks were complete`);
+    }
+    this.pending.push(c);
+    if (this.pending.length < Math.max(1, c.chunkCount)) return;
+    const first = this.pending[0];
+    const spec = this.specOf(first.name, first);
+    if (!spec) throw new TensorDecodeError(`tensor ${first.name}: not expected in this upload`);
+    if (this.tensors.has(spec.name)) throw new TensorDecodeError(`tensor ${spec.name}: sent twice`);
+    const size = spec.shape.reduce((a, b) => a * b, 1);
+    this.tensors.set(spec.name, decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }));
+    this.pending = [];
+  }
+
+  finish(expected: string[] | undefined, announced: number): Map<string, Float32Array> {
+    if (this.pending.length) throw new TensorDecodeError(`tensor ${this.pending[0].name}: ${this.pending.length} of ${this.pending[0].chunkCount} chunks received`);
+    if (this.tensors.size !== announced) throw new TensorDecodeError(`${this.tensors.size} tensors received, the header announced ${announced}`);
+    const missing = (expected ?? []).filter((n) => !this.tensors.has(n));
+    if (missing.length) throw new TensorDecodeError(`missing tensors: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+    return this.tensors;
+  }
+}
+
+/**
+ * Handles one client-streamed upload: header first (checked before any tensor is read), then
+ * chunks; answers once, and ignores whatever arrives after an answer.
+ */
+function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
+  call: grpc.ServerReadableStream<Req, { accepted: boolean; reason: string }>,
+  callback: grpc.sendUnaryData<{ accepted: boolean; reason: string }>,
+  onHeader: (header: H) => UploadReader,
+  onComplete: (header: H, reader: UploadReader) => void,
+  onBadContent: (header: H, reason: string) => void,
+): void {
+  let header: H | undefined;
+  let reader: UploadReader | undefined;
+  let answered = false;
+  const answer = (err: unknown) => {
+    if (answered) return;
+    answered = true;
+    if (err === undefined) {
+      callback(null, { accepted: true, reason: '' });
+      return;
+    }
+    if (err instanceof TensorDecodeError && header !== undefined) onBadContent(header, err.message);
+    callback(toServiceError(err));
+  };
+  call.on('data', (msg: Req) => {
+    if (answered) return;
+    try {
+      if (msg.header) {
+        if (header !== undefined) throw new FleetError('invalid-argument', 'a second header in one upload');
+        header = msg.header;
+        reader = onHeader(header);
+      } else if (msg.chunk) {
+        if (!reader) throw new FleetError('invalid-argument', 'tensor chunk before the header');
+        reader.add(msg.chunk);
+      } else {
+        throw new FleetError('invalid-argument', 'empty upload message');
+      }
+    } catch (err) {
+      answer(err);
+    }
+  });
+  call.on('end', () => {
+    if (answered) return;
+    try {
+      if (!header || !reader) throw new FleetError('invalid-argument', 'upload without a header');
+      onComplete(header, reader);
+      answer(undefined);
+    } catch (err) {
+      answer(err);
+    }
+  });
+  call.on('error', () => answer(new FleetError('invalid-argument', 'upload stream failed')));
+}
+
+export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
+  const trainSpecs = () => new Map(coord.expectedTrainTensors().map((s) => [s.name, s]));
+  return {
+    register: unary((req) => {
+      const { member, run } = coord.register({ workerName: req.workerName, engine: req.engine, device: req.device, runId: req.runId });
+      return { run, workerId: member.id, heartbeatIntervalMs: coord.opts.heartbeatIntervalMs, configJson: coord.opts.configJson, gradientDtype: toProtoDType(coord.opts.gradientDtype) };
+    }),
+    heartbeat: unary((req) => coord.heartbeat(req.workerId, runOf(req.run))),
+    leave: unary((req) => {
+      coord.leave(req.workerId, runOf(req.run), req.reason.slice(0, 500));
+      return {};
+    }),
+    nextStep: unary(async (req, call) => {
+      const abort = new AbortController();
+      call.on('cancelled', () => abort.abort());
+      const a = await coord.nextStep(req.workerId, runOf(req.run), abort.signal);
+      if (a.action === 'wait') return { run: a.run, action: StepAction.STEP_ACTION_WAIT, epoch: 0, shards: [], weightsVersion: 0 };
+      if (a.action === 'finish') return { run: a.run, action: StepAction.STEP_ACTION_FINISH, epoch: 0, shards: [], weightsVersion: 0 };
+      return {
+        run: a.run,
+        action: a.action === 'train' ? StepAction.STEP_ACTION_TRAIN : StepAction.STEP_ACTION_EMBED,
+        epoch: a.epoch,
+        shards: a.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
+        weightsVersion: a.weightsVersion,
+      };
+    }),
+    fetchWeights: (call) => {
+      let snapshot: ReturnType<FleetCoordinator['weightChunks']>;
+      try {
+        snapshot = coord.weightChunks(call.request.workerId, runOf(call.request.run));
+      } catch (err) {
+        call.destroy(Object.assign(new Error(toServiceError(err).details), toServiceError(err)));
+        return;
+      }
+      const names = new Set(snapshot.chunks.map((c) => c.name));
+      let i = 0;
+      const pump = () => {
+        while (i < snapshot.chunks.length) {
+          const more = call.write(FetchWeightsResponse.fromPartial({ weightsVersion: snapshot.version, tensorCount: names.size, chunk: toProtoChunk(snapshot.chunks[i++]) }));
+          if (!more) {
+            call.once('drain', pump);
+            return;
+          }
+        }
+        call.end();
+      };
+      pump();
+    },
+    pushGradients: (call, callback) =>
+      upload<PushGradientsRequest, NonNullable<PushGradientsRequest['header']>>(
+        call,
+        callback,
+        (h) => {
+          coord.checkResultHeader('train', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
+          if (!Number.isFinite(h.loss)) throw new TensorDecodeError(`loss is ${h.loss}`);
+          const specs = trainSpecs();
+          return new UploadReader((name) => specs.get(name));
+        },
+        (h, reader) => {
+          const specs = coord.expectedTrainTensors();
+          const tensors = reader.finish(
+            specs.map((s) => s.name),
+            h.tensorCount,
+          );
+          const { grads, bnStats } = coord.splitTrainTensors(tensors);
+          coord.acceptTrain(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, {
+            triplets: h.contributingTriplets,
+            activeTriplets: h.activeTriplets,
+            loss: h.loss,
+            shards: h.shardIndexes.length,
+            grads,
+            bnStats,
+            dataSeconds: h.dataSeconds,
+            computeSeconds: h.computeSeconds,
+          });
+        },
+        (h, reason) => coord.rejectResult(h.workerId, reason),
+      ),
+    pushEmbeddings: (call, callback) =>
+      upload<PushEmbeddingsRequest, NonNullable<PushEmbeddingsRequest['header']>>(
+        call,
+        callback,
+        (h) => {
+          coord.checkResultHeader('embed', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
+          const images = coord.embedImagesOf(h.shardIndexes);
+          return new UploadReader((name, first) => {
+            if (name !== 'embeddings' || first.shape.length !== 2 || first.shape[1] < 1 || first.shape[1] > 65_536) return undefined;
+            return { name, shape: [images.length, first.shape[1]] };
+          });
+        },
+        (h, reader) => {
+          const tensors = reader.finish(['embeddings'], 1);
+          const images = coord.embedImagesOf(h.shardIndexes);
+          const embeddings = tensors.get('embeddings')!;
+          coord.acceptEmbeddings(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, { imageIds: images, embeddings, dim: embeddings.length / Math.max(1, images.length) });
+        },
+        (h, reason) => coord.rejectResult(h.workerId, reason),
+      ),
+  };
+}
+
+export interface FleetServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  /** HOST:PORT actually bound (the port chosen by the system when 0 was asked). */
+  address: string;
+  port: number;
+  shutdown(): Promise<void>;
+}
+
+/** Parses HOST:PORT ([v6]:PORT too); the port may be 0 (chosen at bind time). */
+export function parseListen(value: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(value.trim());
+  if (!m || Number(m[2]) > 65_535) throw new UsageError(`--listen ${value}: expected HOST:PORT, e.g. 0.0.0.0:7070 or 127.0.0.1:0 (port chosen at start)`);
+  return { host: m[1], port: Number(m[2]) };
+}
+
+export async function serveFleet(coord: FleetCoordinator, listen: string): Promise<FleetServer> {
+  const { host, port } = parseListen(listen);
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
+  server.addService(FleetServiceService, fleetServiceImpl(coord));
+  const health = new HealthImplementation({ '': 'SERVING', [FLEET_SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+  const bound = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
+  );
+  return {
+    server,
+    health,
+    address: `${host}:${bound}`,
+    port: bound,
+    shutdown: () =>
+      new Promise<void>((resolve) => {
+        health.setStatus('', 'NOT_SERVING');
+        health.setStatus(FLEET_SERVICE_NAME, 'NOT_SERVING');
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 2000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      }),
+  };
+}

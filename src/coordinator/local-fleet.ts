@@ -1,0 +1,84 @@
+// The embedded default fleet (`tricaps train --workers N`): this process is the coordinator on a
+// loopback port chosen at start, and N `tricaps worker` child processes train with it. Children are
+// stopped (SIGTERM, then SIGKILL) however the run ends; the run fails if every child has died.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { EngineChoice } from '../shared/engine/engine.js';
+import type { Logger } from '../shared/log.js';
+import type { TrainConfig } from '../shared/train-config.js';
+import type { FleetConfig } from './fleet-config.js';
+import { startCoordinator, type CoordinatorHooks, type CoordinatorResult } from './run-coordinator.js';
+
+/** The CLI entry point next to this module in dist/. */
+export function cliPath(): string {
+  return fileURLToPath(new URL('../cli.js', import.meta.url));
+}
+
+export async function runLocalFleet(
+  cfg: TrainConfig,
+  fleet: FleetConfig,
+  workerEngine: EngineChoice,
+  log: Logger,
+  hooks: CoordinatorHooks = {},
+  opts: { evaluate?: boolean; signal?: AbortSignal } = {},
+): Promise<CoordinatorResult> {
+  const children: ChildProcess[] = [];
+  const exits: string[] = [];
+  const run = startCoordinator(
+    cfg,
+    fleet,
+    log,
+    {
+      ...hooks,
+      onListening: async (address, runId) => {
+        for (let i = 0; i < cfg.workers; i++) {
+          const child = spawn(process.execPath, [cliPath(), 'worker', '--coordinator', address, '--engine', workerEngine, '--run-id', runId, '--name', `local-${i + 1}`], {
+            stdio: ['ignore', 'inherit', 'inherit'],
+            env: { ...process.env, TRICAPS_LOG_LEVEL: process.env.TRICAPS_WORKER_LOG_LEVEL ?? 'warn' },
+          });
+          child.on('exit', (code, signal) => {
+            if (code !== 0) {
+              exits.push(`local worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`);
+              log.error({ worker: i + 1, pid: child.pid, code, signal }, exits[exits.length - 1]);
+            }
+          });
+          children.push(child);
+        }
+        log.info({ workers: cfg.workers, engine: workerEngine }, `started ${cfg.workers} local worker processes`);
+        await hooks.onListening?.(address, runId);
+      },
+      abortReason: () => {
+        const alive = children.filter((c) => c.exitCode === null && c.signalCode === null).length;
+        if (children.length && alive === 0 && exits.length) return `every local worker has exited (${exits.join('; ')})`;
+        return hooks.abortReason?.();
+      },
+    },
+    opts,
+  );
+  opts.signal?.addEventListener('abort', () => run.stop(), { once: true });
+  // Check for dead children while a step waits on them, not only between steps.
+  const watch = setInterval(() => {
+    const alive = children.filter((c) => c.exitCode === null && c.signalCode === null).length;
+    if (children.length && alive === 0 && exits.length) run.stop();
+  }, 500);
+  try {
+    const result = await run.done;
+    if (result.stopped && exits.length && !opts.signal?.aborted) throw new Error(`every local worker has exited (${exits.join('; ')})`);
+    return result;
+  } finally {
+    clearInterval(watch);
+    await Promise.all(children.map((c) => stopChild(c)));
+  }
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
+    child.once('exit', () => {
+      clearTimeout(kill);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}

@@ -1,0 +1,287 @@
+// The coordinator's training loop, top to bottom: open the data index, build the model and
+// optimizer, serve the fleet, then per step — sample the PK batch, plan its mining shards
+// (optionally grouping confusable items), run them over the workers, average the shard gradients
+// by contributing triplets, apply Adam — and finally save the weights and tell the workers the run
+// is over.
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { trainItems, type Catalogue } from '../shared/data/catalogue.js';
+import { catalogueFingerprint, openTrainingCatalogue } from '../shared/data/open-catalogue.js';
+import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
+import { initEngine, type Engine } from '../shared/engine/engine.js';
+import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
+import type { FleetJob } from '../shared/fleet-job.js';
+import type { Logger } from '../shared/log.js';
+import { buildArchitecture } from '../shared/model/architecture.js';
+import { createModelState, readState, type ModelState } from '../shared/model/params.js';
+import { meanOf, weightedAverage } from '../shared/plan/average.js';
+import { confusableAffinity } from '../shared/plan/hard-negatives.js';
+import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
+import { saveWeights, stepDirName } from '../shared/checkpoint-format.js';
+import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
+import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
+import { UsageError } from '../shared/errors.js';
+import { FleetCoordinator, StoppedError, type EmbedResult, type TensorSpec, type TrainResult, type WeightSource } from './fleet-coordinator.js';
+import type { FleetConfig } from './fleet-config.js';
+import { newRunId } from './fleet-config.js';
+import { serveFleet, type FleetServer } from './fleet-service.js';
+import { ParameterUpdater } from './optimizer.js';
+import { StepWork } from './step-work.js';
+
+/** The model's parameters as the fleet sees them: versioned, encoded once per version. */
+export class ModelWeightSource implements WeightSource {
+  version = 0;
+  readonly gradientSpecs: TensorSpec[];
+  readonly statSpecs: TensorSpec[];
+  private cache: { version: number; chunks: EncodedChunk[] } | undefined;
+
+  constructor(private readonly model: ModelState) {
+    this.gradientSpecs = model.arch.params.filter((p) => p.trainable).map((p) => ({ name: p.name, shape: p.shape }));
+    this.statSpecs = model.arch.params.filter((p) => !p.trainable).map((p) => ({ name: p.name, shape: p.shape }));
+  }
+
+  chunks(): EncodedChunk[] {
+    if (this.cache?.version !== this.version) {
+      const chunks: EncodedChunk[] = [];
+      for (const [name, v] of [...this.model.trainable, ...this.model.buffers]) chunks.push(...encodeTensor(name, v.dataSync() as Float32Array, v.shape, 'float32'));
+      this.cache = { version: this.version, chunks };
+    }
+    return this.cache.chunks;
+  }
+}
+
+export interface FleetStepReport {
+  step: number;
+  epoch: number;
+  loss: number;
+  triplets: number;
+  activeTriplets: number;
+  workers: number;
+  round: number;
+  /** Wall time of the step at the coordinator: plan to optimizer done. */
+  seconds: number;
+  /** Slowest worker's data loading + gradient computation (the step's compute critical path). */
+  workerComputeSeconds: number;
+  workerDataSeconds: number;
+  averageSeconds: number;
+  optimizerSeconds: number;
+  /** Everything else: weights and gradients on the wire, decoding, waiting for stragglers. */
+  exchangeSeconds: number;
+  images: number;
+  imagesPerSecond: number;
+  learningRate: number;
+}
+
+export interface CoordinatorHooks {
+  onListening?(address: string, runId: string): void | Promise<void>;
+  onStep?(report: FleetStepReport): void;
+  onEvaluation?(phase: 'before' | 'after', results: EvaluationResult[]): void;
+  /** Polled between steps: a reason to stop the run early (local fleet lost its processes). */
+  abortReason?(): string | undefined;
+}
+
+export interface CoordinatorResult {
+  runId: string;
+  engine: Engine;
+  stepsRun: number;
+  losses: number[];
+  reports: FleetStepReport[];
+  before: EvaluationResult[];
+  after: EvaluationResult[];
+  seconds: number;
+  checkpoint?: string;
+  lost: FleetCoordinator['lost'];
+  stopped: boolean;
+}
+
+export interface CoordinatorRun {
+  /** Stops the run after the step in progress (SIGTERM). */
+  stop(): void;
+  done: Promise<CoordinatorResult>;
+}
+
+export function startCoordinator(cfg: TrainConfig, fleet: FleetConfig, log: Logger, hooks: CoordinatorHooks = {}, opts: { evaluate?: boolean } = {}): CoordinatorRun {
+  let coordinator: FleetCoordinator | undefined;
+  let stopRequested = false;
+  const done = runCoordinator(cfg, fleet, log, hooks, opts, (c) => {
+    coordinator = c;
+    if (stopRequested) c.close();
+  });
+  return {
+    stop() {
+      stopRequested = true;
+      coordinator?.close();
+    },
+    done,
+  };
+}
+
+async function runCoordinator(
+  cfg: TrainConfig,
+  fleet: FleetConfig,
+  log: Logger,
+  hooks: CoordinatorHooks,
+  opts: { evaluate?: boolean },
+  expose: (c: FleetCoordinator) => void,
+): Promise<CoordinatorResult> {
+  const catalogue: Catalogue = await openTrainingCatalogue(cfg.data);
+  const items = trainItems(catalogue);
+  const P = itemsPerBatch(cfg);
+  const perEpoch = stepsPerEpoch([...items.values()].filter((ids) => ids.length >= 2).length, P);
+  if (perEpoch === 0) throw new UsageError(`${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`);
+  const shardCount = fleet.shards ?? fleet.minWorkers;
+  if (P < 2 * shardCount) {
+    throw new UsageError(`a batch of ${P} items cannot be split into ${shardCount} mining shards of at least 2 items; use fewer --shards (or --min-workers) or more --batch-triplets`);
+  }
+  const engine = await initEngine(cfg.engine, log);
+  const model = createModelState(buildArchitecture({ ...cfg.model, categories: catalogue.categories.length }), cfg.seed);
+  const updater = new ParameterUpdater(model, cfg.optimizer);
+  const weights = new ModelWeightSource(model);
+  const runId = fleet.runId ?? newRunId();
+  const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
+  const coord = new FleetCoordinator(
+    {
+      runId,
+      minWorkers: fleet.minWorkers,
+      maxWorkers: fleet.maxWorkers,
+      heartbeatIntervalMs: fleet.heartbeatIntervalMs,
+      heartbeatTimeoutMs: fleet.heartbeatTimeoutMs,
+      assignmentTimeoutMs: fleet.stepTimeoutMs,
+      longPollMs: 5000,
+      gradientDtype: fleet.gradientWire,
+      configJson: JSON.stringify(job),
+    },
+    weights,
+    log,
+  );
+  expose(coord);
+  let server: FleetServer | undefined;
+  const reports: FleetStepReport[] = [];
+  let before: EvaluationResult[] = [];
+  let after: EvaluationResult[] = [];
+  let stopped = false;
+  let step = 0;
+  const started = performance.now();
+  try {
+    server = await serveFleet(coord, fleet.listen);
+    coord.start();
+    log.info(
+      { run: runId, address: server.address, catalogue: catalogue.name, stepsPerEpoch: perEpoch, itemsPerBatch: P, shards: shardCount, minWorkers: fleet.minWorkers, maxWorkers: fleet.maxWorkers, wire: fleet.gradientWire },
+      `coordinator of run ${runId} listening on ${server.address}`,
+    );
+    await hooks.onListening?.(server.address, runId);
+    const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
+    if (opts.evaluate) {
+      before = await evaluateRetrieval(model, catalogue, evalOpts);
+      hooks.onEvaluation?.('before', before);
+    }
+    let embeddings: Map<number, Float32Array> | undefined;
+    const totalSteps = plannedSteps(cfg, perEpoch);
+    for (; step < totalSteps; step++) {
+      const abort = hooks.abortReason?.();
+      if (abort) throw new Error(abort);
+      if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
+        log.warn({ step, maxMinutes: cfg.maxMinutes }, `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`);
+        break;
+      }
+      const epoch = Math.floor(step / perEpoch);
+      if (fleet.hardNegativeEvery > 0 && step % fleet.hardNegativeEvery === 0) embeddings = await refreshHardNegatives(coord, items, step, epoch, log);
+      const batch = samplePkBatch({ seed: cfg.seed, epoch, step: step % perEpoch, itemsPerBatch: P, imagesPerItem: cfg.imagesPerItem, items });
+      const affinity = embeddings ? confusableAffinity(batch.itemIds, embeddings, shardCount) : undefined;
+      const work = new StepWork<TrainResult>('train', step, epoch, planShards(batch, shardCount, affinity));
+      const t0 = performance.now();
+      await coord.execute(work);
+      const t1 = performance.now();
+      const results = work.results.map((r) => r.result);
+      const triplets = results.reduce((s, r) => s + r.triplets, 0);
+      const loss = triplets ? results.reduce((s, r) => s + r.loss * r.triplets, 0) / triplets : Number.NaN;
+      if (triplets === 0) {
+        log.warn({ step }, `step ${step}: no shard found a triplet; no update`);
+        continue;
+      }
+      const avg = weightedAverage(results.map((r) => ({ triplets: r.triplets, grads: r.grads })));
+      const stats = new Map<string, Float32Array>();
+      for (const spec of weights.statSpecs) {
+        // Each result holds the mean over its shards: weight it by its shard count.
+        stats.set(spec.name, meanOf(results.flatMap((r) => Array.from({ length: r.shards }, () => r.bnStats.get(spec.name)!))));
+      }
+      const t2 = performance.now();
+      const gradTensors = new Map([...avg.grads].map(([n, g]) => [n, tf.tensor(g, model.trainable.get(n)!.shape)]));
+      const statTensors = new Map([...stats].map(([n, s]) => [n, tf.tensor(s, model.buffers.get(n)!.shape)]));
+      updater.apply(gradTensors, statTensors, epoch);
+      tf.dispose([...gradTensors.values(), ...statTensors.values()]);
+      weights.version += 1;
+      const t3 = performance.now();
+      const slowest = results.reduce((m, r) => (r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m), results[0]);
+      const seconds = (t3 - t0) / 1000;
+      const images = work.units.reduce((s, u) => s + u.imageIds.length, 0);
+      const report: FleetStepReport = {
+        step,
+        epoch,
+        loss,
+        triplets,
+        activeTriplets: results.reduce((s, r) => s + r.activeTriplets, 0),
+        workers: new Set(work.results.map((r) => r.workerId)).size,
+        round: coord.membership.round,
+        seconds,
+        workerComputeSeconds: slowest.computeSeconds,
+        workerDataSeconds: slowest.dataSeconds,
+        averageSeconds: (t2 - t1) / 1000,
+        optimizerSeconds: (t3 - t2) / 1000,
+        exchangeSeconds: Math.max(0, (t1 - t0) / 1000 - slowest.computeSeconds - slowest.dataSeconds),
+        images,
+        imagesPerSecond: images / seconds,
+        learningRate: updater.learningRateAt(epoch),
+      };
+      reports.push(report);
+      log.info(
+        { step, epoch, loss, triplets, workers: report.workers, round: report.round, seconds, compute_s: report.workerComputeSeconds, data_s: report.workerDataSeconds, exchange_s: report.exchangeSeconds, average_s: report.averageSeconds, optimizer_s: report.optimizerSeconds, images_per_s: report.imagesPerSecond },
+        `step ${step} loss ${loss.toFixed(4)} workers ${report.workers} ${seconds.toFixed(2)} s`,
+      );
+      hooks.onStep?.(report);
+    }
+  } catch (err) {
+    if (!(err instanceof StoppedError)) throw err;
+    stopped = true;
+    log.warn({ step }, `stopped at step ${step} (the step in progress was not applied)`);
+  } finally {
+    if (!stopped) await coord.finish(5000).catch(() => undefined);
+    coord.close();
+    await server?.shutdown();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  if (opts.evaluate && !stopped) {
+    after = await evaluateRetrieval(model, catalogue, { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv });
+    hooks.onEvaluation?.('after', after);
+  }
+  let checkpoint: string | undefined;
+  if (cfg.checkpointDir) {
+    checkpoint = join(cfg.checkpointDir, stepDirName(step));
+    saveWeights(checkpoint, { modelConfig: model.arch.config, step, categories: catalogue.categories, values: await readState(model), shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])) });
+    log.info({ checkpoint }, `saved weights to ${checkpoint}`);
+  }
+  updater.dispose();
+  model.dispose();
+  return { runId, engine, stepsRun: reports.length, losses: reports.map((r) => r.loss), reports, before, after, seconds, checkpoint, lost: coord.lost, stopped };
+}
+
+/** Embeds one image of every train item over the fleet and returns item -> embedding. */
+async function refreshHardNegatives(coord: FleetCoordinator, items: Map<number, number[]>, step: number, epoch: number, log: Logger): Promise<Map<number, Float32Array>> {
+  const t0 = performance.now();
+  const reps = [...items].filter(([, ids]) => ids.length >= 2).map(([item, ids]) => ({ item, image: ids[0] }));
+  const units: PlannedShard[] = [];
+  for (let i = 0; i < reps.length; i += 64) {
+    const part = reps.slice(i, i + 64);
+    units.push({ index: units.length, imageIds: part.map((r) => r.image), itemIds: part.map((r) => r.item) });
+  }
+  const work = new StepWork<EmbedResult>('embed', step, epoch, units);
+  await coord.execute(work);
+  const out = new Map<number, Float32Array>();
+  for (const { units: us, result } of work.results) {
+    const itemIds = us.flatMap((u) => units[u].itemIds);
+    itemIds.forEach((item, i) => out.set(item, result.embeddings.slice(i * result.dim, (i + 1) * result.dim)));
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  log.info({ step, items: out.size, seconds }, `hard-negative plan refreshed at step ${step}: ${out.size} items embedded in ${seconds.toFixed(2)} s`);
+  return out;
+}

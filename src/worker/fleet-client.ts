@@ -1,0 +1,154 @@
+// The worker's side of the FleetService transport: promise-returning calls with deadlines,
+// streamed weight downloads decoded against the model's shapes, and streamed uploads that respect
+// gRPC flow control. No training logic lives here.
+import * as grpc from '@grpc/grpc-js';
+import {
+  FleetServiceClient,
+  type EmbeddingHeader,
+  type GradientHeader,
+  type HeartbeatResponse,
+  type NextStepResponse,
+  type RegisterRequest,
+  type RegisterResponse,
+  type RunRef,
+} from '../shared/gen/tricaps/v1/fleet.js';
+import { decodeTensor, encodeTensor, type EncodedChunk, type WireDType } from '../shared/tensor-codec.js';
+import { fromProtoChunk, toProtoChunk } from '../shared/wire.js';
+
+export type ClientError = grpc.ServiceError;
+
+export function isServiceError(err: unknown): err is grpc.ServiceError {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'number' && 'details' in err;
+}
+
+const deadline = (ms: number) => ({ deadline: Date.now() + ms });
+
+export class FleetClient {
+  readonly client: FleetServiceClient;
+
+  constructor(readonly address: string) {
+    this.client = new FleetServiceClient(address, grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 8 << 20,
+      // Reconnect quickly after a coordinator restart.
+      'grpc.initial_reconnect_backoff_ms': 200,
+      'grpc.max_reconnect_backoff_ms': 2000,
+    });
+  }
+
+  register(req: RegisterRequest, ms: number): Promise<RegisterResponse> {
+    return new Promise((resolve, reject) => this.client.register(req, new grpc.Metadata(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
+  }
+
+  heartbeat(run: RunRef, workerId: string, ms: number): Promise<HeartbeatResponse> {
+    return new Promise((resolve, reject) => this.client.heartbeat({ run, workerId }, new grpc.Metadata(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
+  }
+
+  /** Long poll; the signal cancels it (SIGTERM). */
+  nextStep(run: RunRef, workerId: string, ms: number, signal?: AbortSignal): Promise<NextStepResponse> {
+    return new Promise((resolve, reject) => {
+      const call = this.client.nextStep({ run, workerId }, new grpc.Metadata(), deadline(ms), (err, res) => {
+        signal?.removeEventListener('abort', cancel);
+        if (err) reject(err);
+        else resolve(res);
+      });
+      const cancel = () => call.cancel();
+      signal?.addEventListener('abort', cancel, { once: true });
+    });
+  }
+
+  leave(run: RunRef, workerId: string, reason: string, ms: number): Promise<void> {
+    return new Promise((resolve, reject) => this.client.leave({ run, workerId, reason }, new grpc.Metadata(), deadline(ms), (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** Downloads the current weights; every tensor is checked against the shape the model expects. */
+  fetchWeights(run: RunRef, workerId: string, shapes: Map<string, number[]>, ms: number): Promise<{ version: number; values: Map<string, Float32Array> }> {
+    return new Promise((resolve, reject) => {
+      const stream = this.client.fetchWeights({ run, workerId }, new grpc.Metadata(), deadline(ms));
+      const values = new Map<string, Float32Array>();
+      let pending: EncodedChunk[] = [];
+      let version = -1;
+      let count = 0;
+      let failed = false;
+      const fail = (err: Error) => {
+        if (failed) return;
+        failed = true;
+        stream.cancel();
+        reject(err);
+      };
+      stream.on('data', (msg: { weightsVersion: number; tensorCount: number; chunk?: Parameters<typeof fromProtoChunk>[0] }) => {
+        if (failed) return;
+        try {
+          if (!msg.chunk) throw new Error('weights message without a chunk');
+          version = msg.weightsVersion;
+          count = msg.tensorCount;
+          const c = fromProtoChunk(msg.chunk);
+          pending.push(c);
+          if (pending.length < c.chunkCount) return;
+          const shape = shapes.get(c.name);
+          if (!shape) throw new Error(`the coordinator sent weights for ${c.name}, which this model does not have (different model configuration?)`);
+          const size = shape.reduce((a, b) => a * b, 1);
+          values.set(c.name, decodeTensor(pending, { name: c.name, shape }, { maxElements: size, maxChunks: 100_000 }));
+          pending = [];
+        } catch (err) {
+          fail(err as Error);
+        }
+      });
+      stream.on('error', (err) => fail(err));
+      stream.on('end', () => {
+        if (failed) return;
+        if (values.size !== count || values.size !== shapes.size) fail(new Error(`weights download ended with ${values.size} of ${shapes.size} tensors`));
+        else resolve({ version, values });
+      });
+    });
+  }
+
+  pushGradients(header: GradientHeader, tensors: [string, Float32Array, number[]][], dtype: WireDType, ms: number): Promise<{ accepted: boolean; reason: string }> {
+    return this.upload((cb) => this.client.pushGradients(new grpc.Metadata(), deadline(ms), cb), { header }, tensors, dtype);
+  }
+
+  pushEmbeddings(header: EmbeddingHeader, embeddings: Float32Array, shape: [number, number], ms: number): Promise<{ accepted: boolean; reason: string }> {
+    return this.upload((cb) => this.client.pushEmbeddings(new grpc.Metadata(), deadline(ms), cb), { header }, [['embeddings', embeddings, shape]], 'float32');
+  }
+
+  private upload<Req>(
+    open: (cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void) => grpc.ClientWritableStream<Req>,
+    first: Req,
+    tensors: [string, Float32Array, number[]][],
+    dtype: WireDType,
+  ): Promise<{ accepted: boolean; reason: string }> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const call = open((err, res) => {
+        settled = true;
+        if (err) reject(err);
+        else resolve(res!);
+      });
+      const messages = function* () {
+        yield first;
+        for (const [name, values, shape] of tensors) {
+          for (const c of encodeTensor(name, values, shape, dtype)) yield { chunk: toProtoChunk(c) } as Req;
+        }
+      };
+      const it = messages();
+      const pump = () => {
+        for (;;) {
+          if (settled) return; // the coordinator answered early (a rejection): stop sending
+          const next = it.next();
+          if (next.done) {
+            call.end();
+            return;
+          }
+          if (!call.write(next.value)) {
+            call.once('drain', pump);
+            return;
+          }
+        }
+      };
+      pump();
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

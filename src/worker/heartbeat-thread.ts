@@ -1,0 +1,39 @@
+// Heartbeats from a thread of their own: gradient computation is synchronous on the worker's main
+// thread (seconds per step on CPU engines), so heartbeats sent from there would stop exactly while
+// the worker is busiest. This thread has its own gRPC channel and reports to the main thread when
+// the coordinator says stop or no longer knows the worker.
+import { parentPort, workerData } from 'node:worker_threads';
+import * as grpc from '@grpc/grpc-js';
+import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
+import { FleetClient, isServiceError } from './fleet-client.js';
+
+export interface HeartbeatSetup {
+  address: string;
+  run: RunRef;
+  workerId: string;
+  intervalMs: number;
+}
+
+export type HeartbeatEvent = { type: 'stop' } | { type: 'gone'; details: string } | { type: 'unreachable'; details: string };
+
+const setup = workerData as HeartbeatSetup;
+const client = new FleetClient(setup.address);
+
+async function beat(): Promise<void> {
+  try {
+    const res = await client.heartbeat(setup.run, setup.workerId, Math.max(1000, setup.intervalMs * 2));
+    if (res.stop) parentPort!.postMessage({ type: 'stop' } satisfies HeartbeatEvent);
+  } catch (err) {
+    if (isServiceError(err) && (err.code === grpc.status.NOT_FOUND || err.code === grpc.status.FAILED_PRECONDITION)) {
+      parentPort!.postMessage({ type: 'gone', details: err.details } satisfies HeartbeatEvent);
+    } else {
+      parentPort!.postMessage({ type: 'unreachable', details: (err as Error).message } satisfies HeartbeatEvent);
+    }
+  }
+}
+
+void beat();
+setInterval(() => void beat(), setup.intervalMs);
+parentPort!.on('message', (m: { type: string; run?: RunRef }) => {
+  if (m.type === 'run' && m.run) setup.run = m.run;
+});

@@ -1,0 +1,315 @@
+// A fleet worker: registers with the coordinator (retrying with backoff), then loops — ask for work,
+// fetch weights when the assignment names another version, load the shard's images from the shared
+// data path, compute, upload. It re-registers when the coordinator no longer knows it (dropped, or
+// restarted as a new run), exits 0 when the run is over or on SIGTERM (finishing the step in
+// progress, or giving back one not yet started), and exits 1 when the coordinator stays unreachable.
+import { Worker as Thread } from 'node:worker_threads';
+import { hostname } from 'node:os';
+import * as grpc from '@grpc/grpc-js';
+import * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
+import { initEngine, type Engine, type EngineChoice } from '../shared/engine/engine.js';
+import { catalogueFingerprint, openTrainingCatalogue } from '../shared/data/open-catalogue.js';
+import type { Catalogue } from '../shared/data/catalogue.js';
+import { loadBatchTensor } from '../shared/data/batch.js';
+import { FleetJobSchema, type FleetJob } from '../shared/fleet-job.js';
+import { StepAction, WireDType, type NextStepResponse, type RunRef } from '../shared/gen/tricaps/v1/fleet.js';
+import type { Logger } from '../shared/log.js';
+import { buildArchitecture } from '../shared/model/architecture.js';
+import { createModelState, type ModelState } from '../shared/model/params.js';
+import { l2Normalize } from '../shared/model/squash.js';
+import { forward } from '../shared/model/tricapsnet.js';
+import { UsageError } from '../shared/errors.js';
+import { FleetClient, isServiceError } from './fleet-client.js';
+import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
+import { computeShardsGradient } from './shard-gradients.js';
+
+export interface WorkerOptions {
+  coordinator: string;
+  engine: EngineChoice;
+  name: string;
+  /** Only join this run (empty: whichever run the coordinator has). */
+  runId: string;
+  /** Give up after the coordinator has been unreachable this long. */
+  reconnectTimeoutMs: number;
+  /** Per-call deadline for uploads and downloads. */
+  transferTimeoutMs: number;
+}
+
+/** Set by the process's SIGTERM handler. */
+export interface StopSignal {
+  readonly stopping: boolean;
+  readonly signal: AbortSignal;
+}
+
+interface Session {
+  workerId: string;
+  run: RunRef;
+  job: FleetJob;
+  gradientDtype: 'float32' | 'float16';
+  heartbeat: Thread;
+  events: HeartbeatEvent[];
+}
+
+interface Loaded {
+  key: string;
+  model: ModelState;
+  catalogue: Catalogue;
+  shapes: Map<string, number[]>;
+  version: number;
+}
+
+const UNREACHABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED, grpc.status.UNKNOWN, grpc.status.INTERNAL]);
+const REREGISTER = new Set([grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION]);
+
+export class FleetWorker {
+  private readonly client: FleetClient;
+  private engine!: Engine;
+  private loaded: Loaded | undefined;
+  private unreachableSince: number | undefined;
+  private backoffMs = 200;
+  stepsDone = 0;
+
+  constructor(
+    private readonly opts: WorkerOptions,
+    private readonly stop: StopSignal,
+    private readonly log: Logger,
+  ) {
+    this.client = new FleetClient(opts.coordinator);
+  }
+
+  /** Runs until the run is over (0), SIGTERM (0) or the coordinator is gone for good (1). */
+  async run(): Promise<number> {
+    this.engine = await initEngine(this.opts.engine, this.log);
+    try {
+      for (;;) {
+        if (this.stop.stopping) return 0;
+        const session = await this.register();
+        if (!session) return this.stop.stopping ? 0 : 1;
+        const outcome = await this.serve(session).finally(() => void session.heartbeat.terminate());
+        if (outcome !== 'reregister') return outcome === 'done' ? 0 : 1;
+      }
+    } finally {
+      this.client.close();
+      this.loaded?.model.dispose();
+    }
+  }
+
+  private async register(): Promise<Session | undefined> {
+    for (;;) {
+      if (this.stop.stopping) return undefined;
+      try {
+        const res = await this.client.register({ workerName: this.opts.name, engine: this.engine.name, device: this.engine.device, runId: this.opts.runId }, 10_000);
+        this.reachable();
+        let job: FleetJob;
+        try {
+          job = FleetJobSchema.parse(JSON.parse(res.configJson));
+        } catch (err) {
+          throw new UsageError(`the coordinator's job configuration is not one this worker understands (${err instanceof z.ZodError ? err.issues[0]?.message : (err as Error).message}); run the same tricaps version on both sides`);
+        }
+        await this.prepare(res.run!.runId, job);
+        const setup: HeartbeatSetup = { address: this.opts.coordinator, run: res.run!, workerId: res.workerId, intervalMs: res.heartbeatIntervalMs };
+        const heartbeat = new Thread(new URL('./heartbeat-thread.js', import.meta.url), { workerData: setup });
+        const session: Session = { workerId: res.workerId, run: res.run!, job, gradientDtype: res.gradientDtype === WireDType.WIRE_D_TYPE_FLOAT16 ? 'float16' : 'float32', heartbeat, events: [] };
+        heartbeat.on('message', (e: HeartbeatEvent) => session.events.push(e));
+        heartbeat.unref();
+        this.log.info({ worker: res.workerId, run: res.run!.runId, coordinator: this.opts.coordinator, engine: this.engine.name }, `joined run ${res.run!.runId} as ${res.workerId}`);
+        return session;
+      } catch (err) {
+        if (!isServiceError(err)) throw err;
+        if (err.code === grpc.status.FAILED_PRECONDITION && this.opts.runId) {
+          throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
+        }
+        if (err.code === grpc.status.RESOURCE_EXHAUSTED) this.log.warn({ details: err.details }, `the run is full (${err.details}); retrying`);
+        else if (!(await this.unreachable(err))) return undefined;
+        await this.sleep();
+      }
+    }
+  }
+
+  /** Builds (or keeps) the model and catalogue for a job, checking the data matches. */
+  private async prepare(runId: string, job: FleetJob): Promise<void> {
+    const key = JSON.stringify([runId, job.train.model, job.train.data]);
+    if (this.loaded?.key === key) return;
+    this.loaded?.model.dispose();
+    this.loaded = undefined;
+    const catalogue = await openTrainingCatalogue(job.train.data);
+    const mine = catalogueFingerprint(catalogue);
+    if (mine.images !== job.catalogue.images || mine.categories !== job.catalogue.categories) {
+      throw new UsageError(`the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${job.catalogue.name}: ${job.catalogue.images} images, ${job.catalogue.categories} categories); mount the same --data path on every machine`);
+    }
+    const arch = buildArchitecture(job.train.model);
+    const model = createModelState(arch, job.train.seed);
+    this.loaded = { key, model, catalogue, shapes: new Map(arch.params.map((p) => [p.name, p.shape])), version: -1 };
+  }
+
+  private async serve(s: Session): Promise<'done' | 'reregister' | 'unreachable'> {
+    for (;;) {
+      const event = s.events.shift();
+      if (event?.type === 'stop') return 'done';
+      if (event?.type === 'gone') {
+        this.log.warn({ details: event.details }, `the coordinator no longer knows this worker (${event.details}); registering again`);
+        return 'reregister';
+      }
+      if (this.stop.stopping) {
+        await this.leave(s, 'SIGTERM');
+        return 'done';
+      }
+      let next: NextStepResponse;
+      try {
+        next = await this.client.nextStep(s.run, s.workerId, 30_000, this.stop.signal);
+        this.reachable();
+      } catch (err) {
+        const verdict = await this.onCallError(err);
+        if (verdict === 'retry') continue;
+        return verdict;
+      }
+      s.run = next.run ?? s.run;
+      s.heartbeat.postMessage({ type: 'run', run: s.run });
+      if (next.action === StepAction.STEP_ACTION_FINISH) {
+        this.log.info({ steps: this.stepsDone }, `run ${s.run.runId} is over after ${this.stepsDone} steps here`);
+        return 'done';
+      }
+      if (next.action !== StepAction.STEP_ACTION_TRAIN && next.action !== StepAction.STEP_ACTION_EMBED) continue;
+      if (this.stop.stopping) {
+        // Not started: give the shards back rather than finish them.
+        await this.leave(s, `SIGTERM before step ${next.run!.step}`);
+        return 'done';
+      }
+      try {
+        await this.work(s, next);
+        this.reachable();
+      } catch (err) {
+        const verdict = await this.onCallError(err);
+        if (verdict === 'retry') continue;
+        return verdict;
+      }
+    }
+  }
+
+  private async work(s: Session, next: NextStepResponse): Promise<void> {
+    const loaded = this.loaded!;
+    if (loaded.version !== next.weightsVersion) {
+      const { version, values } = await this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs);
+      for (const [name, v] of [...loaded.model.trainable, ...loaded.model.buffers]) {
+        const t = tf.tensor(values.get(name)!, v.shape);
+        v.assign(t);
+        t.dispose();
+      }
+      loaded.version = version;
+      if (version !== next.weightsVersion) return; // the coordinator moved on meanwhile: ask again
+    }
+    const run = next.run!;
+    const units = next.shards.map((sh) => sh.index);
+    if (next.action === StepAction.STEP_ACTION_EMBED) {
+      const imageIds = next.shards.flatMap((sh) => sh.imageIds);
+      const embeddings = await this.embed(imageIds);
+      const res = await this.client.pushEmbeddings({ run, workerId: s.workerId, shardIndexes: units, weightsVersion: loaded.version }, embeddings.values, [imageIds.length, embeddings.dim], this.opts.transferTimeoutMs);
+      this.log.debug({ step: run.step, images: imageIds.length, accepted: res.accepted }, 'embeddings sent');
+      return;
+    }
+    const g = await computeShardsGradient(
+      next.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
+      { model: loaded.model, catalogue: loaded.catalogue, cfg: s.job.train, conv: this.engine.conv, step: run.step, epoch: next.epoch },
+    );
+    const tensors: [string, Float32Array, number[]][] = [];
+    for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
+    for (const [name, values] of g.bnStats) tensors.push([name, values, loaded.shapes.get(name)!]);
+    const header = {
+      run,
+      workerId: s.workerId,
+      contributingTriplets: g.triplets,
+      activeTriplets: g.activeTriplets,
+      loss: g.loss,
+      tensorCount: tensors.length,
+      shardIndexes: units,
+      weightsVersion: loaded.version,
+      dataSeconds: g.dataSeconds,
+      computeSeconds: g.computeSeconds,
+    };
+    await this.client.pushGradients(header, tensors, s.gradientDtype, this.opts.transferTimeoutMs);
+    this.stepsDone += 1;
+    this.log.debug({ step: run.step, round: run.round, shards: units, loss: g.loss, triplets: g.triplets, compute_s: g.computeSeconds }, `step ${run.step} shards [${units}] loss ${g.loss.toFixed(4)}`);
+  }
+
+  private async embed(imageIds: number[]): Promise<{ values: Float32Array; dim: number }> {
+    const loaded = this.loaded!;
+    const [categories, capsDim] = loaded.model.arch.outputShape;
+    const dim = categories * capsDim;
+    const out = new Float32Array(imageIds.length * dim);
+    for (let start = 0; start < imageIds.length; start += 32) {
+      const ids = imageIds.slice(start, start + 32);
+      const images = await loadBatchTensor(loaded.catalogue, ids, loaded.model.arch.config.imageSize);
+      const unit = tf.tidy(() => l2Normalize(forward(loaded.model, images, { training: false, conv: this.engine.conv }).capsules));
+      out.set(unit.dataSync(), start * dim);
+      tf.dispose([images, unit]);
+    }
+    return { values: out, dim };
+  }
+
+  private async leave(s: Session, reason: string): Promise<void> {
+    try {
+      await this.client.leave(s.run, s.workerId, reason, 3000);
+      this.log.info({ worker: s.workerId, reason }, `left run ${s.run.runId} (${reason})`);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'could not tell the coordinator this worker is leaving');
+    }
+  }
+
+  private async onCallError(err: unknown): Promise<'retry' | 'reregister' | 'unreachable' | 'done'> {
+    if (!isServiceError(err)) throw err;
+    if (this.stop.stopping && err.code === grpc.status.CANCELLED) return 'retry'; // our own cancel on SIGTERM
+    if (REREGISTER.has(err.code)) {
+      this.log.warn({ code: grpc.status[err.code], details: err.details }, `registering again: ${err.details}`);
+      return 'reregister';
+    }
+    if (err.code === grpc.status.ABORTED) {
+      this.log.info({ details: err.details }, `result not used: ${err.details}`);
+      return 'retry';
+    }
+    if (err.code === grpc.status.INVALID_ARGUMENT) {
+      this.log.error({ details: err.details }, `the coordinator rejected this worker's result: ${err.details}`);
+      return 'reregister';
+    }
+    if (UNREACHABLE.has(err.code)) {
+      if (!(await this.unreachable(err))) return 'unreachable';
+      await this.sleep();
+      return 'retry';
+    }
+    throw err;
+  }
+
+  /** Notes an unreachable coordinator; false once it has been gone longer than allowed. */
+  private async unreachable(err: grpc.ServiceError): Promise<boolean> {
+    const now = performance.now();
+    this.unreachableSince ??= now;
+    const gone = now - this.unreachableSince;
+    if (gone > this.opts.reconnectTimeoutMs) {
+      this.log.error({ coordinator: this.opts.coordinator, seconds: gone / 1000 }, `the coordinator at ${this.opts.coordinator} has been unreachable for ${(gone / 1000).toFixed(0)} s (${err.details}); giving up`);
+      return false;
+    }
+    if (this.backoffMs >= 1600 || gone === 0) this.log.warn({ coordinator: this.opts.coordinator, details: err.details }, `coordinator ${this.opts.coordinator} unreachable (${grpc.status[err.code]}); retrying`);
+    return true;
+  }
+
+  private reachable(): void {
+    this.unreachableSince = undefined;
+    this.backoffMs = 200;
+  }
+
+  private sleep(): Promise<void> {
+    const ms = this.backoffMs * (0.75 + Math.random() * 0.5);
+    this.backoffMs = Math.min(5000, this.backoffMs * 2);
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.stop.signal.addEventListener('abort', () => {
+        clearTimeout(t);
+        resolve();
+      }, { once: true });
+    });
+  }
+}
+
+export function defaultWorkerName(): string {
+  return `${hostname()}-${process.pid}`;
+}
