@@ -30,7 +30,12 @@ describe('tricaps CLI', () => {
     [['model', 'summary', '--variant', 'xx'], /"xx" is not one of sc, rc/],
     [['model', 'summary', '--image-size', 'big'], /"big" is not an integer/],
     [['model', 'summary', '--image-size', '100'], /imageSize: image size 100 is not a multiple of 16 \(four stride-2 stages\); try 96/],
-    [['train', '--workers', '2'], /multi-worker training needs the coordinator.*--workers 0/],
+    [['train', '--workers', '2', '--shards', '9', '--steps', '1'], /a batch of 16 items cannot be split into 9 mining shards of at least 2 items; use fewer --shards/],
+    [['coordinator', '--listen', 'nowhere'], /--listen nowhere: expected HOST:PORT, e.g. 0.0.0.0:7070/],
+    [['coordinator', '--min-workers', '3', '--max-workers', '2'], /--max-workers 2 is below --min-workers 3/],
+    [['coordinator', '--heartbeat-interval', '2000', '--heartbeat-timeout', '1000'], /heartbeat timeout \(1000 ms\) must be longer than the interval \(2000 ms\)/],
+    [['coordinator', '--run-id', 'bad id!'], /runId: letters, digits/],
+    [['worker'], /required option '--coordinator <host:port>' not specified/],
     [['train', '--engine', 'tensorflow', '--steps', '0'], /tensorflow: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed \(install one with `npm install @tensorflow\/tfjs-node-gpu@4.22.0`/],
     [['train', '--batch-triplets', '5', '--images-per-item', '4'], /15 images, not a whole number of items with 4 images each/],
     [['train', '--items', '8', '--steps', '1'], /4 train items; a batch of 16 triplets needs 16/],
@@ -66,6 +71,8 @@ describe('tricaps CLI', () => {
     ['data inspect', '--root'],
     ['eval', '--checkpoint'],
     ['search', '--query'],
+    ['coordinator', '--min-workers'],
+    ['worker', '--coordinator'],
   ])('%s --help documents its flags', (cmd, flag) => {
     const r = tricaps(...cmd.split(' '), '--help');
     expect(r.code).toBe(0);

@@ -54,6 +54,7 @@ export interface FleetStepReport {
   step: number;
   epoch: number;
   loss: number;
+  gradientNorm: number;
   triplets: number;
   activeTriplets: number;
   workers: number;
@@ -200,6 +201,8 @@ async function runCoordinator(
         continue;
       }
       const avg = weightedAverage(results.map((r) => ({ triplets: r.triplets, grads: r.grads })));
+      let sq = 0;
+      for (const g of avg.grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
       const stats = new Map<string, Float32Array>();
       for (const spec of weights.statSpecs) {
         // Each result holds the mean over its shards: weight it by its shard count.
@@ -219,6 +222,7 @@ async function runCoordinator(
         step,
         epoch,
         loss,
+        gradientNorm: Math.sqrt(sq),
         triplets,
         activeTriplets: results.reduce((s, r) => s + r.activeTriplets, 0),
         workers: new Set(work.results.map((r) => r.workerId)).size,
@@ -235,7 +239,7 @@ async function runCoordinator(
       };
       reports.push(report);
       log.info(
-        { step, epoch, loss, triplets, workers: report.workers, round: report.round, seconds, compute_s: report.workerComputeSeconds, data_s: report.workerDataSeconds, exchange_s: report.exchangeSeconds, average_s: report.averageSeconds, optimizer_s: report.optimizerSeconds, images_per_s: report.imagesPerSecond },
+        { step, epoch, loss, grad_norm: Math.sqrt(sq), triplets, shards: work.units.length, shards_computed: results.reduce((n, r) => n + r.shards, 0), workers: report.workers, round: report.round, seconds, compute_s: report.workerComputeSeconds, data_s: report.workerDataSeconds, exchange_s: report.exchangeSeconds, average_s: report.averageSeconds, optimizer_s: report.optimizerSeconds, images_per_s: report.imagesPerSecond },
         `step ${step} loss ${loss.toFixed(4)} workers ${report.workers} ${seconds.toFixed(2)} s`,
       );
       hooks.onStep?.(report);

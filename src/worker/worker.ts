@@ -134,10 +134,7 @@ export class FleetWorker {
     this.loaded?.model.dispose();
     this.loaded = undefined;
     const catalogue = await openTrainingCatalogue(job.train.data);
-    const mine = catalogueFingerprint(catalogue);
-    if (mine.images !== job.catalogue.images || mine.categories !== job.catalogue.categories) {
-      throw new UsageError(`the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${job.catalogue.name}: ${job.catalogue.images} images, ${job.catalogue.categories} categories); mount the same --data path on every machine`);
-    }
+    assertSameCatalogue(catalogueFingerprint(catalogue), job.catalogue);
     const arch = buildArchitecture(job.train.model);
     const model = createModelState(arch, job.train.seed);
     this.loaded = { key, model, catalogue, shapes: new Map(arch.params.map((p) => [p.name, p.shape])), version: -1 };
@@ -307,6 +304,13 @@ export class FleetWorker {
         resolve();
       }, { once: true });
     });
+  }
+}
+
+/** Workers load images by index: their catalogue must be the coordinator's. */
+export function assertSameCatalogue(mine: FleetJob['catalogue'], theirs: FleetJob['catalogue']): void {
+  if (mine.images !== theirs.images || mine.categories !== theirs.categories) {
+    throw new UsageError(`the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${theirs.name}: ${theirs.images} images, ${theirs.categories} categories); mount the same --data path on every machine`);
   }
 }
 

@@ -1,0 +1,120 @@
+// The fleet as users run it: a real coordinator process and real worker processes talking gRPC on
+// loopback ports chosen at run time. Every test kills what it started, also when it fails.
+import { afterEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Fleet, FleetProcess, listeningAddress, TINY } from './fleet-harness.js';
+
+const fleet = new Fleet();
+const dirs: string[] = [];
+afterEach(async () => {
+  await fleet.cleanup();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'tricaps-fleet-'));
+  dirs.push(d);
+  return d;
+}
+
+function floats(path: string): Float32Array {
+  const b = readFileSync(path);
+  return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+}
+
+async function runFleet(workers: number, steps: number, extra: string[] = []): Promise<{ coord: FleetProcess; checkpoint: string }> {
+  const dir = tempDir();
+  const coord = fleet.coordinator([...TINY, '--steps', String(steps), '--shards', '2', '--min-workers', String(workers), '--checkpoint-dir', dir, '--seed', '5', ...extra]);
+  const address = await listeningAddress(coord);
+  for (let i = 0; i < workers; i++) fleet.worker(address, `eq-${i}`);
+  const { code } = await coord.exited;
+  expect(code, coord.raw.slice(-10).join('\n')).toBe(0);
+  return { coord, checkpoint: join(dir, `step-${String(steps).padStart(8, '0')}`, 'weights.bin') };
+}
+
+describe('fleet over gRPC (real processes)', () => {
+  it('1 worker computing both shards and 2 workers computing one each give the same gradients and weights', async () => {
+    // One step: Adam's first update is g / (|g| + eps) per weight, so weights whose gradient is at
+    // float32 rounding level may differ by more than the gradients do; after one step they agree
+    // to 1e-5 (1% of the learning rate), and later steps drift apart at that rate.
+    const one = await runFleet(1, 1);
+    const two = await runFleet(2, 1);
+    const s1 = one.coord.steps();
+    const s2 = two.coord.steps();
+    expect(s1.map((l) => l.workers)).toEqual([1]);
+    expect(s2.map((l) => l.workers)).toEqual([2]);
+    for (let i = 0; i < 1; i++) {
+      // Same triplets, same loss, same averaged gradient (norm) up to float32 summation order.
+      expect(s2[i].triplets).toBe(s1[i].triplets);
+      expect(Math.abs((s2[i].loss as number) - (s1[i].loss as number))).toBeLessThan(1e-5);
+      expect(Math.abs((s2[i].grad_norm as number) / (s1[i].grad_norm as number) - 1)).toBeLessThan(1e-5);
+    }
+    const w1 = floats(one.checkpoint);
+    const w2 = floats(two.checkpoint);
+    expect(w2.length).toBe(w1.length);
+    let maxDiff = 0;
+    for (let i = 0; i < w1.length; i++) maxDiff = Math.max(maxDiff, Math.abs(w1[i] - w2[i]));
+    expect(maxDiff).toBeLessThan(1e-5);
+  });
+
+  it('train --workers 2 runs a local fleet whose loss falls', async () => {
+    const p = new FleetProcess(['train', '--workers', '2', ...TINY, '--items', '96', '--steps', '40', '--margin-loss-weight', '0.5', '--lr', '0.003', '--eval-mask', 'oracle', '--json'], { TRICAPS_LOG_LEVEL: 'warn' });
+    fleet.track(p);
+    const { code } = await p.exited;
+    expect(code, p.raw.slice(-10).join('\n')).toBe(0);
+    const out = JSON.parse(p.stdout.join('').trim().split('\n').pop()!);
+    expect(out.workers).toBe(2);
+    expect(out.steps).toBe(40);
+    expect(out.lost).toEqual([]);
+    expect(out.loss_last10).toBeLessThan(out.loss_first10 - 0.1);
+  });
+});
+
+describe('fleet failures (real processes)', () => {
+  it('kill -9 of one worker of three: named within the deadline, the run goes on with two, a restarted worker rejoins', async () => {
+    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--shards', '3', '--min-workers', '2', '--heartbeat-interval', '200', '--heartbeat-timeout', '2000']);
+    const address = await listeningAddress(coord);
+    const [a, b, c] = ['a', 'b', 'c'].map((n) => fleet.worker(address, n));
+    const isStep = (l: { msg: string }) => /^step \d+ loss/.test(l.msg);
+    await coord.waitFor((l) => isStep(l) && l.workers === 3, 60_000, 'a step computed by 3 workers');
+    const killedAt = Date.now();
+    b.kill('SIGKILL');
+    const lost = await coord.waitFor((l) => l.msg.startsWith('lost worker') && l.name === 'b', 15_000, 'the loss of worker b');
+    expect(Date.now() - killedAt).toBeLessThan(5000); // 2 s heartbeat timeout + sweep
+    expect(lost.msg).toMatch(/^lost worker w\d \(b\): no heartbeat for \d+\.\d s/);
+    const after = (line: object) => (l: object) => coord.lines.indexOf(l as never) > coord.lines.indexOf(line as never);
+    await coord.waitFor((l) => after(lost)(l) && isStep(l) && l.workers === 2, 30_000, 'a step with the 2 survivors');
+    fleet.worker(address, 'b-restarted');
+    const joined = await coord.waitFor((l) => l.msg.includes('joined') && l.name === 'b-restarted', 30_000, 'the restarted worker joining');
+    await coord.waitFor((l) => after(joined)(l) && isStep(l) && l.workers === 3, 30_000, 'a step with the restarted worker');
+    // SIGTERM: the worker finishes its step, says it leaves, exits 0; the coordinator goes on.
+    a.kill('SIGTERM');
+    expect((await a.exited).code).toBe(0);
+    const left = await coord.waitFor((l) => l.msg.startsWith('lost worker') && l.name === 'a', 10_000, 'worker a leaving');
+    expect(left.reason).toMatch(/^left: SIGTERM/);
+    await coord.waitFor((l) => after(left)(l) && isStep(l), 30_000, 'a step after worker a left');
+    coord.kill('SIGTERM');
+    expect((await coord.exited).code).toBe(0);
+    // No step applied twice, none skipped, none with a partial gradient.
+    const steps = coord.steps();
+    expect(steps.map((l) => l.step)).toEqual(steps.map((_, i) => i));
+    for (const l of steps) {
+      expect(l.shards_computed).toBe(3);
+      expect(l.triplets).toBe(24); // random mining: one triplet per anchor, 24 images per step
+    }
+    expect(c.child.exitCode).toBeNull(); // the survivor kept going throughout
+  });
+
+  it('pauses (and says so) while fewer than --min-workers are present, then completes', async () => {
+    const coord = fleet.coordinator([...TINY, '--steps', '3', '--min-workers', '2']);
+    const address = await listeningAddress(coord);
+    fleet.worker(address, 'first');
+    const paused = await coord.waitFor((l) => l.msg.startsWith('paused at step 0'), 30_000, 'the pause line');
+    expect(paused.msg).toMatch(/paused at step 0: [01] of --min-workers 2 workers present/);
+    fleet.worker(address, 'second');
+    expect((await coord.exited).code).toBe(0);
+    expect(coord.steps().length).toBe(3);
+  });
+});
