@@ -72,6 +72,25 @@ describe('fleet over gRPC (real processes)', () => {
   });
 });
 
+describe('fleet options (real processes)', () => {
+  it('--hard-negative-every embeds the train items over the fleet and reports the cost; --wire float16 trains', async () => {
+    const coord = fleet.coordinator([...TINY, '--steps', '6', '--min-workers', '2', '--hard-negative-every', '3', '--wire', 'float16']);
+    const address = await listeningAddress(coord);
+    fleet.worker(address, 'h1');
+    fleet.worker(address, 'h2');
+    expect((await coord.exited).code).toBe(0);
+    const refreshes = coord.lines.filter((l) => l.msg.startsWith('hard-negative plan refreshed'));
+    expect(refreshes.map((l) => l.step)).toEqual([0, 3]);
+    for (const r of refreshes) {
+      expect(r.items).toBe(32); // every train item of the 64-item catalogue
+      expect(r.seconds).toBeGreaterThan(0);
+    }
+    expect(coord.lines.find((l) => l.msg.includes('listening on'))?.wire).toBe('float16');
+    expect(coord.steps().map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(coord.steps().every((l) => Number.isFinite(l.loss as number))).toBe(true);
+  });
+});
+
 describe('fleet failures (real processes)', () => {
   it('kill -9 of one worker of three: named within the deadline, the run goes on with two, a restarted worker rejoins', async () => {
     const coord = fleet.coordinator([...TINY, '--steps', '100000', '--shards', '3', '--min-workers', '2', '--heartbeat-interval', '200', '--heartbeat-timeout', '2000']);

@@ -1,0 +1,201 @@
+// The fleet's logic without a network: shard planning, assignments and re-planning, membership,
+// the coordinator's long poll and liveness sweeps, the worker's multi-shard gradient, the
+// hard-negative grouping.
+import { describe, expect, it } from 'vitest';
+import '@tensorflow/tfjs';
+import { pino } from 'pino';
+import { assignShards, planShards } from '../../src/shared/plan/step-plan.js';
+import { samplePkBatch } from '../../src/shared/data/pk-sampler.js';
+import { StepWork } from '../../src/coordinator/step-work.js';
+import { Membership, FleetFullError } from '../../src/coordinator/membership.js';
+import { FleetCoordinator, FleetError, type TrainResult, type WeightSource } from '../../src/coordinator/fleet-coordinator.js';
+import { confusableAffinity, meanWithinShardDistance } from '../../src/shared/plan/hard-negatives.js';
+import { weightedAverage, meanOf } from '../../src/shared/plan/average.js';
+import { computeShardsGradient } from '../../src/worker/shard-gradients.js';
+import { assertSameCatalogue } from '../../src/worker/worker.js';
+import { syntheticCatalogue } from '../../src/shared/data/synthetic.js';
+import { trainItems } from '../../src/shared/data/catalogue.js';
+import { fastGradConv } from '../../src/shared/engine/engine.js';
+import { AugmentConfigSchema } from '../../src/shared/data/augment.js';
+import { buildArchitecture } from '../../src/shared/model/architecture.js';
+import { modelConfig } from '../../src/shared/model/config.js';
+import { createModelState } from '../../src/shared/model/params.js';
+import { relativeError, useBackend } from '../helpers.js';
+
+const silent = pino({ level: 'silent' });
+const items = new Map<number, number[]>(Array.from({ length: 30 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2, i * 10 + 3]]));
+const batch = samplePkBatch({ seed: 3, epoch: 0, step: 1, itemsPerBatch: 8, imagesPerItem: 3, items });
+
+describe('shard plan', () => {
+  it('splits a batch into a fixed number of whole-item shards, each with at least 2 items', () => {
+    for (const n of [1, 2, 3, 4]) {
+      const shards = planShards(batch, n);
+      expect(shards.map((s) => s.index)).toEqual([...Array(n).keys()]);
+      expect(shards.flatMap((s) => s.imageIds).sort()).toEqual([...batch.imageIds].sort());
+      for (const s of shards) expect(new Set(s.itemIds).size).toBeGreaterThanOrEqual(2);
+      const owner = new Map<number, number>();
+      shards.forEach((s) => s.itemIds.forEach((item) => expect(owner.get(item) ?? s.index).toBe(s.index) && owner.set(item, s.index)));
+    }
+    expect(planShards(batch, 2)).toEqual(planShards(batch, 2));
+    expect(() => planShards(batch, 5)).toThrow(/8 items cannot fill 5 shards with at least 2 items each/);
+    expect(() => planShards(batch, 0)).toThrow(/0 shards/);
+  });
+
+  it('deals shard indexes to workers in contiguous runs that differ by at most one', () => {
+    expect([...assignShards([0, 1, 2, 3, 4], ['a', 'b'])]).toEqual([['a', [0, 1, 2]], ['b', [3, 4]]]);
+    expect([...assignShards([2], ['a', 'b', 'c'])]).toEqual([['a', [2]]]);
+    expect(() => assignShards([0], [])).toThrow(/no workers/);
+  });
+});
+
+describe('step work', () => {
+  const shards = planShards(batch, 3);
+
+  it('hands out assignments, accepts each once, and re-plans what a lost worker held', () => {
+    const work = new StepWork<string>('train', 7, 0, shards);
+    work.plan(['a', 'b'], 4);
+    const a = work.take('a', 0)!;
+    const b = work.take('b', 0)!;
+    expect(a.units).toEqual([0, 1]);
+    expect(b.units).toEqual([2]);
+    expect(work.take('a', 5)).toBe(a); // asking again returns the same assignment
+    expect(work.accept('a', { step: 7, round: 4, units: [0, 1] }, 'ga')).toEqual({ ok: true });
+    expect(work.accept('a', { step: 7, round: 4, units: [0, 1] }, 'again')).toEqual({ ok: false, reason: 'no train assignment is outstanding for a at step 7' });
+    expect(work.finished).toBe(false);
+    expect(work.revoke('b')).toEqual([2]);
+    expect(work.unplannedUnits).toEqual([2]);
+    work.plan(['a'], 5);
+    const again = work.take('a', 10)!;
+    expect(again).toMatchObject({ round: 5, units: [2] });
+    expect(work.check('a', { step: 7, round: 4, units: [2] })).toEqual({ ok: false, reason: 'result for round 4, the assignment is of round 5' });
+    expect(work.check('a', { step: 6, round: 5, units: [2] })).toEqual({ ok: false, reason: 'result for step 6, the run is at step 7' });
+    expect(work.check('a', { step: 7, round: 5, units: [1] })).toEqual({ ok: false, reason: 'result for shards [1], the assignment is shards [2]' });
+    expect(work.overdue(1000, 500)).toEqual(['a']);
+    work.accept('a', { step: 7, round: 5, units: [2] }, 'gb');
+    expect(work.finished).toBe(true);
+    expect(work.results.map((r) => r.result)).toEqual(['ga', 'gb']);
+  });
+});
+
+describe('membership', () => {
+  it('opens a round per change, refuses beyond --max-workers, finds the silent', () => {
+    const m = new Membership(2);
+    const a = m.register('x', 'wasm', 'cpu', 0);
+    m.register('y', 'wasm', 'cpu', 0);
+    expect(m.round).toBe(2);
+    expect(() => m.register('z', 'wasm', 'cpu', 0)).toThrow(FleetFullError);
+    m.touch(a.id, 900);
+    expect(m.silent(1000, 500).map((x) => x.name)).toEqual(['y']);
+    expect(m.remove('w2', 'gone')?.reason).toBe('gone');
+    expect(m.round).toBe(3);
+    expect(m.departureOf('w2')).toBe('gone');
+    expect(m.remove('w2', 'again')).toBeUndefined();
+  });
+});
+
+describe('fleet coordinator (no transport)', () => {
+  const weights: WeightSource = { version: 0, chunks: () => [], gradientSpecs: [{ name: 'g', shape: [2] }], statSpecs: [] };
+  const make = (over: Partial<ConstructorParameters<typeof FleetCoordinator>[0]> = {}) =>
+    new FleetCoordinator({ runId: 'r1', minWorkers: 1, maxWorkers: 4, heartbeatIntervalMs: 50, heartbeatTimeoutMs: 300, assignmentTimeoutMs: 10_000, longPollMs: 200, gradientDtype: 'float32', configJson: '{}', ...over }, weights, silent);
+  const run = { runId: 'r1', round: 0, step: 0 };
+  const result = (): Omit<TrainResult, 'issuedAt' | 'receivedAt'> => ({ triplets: 3, activeTriplets: 1, loss: 1, shards: 1, grads: new Map([['g', new Float32Array(2)]]), bnStats: new Map(), dataSeconds: 0, computeSeconds: 0 });
+
+  it('answers WAIT when there is no work, then the assignment, and completes the step', async () => {
+    const c = make();
+    const { member } = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' });
+    expect((await c.nextStep(member.id, run)).action).toBe('wait');
+    const work = new StepWork<TrainResult>('train', 0, 0, planShards(batch, 2));
+    const executing = c.execute(work);
+    executing.catch(() => undefined); // close() in a failing test must not leave an unhandled rejection
+    const answer = await c.nextStep(member.id, run);
+    expect(answer.action).toBe('train');
+    if (answer.action !== 'train') return;
+    expect(answer.shards.map((s) => s.index)).toEqual([0, 1]);
+    expect(() => c.acceptTrain(member.id, { ...answer.run, round: answer.run.round + 1 }, [0, 1], 0, result())).toThrow(FleetError);
+    expect(() => c.acceptTrain(member.id, answer.run, [0, 1], 3, result())).toThrow(/weights version 3, the current version is 0/);
+    c.acceptTrain(member.id, answer.run, [0, 1], 0, result());
+    await executing;
+    expect(work.results).toHaveLength(1);
+    c.close();
+  });
+
+  it('drops a silent worker, names it, and re-plans its shards over the others', async () => {
+    const c = make();
+    c.start();
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const work = new StepWork<TrainResult>('train', 0, 0, planShards(batch, 2));
+    const executing = c.execute(work);
+    executing.catch(() => undefined); // close() in a failing test must not leave an unhandled rejection
+    const ta = await c.nextStep(a.id, run);
+    await c.nextStep(b.id, run); // b takes shard 1, then goes silent
+    // a keeps beating; b does not.
+    const beat = setInterval(() => c.heartbeat(a.id, run), 50);
+    try {
+      if (ta.action !== 'train') throw new Error('expected an assignment');
+      c.acceptTrain(a.id, ta.run, [0], 0, result());
+      let tb = await c.nextStep(a.id, run); // WAIT until b is dropped and shard 1 re-planned to a
+      while (tb.action === 'wait') tb = await c.nextStep(a.id, run);
+      expect(tb.action).toBe('train');
+      if (tb.action !== 'train') return;
+      expect(tb.shards.map((s) => s.index)).toEqual([1]);
+      expect(c.lost).toEqual([expect.objectContaining({ id: b.id, name: 'b', reason: expect.stringMatching(/^no heartbeat for \d\.\d s \(limit 0\.3 s\)$/) })]);
+      expect(() => c.heartbeat(b.id, run)).toThrow(/worker w2 is not a member of run r1 \(removed: no heartbeat/);
+      c.acceptTrain(a.id, tb.run, [1], 0, result());
+      await executing;
+      expect(work.results.map((r) => r.units)).toEqual([[0], [1]]);
+    } finally {
+      clearInterval(beat);
+      c.close();
+    }
+  });
+
+  it('refuses a worker of another run and messages without a run', () => {
+    const c = make();
+    expect(() => c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: 'r2' })).toThrow(/belongs to run r2; this coordinator runs r1/);
+    expect(() => c.heartbeat('w1', undefined)).toThrow(/without a run reference/);
+    c.close();
+  });
+});
+
+describe('worker gradients over several shards', () => {
+  it('equal the triplet-weighted average of the shards computed one by one (what the coordinator does)', async () => {
+    await useBackend('wasm');
+    const catalogue = syntheticCatalogue({ items: 40, categories: 3, views: 4, seed: 2 });
+    const model = createModelState(buildArchitecture(modelConfig({ imageSize: 16, width: 0.0625, categories: 3, primaryCapsuleDim: 4, classCapsuleDim: 4, dropout: 0.3 })), 4);
+    const b = samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 6, imagesPerItem: 3, items: trainItems(catalogue) });
+    const shards = planShards(b, 2);
+    const ctx = { model, catalogue, conv: fastGradConv, step: 3, epoch: 0, cfg: { seed: 1, augment: AugmentConfigSchema.parse({}), mining: 'random' as const, margin: 2, marginLossWeight: 0.5 } };
+    const both = await computeShardsGradient(shards, ctx);
+    const each = [await computeShardsGradient([shards[0]], ctx), await computeShardsGradient([shards[1]], ctx)];
+    const avg = weightedAverage(each.map((g) => ({ triplets: g.triplets, grads: g.grads })));
+    expect(both.triplets).toBe(each[0].triplets + each[1].triplets);
+    for (const [name, g] of both.grads) expect(relativeError(g, avg.grads.get(name)!)).toBeLessThan(1e-5);
+    for (const [name, s] of both.bnStats) expect(relativeError(s, meanOf([each[0].bnStats.get(name)!, each[1].bnStats.get(name)!]))).toBeLessThan(1e-6);
+    expect(both.loss).toBeCloseTo((each[0].loss * each[0].triplets + each[1].loss * each[1].triplets) / both.triplets, 5);
+    await expect(computeShardsGradient([], ctx)).rejects.toThrow(/no shards/);
+    model.dispose();
+  });
+});
+
+describe('hard-negative plan', () => {
+  it('groups confusable items of a batch so they share a shard', () => {
+    // Items 0..7: pairs (0,7), (1,6), (2,5), (3,4) are near-duplicates.
+    const emb = new Map<number, Float32Array>(Array.from({ length: 8 }, (_, i) => [i, Float32Array.from([Math.min(i, 7 - i), i >= 4 ? 0.01 : 0])]));
+    const batchItems = [0, 1, 2, 3, 4, 5, 6, 7].flatMap((i) => [i, i, i]);
+    const affinity = confusableAffinity(batchItems, emb, 4);
+    for (let i = 0; i < 4; i++) expect(affinity.get(i)).toBe(affinity.get(7 - i));
+    const pk = { imageIds: batchItems.map((_, k) => k), itemIds: batchItems };
+    const grouped = planShards(pk, 4, affinity).map((s) => s.itemIds);
+    const plain = planShards(pk, 4).map((s) => s.itemIds);
+    expect(meanWithinShardDistance(grouped, emb)).toBeLessThan(meanWithinShardDistance(plain, emb));
+    expect(confusableAffinity(batchItems, new Map(), 4).size).toBe(0);
+  });
+});
+
+describe('worker data check', () => {
+  it('refuses to train on data that differs from the coordinator', () => {
+    expect(() => assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'b', images: 12, categories: 3 })).toThrow(/differs from the coordinator's \(b: 12 images, 3 categories\); mount the same --data path/);
+    expect(() => assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'a', images: 10, categories: 3 })).not.toThrow();
+  });
+});
