@@ -1,6 +1,8 @@
 // `tricaps bench ...`: benchmarks that print JSON (the last line of stdout).
 import type { Command } from 'commander';
 import { benchEngine } from '../bench/engine.js';
+import { benchExchangeOne } from '../bench/exchange.js';
+import { InvalidArgumentError } from 'commander';
 import { profileStep } from '../bench/profile-step.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
@@ -36,9 +38,39 @@ export function registerBenchCommands(program: Command): void {
       );
       console.log(JSON.stringify(result));
     });
+  bench
+    .command('exchange')
+    .description('time the gradient exchange alone: simulated workers download weights and upload P-parameter gradients through the real coordinator on loopback')
+    .option('--workers <list>', 'simulated workers, comma-separated', intList(1, 256), [1, 2, 4, 8, 16])
+    .option('--params <list>', 'parameters per gradient, comma-separated: sc, rc (their real tensor shapes) or a count', paramsList, ['sc', 'rc'])
+    .option('--wire <dtype>', 'gradient wire format', choiceOption(['float32', 'float16', 'fp32', 'fp16'] as const), 'float32')
+    .option('--steps <n>', 'timed steps per configuration (after one warm-up step)', intOption(1, 1000), 5)
+    .action(async (o) => {
+      const wire = o.wire === 'fp16' || o.wire === 'float16' ? 'float16' : 'float32';
+      const rows = [];
+      for (const params of o.params) for (const workers of o.workers) rows.push(await benchExchangeOne(workers, params, wire, o.steps));
+      console.log(JSON.stringify({ bench: 'exchange', wire, steps: o.steps, cpus: (await import('node:os')).cpus().length, rows }));
+    });
   stepOptions(bench.command('profile').description('time every kernel of one training step (tf.profile) and list the largest'))
     .option('--top <n>', 'kernels to list', intOption(1, 1000), 25)
     .action(async (o) => {
       console.log(JSON.stringify(await profileStep(o.engine, modelOf(o), o.batchTriplets, o.top)));
     });
+}
+
+function intList(min: number, max: number) {
+  const one = intOption(min, max);
+  return (value: string): number[] => value.split(',').map((v) => one(v.trim()));
+}
+
+function paramsList(value: string): string[] {
+  return value.split(',').map((v) => {
+    const t = v.trim().toLowerCase();
+    if (t === 'sc' || t === 'rc') return t;
+    const m = /^(\d+(?:\.\d+)?)([km]?)$/.exec(t);
+    if (!m) throw new InvalidArgumentError(`"${v}" is not sc, rc or a parameter count like 2400000 or 2.4m.`);
+    const n = Math.round(Number(m[1]) * (m[2] === 'm' ? 1e6 : m[2] === 'k' ? 1e3 : 1));
+    if (n < 1 || n > 100_000_000) throw new InvalidArgumentError(`${n} parameters is outside 1..100000000.`);
+    return String(n);
+  });
 }

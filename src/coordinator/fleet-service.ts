@@ -5,7 +5,6 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import {
   FetchWeightsResponse,
-  FleetServiceService,
   StepAction,
   type FleetServiceServer,
   type PushEmbeddingsRequest,
@@ -16,6 +15,7 @@ import {
 import { decodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
 import { fromProtoChunk, toProtoChunk, toProtoDType } from '../shared/wire.js';
 import { UsageError } from '../shared/errors.js';
+import { FastFleetServiceDefinition } from '../shared/wire-fast.js';
 import { FleetError, type FleetCoordinator, type FleetErrorCode, type RunRefLike, type TensorSpec } from './fleet-coordinator.js';
 
 export const FLEET_SERVICE_NAME = 'tricaps.v1.FleetService';
@@ -262,15 +262,44 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host: m[1], port: Number(m[2]) };
 }
 
+/** HTTP/2 flow-control window for gradient uploads (the protocol default is 64 KB). */
+export const FLOW_CONTROL_WINDOW = 16 << 20;
+/** Largest HTTP/2 frame peers may send us (the default, 16 KB, means 64 frames per 1 MB chunk). */
+export const MAX_FRAME_SIZE = (1 << 24) - 1;
+
+/**
+ * grpc-js lets clients widen their receive window ('grpc-node.flow_control_window') but has no
+ * server option, so uploads crawl at HTTP/2's 64 KB default, one window update per 64 KB. Every
+ * session the server accepts gets a wide connection window and a wide per-stream window instead.
+ * This reaches into grpc-js's private list of its HTTP/2 servers; if that ever disappears the
+ * server still works, at the default window.
+ */
+function widenFlowControlWindows(server: grpc.Server): void {
+  const servers = (server as unknown as { http2Servers?: Map<import('node:http2').Http2Server, unknown> }).http2Servers;
+  if (!(servers instanceof Map)) return;
+  for (const h2 of servers.keys()) {
+    h2.on('session', (session) => {
+      session.on('connect', () => undefined);
+      try {
+        session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW, maxFrameSize: MAX_FRAME_SIZE });
+        session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
+      } catch {
+        // the session closed before we could widen it
+      }
+    });
+  }
+}
+
 export async function serveFleet(coord: FleetCoordinator, listen: string): Promise<FleetServer> {
   const { host, port } = parseListen(listen);
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
-  server.addService(FleetServiceService, fleetServiceImpl(coord));
+  server.addService(FastFleetServiceDefinition, fleetServiceImpl(coord));
   const health = new HealthImplementation({ '': 'SERVING', [FLEET_SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
   );
+  widenFlowControlWindows(server);
   return {
     server,
     health,

@@ -59,7 +59,11 @@ export function fromHalf(h: number): number {
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
 
-export function encodeTensor(name: string, values: Float32Array, shape: number[], dtype: WireDType = 'float32', chunkBytes = DEFAULT_CHUNK_BYTES): EncodedChunk[] {
+/**
+ * Splits a tensor into chunks. With copy: false, float32 chunks on little-endian hosts are views of
+ * `values` (no copy): the caller must not change `values` until the chunks have been sent.
+ */
+export function encodeTensor(name: string, values: Float32Array, shape: number[], dtype: WireDType = 'float32', chunkBytes = DEFAULT_CHUNK_BYTES, opts: { copy?: boolean } = {}): EncodedChunk[] {
   const size = shape.reduce((a, b) => a * b, 1);
   if (size !== values.length) throw new Error(`tensor ${name}: ${values.length} values for shape [${shape}]`);
   const per = bytesPer(dtype);
@@ -69,10 +73,12 @@ export function encodeTensor(name: string, values: Float32Array, shape: number[]
   for (let c = 0; c < chunkCount; c++) {
     const start = c * perChunk;
     const end = Math.min(size, start + perChunk);
-    const data = new Uint8Array((end - start) * per);
+    let data: Uint8Array;
     if (dtype === 'float32' && LITTLE_ENDIAN) {
-      data.set(new Uint8Array(values.buffer, values.byteOffset + start * 4, (end - start) * 4));
+      const view = new Uint8Array(values.buffer, values.byteOffset + start * 4, (end - start) * 4);
+      data = opts.copy === false ? view : view.slice();
     } else {
+      data = new Uint8Array((end - start) * per);
       const view = new DataView(data.buffer);
       for (let i = start; i < end; i++) {
         if (dtype === 'float32') view.setFloat32((i - start) * 4, values[i], true);
@@ -82,6 +88,18 @@ export function encodeTensor(name: string, values: Float32Array, shape: number[]
     chunks.push({ name, dtype, shape: [...shape], chunkIndex: c, chunkCount, offset: start, data });
   }
   return chunks;
+}
+
+/** Every float16 bit pattern widened to float32 (decoding is a table lookup). */
+const HALF_TO_FLOAT = Float32Array.from({ length: 65536 }, (_, h) => fromHalf(h));
+
+/** Index of the first NaN or infinity, or -1. One multiply-add pass (x * 0 is NaN only for them). */
+export function firstNonFinite(values: Float32Array): number {
+  let probe = 0;
+  for (let i = 0; i < values.length; i++) probe += values[i] * 0;
+  if (probe === 0) return -1;
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return i;
+  return -1;
 }
 
 export class TensorDecodeError extends Error {
@@ -117,7 +135,8 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
   const per = bytesPer(first.dtype);
   const out = new Float32Array(size);
   let next = 0;
-  chunks.forEach((c, i) => {
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i];
     if (c.name !== expected.name) fail(`chunk ${i} belongs to tensor ${c.name}`);
     if (c.dtype !== first.dtype || c.chunkCount !== first.chunkCount || c.shape.length !== first.shape.length || c.shape.some((d, k) => d !== first.shape[k])) fail(`chunk ${i} disagrees with chunk 0 on dtype, shape or count`);
     if (c.chunkIndex !== i) fail(`chunk ${c.chunkIndex} arrived in position ${i}`);
@@ -127,17 +146,14 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
     if (next + count > size) fail(`chunk ${i} runs past the end of the tensor`);
     if (per === 4 && LITTLE_ENDIAN) {
       new Uint8Array(out.buffer, next * 4, c.data.byteLength).set(c.data);
-      for (let k = next; k < next + count; k++) if (!Number.isFinite(out[k])) fail(`non-finite value ${out[k]} at element ${k}`);
     } else {
       const view = new DataView(c.data.buffer, c.data.byteOffset, c.data.byteLength);
-      for (let k = 0; k < count; k++) {
-        const v = per === 4 ? view.getFloat32(k * 4, true) : fromHalf(view.getUint16(k * 2, true));
-        if (!Number.isFinite(v)) fail(`non-finite value ${v} at element ${next + k}`);
-        out[next + k] = v;
-      }
+      for (let k = 0; k < count; k++) out[next + k] = per === 4 ? view.getFloat32(k * 4, true) : HALF_TO_FLOAT[view.getUint16(k * 2, true)];
     }
     next += count;
-  });
+  }
+  const bad = firstNonFinite(out);
+  if (bad >= 0) fail(`non-finite value ${out[bad]} at element ${bad}`);
   if (next !== size) fail(`${next} of ${size} elements received`);
   return out;
 }

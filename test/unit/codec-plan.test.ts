@@ -105,3 +105,40 @@ describe('gradient averaging', () => {
     expect(() => meanOf([Float32Array.of(1), Float32Array.of(1, 2)])).toThrow(/lengths/);
   });
 });
+
+describe('fast bulk serializers', () => {
+  it('write exactly the bytes the generated encoders write', async () => {
+    const { FetchWeightsResponse, PushEmbeddingsRequest, PushGradientsRequest } = await import('../../src/shared/gen/tricaps/v1/fleet.js');
+    const { serializeFetchWeights, serializePushEmbeddings, serializePushGradients } = await import('../../src/shared/wire-fast.js');
+    const { toProtoChunk } = await import('../../src/shared/wire.js');
+    const big = Float32Array.from({ length: 70_000 }, (_, i) => Math.cos(i));
+    const chunks = [...encodeTensor('block1/conv/kernel', big, [70_000], 'float32', 100_000, { copy: false }), ...encodeTensor('e', new Float32Array(0), [0])];
+    for (const c of chunks.map(toProtoChunk)) {
+      expect(Buffer.compare(serializePushGradients({ chunk: c }), Buffer.from(PushGradientsRequest.encode({ chunk: c }).finish()))).toBe(0);
+      expect(Buffer.compare(serializePushEmbeddings({ chunk: c }), Buffer.from(PushEmbeddingsRequest.encode({ chunk: c }).finish()))).toBe(0);
+      const w = { weightsVersion: 2 ** 40 + 3, tensorCount: 41, chunk: c };
+      expect(Buffer.compare(serializeFetchWeights(w), Buffer.from(FetchWeightsResponse.encode(w).finish()))).toBe(0);
+      expect(FetchWeightsResponse.decode(serializeFetchWeights(w))).toEqual(FetchWeightsResponse.decode(FetchWeightsResponse.encode(w).finish()));
+    }
+    const header = { header: { run: { runId: 'r', round: 3, step: 9 }, workerId: 'w1', contributingTriplets: 4, activeTriplets: 2, loss: 0.5, tensorCount: 2, shardIndexes: [1, 2], weightsVersion: 7, dataSeconds: 0.1, computeSeconds: 0.2 } };
+    expect(Buffer.compare(serializePushGradients(header), Buffer.from(PushGradientsRequest.encode(header).finish()))).toBe(0);
+  });
+
+  it('finds the first non-finite value, or none', async () => {
+    const { firstNonFinite } = await import('../../src/shared/tensor-codec.js');
+    const v = Float32Array.from({ length: 1000 }, (_, i) => i - 500);
+    expect(firstNonFinite(v)).toBe(-1);
+    v[700] = Number.POSITIVE_INFINITY;
+    v[900] = Number.NaN;
+    expect(firstNonFinite(v)).toBe(700);
+  });
+
+  it('hands out views without copying when asked, copies by default', () => {
+    const v = Float32Array.from([1, 2, 3, 4]);
+    const view = encodeTensor('v', v, [4], 'float32', 8, { copy: false });
+    const copy = encodeTensor('v', v, [4], 'float32', 8);
+    v[0] = 9;
+    expect(new Float32Array(view[0].data.slice().buffer)[0]).toBe(9);
+    expect(new Float32Array(copy[0].data.slice().buffer)[0]).toBe(1);
+  });
+});
