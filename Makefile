@@ -29,7 +29,8 @@ typecheck: $(NPM_STAMP)
 test: build
 	npx vitest run
 
-# The main job on the embedded default: SC TriCapsNet on the synthetic catalogue, wasm engine,
+# The main job on the embedded default: SC TriCapsNet on the synthetic catalogue, trained by a local
+# fleet (this process coordinates, 2 worker processes compute over gRPC on loopback), wasm engine,
 # a few minutes on 2 cores, Recall@K before and after training. Settings that make a short run
 # learn (see README, "Training notes"): mean routing pool, BN momentum 0.9, capsule margin loss,
 # no augmentation.
@@ -37,7 +38,7 @@ DEMO_DIR := .demo
 demo: build
 	@test -f $(DEMO_DIR)/catalogue/Eval/list_eval_partition.txt || \
 	  node dist/cli.js data synth --out $(DEMO_DIR)/catalogue --items 240 --categories 6 --views 4 --image-size 64 --seed 7 --force
-	node dist/cli.js train --workers 0 --engine wasm --variant sc --image-size 64 --data $(DEMO_DIR)/catalogue \
+	node dist/cli.js train --workers 2 --engine wasm --variant sc --image-size 64 --data $(DEMO_DIR)/catalogue \
 	  --steps 120 --max-minutes 6 --mining random --routing-pool mean --bn-momentum 0.9 --margin-loss-weight 0.5 --no-augment \
 	  --checkpoint-dir $(DEMO_DIR)/checkpoints
 	node dist/cli.js search --checkpoint $(DEMO_DIR)/checkpoints --data $(DEMO_DIR)/catalogue --engine wasm -k 11 --mask oracle \

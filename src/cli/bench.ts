@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { benchEngine } from '../bench/engine.js';
 import { benchExchangeOne } from '../bench/exchange.js';
+import { benchFleet } from '../bench/fleet.js';
 import { InvalidArgumentError } from 'commander';
 import { profileStep } from '../bench/profile-step.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
@@ -31,7 +32,12 @@ export function registerBenchCommands(program: Command): void {
     .option('--steps <n>', 'timed steps', intOption(1, 10_000), 5)
     .option('--warmup <n>', 'untimed steps first', intOption(0, 100), 1)
     .option('--seed <n>', 'seed', intOption(0, 2 ** 31), 1)
+    .option('--workers <n>', 'also run the step through a local fleet: 1 worker, then n workers, each computing --batch-triplets triplets (0 = engine only)', intOption(0, 64), 0)
     .action(async (o) => {
+      if (o.workers > 0) {
+        console.log(JSON.stringify(await benchFleet({ engine: o.engine, model: modelOf(o), batchTriplets: o.batchTriplets, imagesPerItem: o.imagesPerItem, steps: o.steps, warmup: o.warmup, mining: o.mining, seed: o.seed, workers: o.workers })));
+        return;
+      }
       const result = await benchEngine(
         { engine: o.engine, model: modelOf(o), batchTriplets: o.batchTriplets, imagesPerItem: o.imagesPerItem, steps: o.steps, warmup: o.warmup, mining: o.mining, seed: o.seed },
         createLogger('bench'),

@@ -101,6 +101,7 @@ export class FleetCoordinator {
   private wakers = new Set<() => void>();
   private pausedSince: number | undefined;
   private lastPauseLog = Number.NEGATIVE_INFINITY;
+  private pausedCount = -1;
   /** Members that have been told the run is over. */
   private readonly told = new Set<string>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -338,9 +339,13 @@ export class FleetCoordinator {
   private notePause(present: number, work: Work): void {
     const now = this.now();
     if (this.pausedSince === undefined) this.pausedSince = now;
-    if (now - this.lastPauseLog >= 10_000) {
+    // Log when the count changes, and every 10 s while it does not.
+    if (present !== this.pausedCount || now - this.lastPauseLog >= 10_000) {
       this.lastPauseLog = now;
-      this.log.warn(
+      this.pausedCount = present;
+      // Waiting for the first workers is normal; losing them mid-run is not.
+      const level = work.step > 0 || this.lost.length > 0 ? 'warn' : 'info';
+      this.log[level](
         { step: work.step, workers: present, minWorkers: this.opts.minWorkers, pausedSeconds: (now - this.pausedSince) / 1000 },
         `paused at step ${work.step}: ${present} of --min-workers ${this.opts.minWorkers} workers present; waiting for workers to join`,
       );
@@ -352,6 +357,7 @@ export class FleetCoordinator {
     this.log.info({ pausedSeconds: (this.now() - this.pausedSince) / 1000, workers: this.membership.size }, `resumed with ${this.membership.size} workers`);
     this.pausedSince = undefined;
     this.lastPauseLog = Number.NEGATIVE_INFINITY;
+    this.pausedCount = -1;
   }
 
   private checkRun(run: RunRefLike | undefined): void {

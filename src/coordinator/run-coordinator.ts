@@ -43,7 +43,8 @@ export class ModelWeightSource implements WeightSource {
   chunks(): EncodedChunk[] {
     if (this.cache?.version !== this.version) {
       const chunks: EncodedChunk[] = [];
-      for (const [name, v] of [...this.model.trainable, ...this.model.buffers]) chunks.push(...encodeTensor(name, v.dataSync() as Float32Array, v.shape, 'float32'));
+      // One copy we own (on the cpu backend dataSync returns its own storage); chunks are views of it.
+      for (const [name, v] of [...this.model.trainable, ...this.model.buffers]) chunks.push(...encodeTensor(name, Float32Array.from(v.dataSync() as Float32Array), v.shape, 'float32', undefined, { copy: false }));
       this.cache = { version: this.version, chunks };
     }
     return this.cache.chunks;
@@ -177,6 +178,7 @@ async function runCoordinator(
       hooks.onEvaluation?.('before', before);
     }
     let embeddings: Map<number, Float32Array> | undefined;
+    let averaged: Map<string, Float32Array> | undefined;
     const totalSteps = plannedSteps(cfg, perEpoch);
     for (; step < totalSteps; step++) {
       const abort = hooks.abortReason?.();
@@ -200,13 +202,16 @@ async function runCoordinator(
         log.warn({ step }, `step ${step}: no shard found a triplet; no update`);
         continue;
       }
-      const avg = weightedAverage(results.map((r) => ({ triplets: r.triplets, grads: r.grads })));
+      // Shard order, not arrival order: the same fleet gives bit-identical averages every run.
+      const ordered = [...work.results].sort((a, b) => a.units[0] - b.units[0]).map((r) => r.result);
+      const avg = weightedAverage(ordered.map((r) => ({ triplets: r.triplets, grads: r.grads })), averaged);
+      averaged = avg.grads;
       let sq = 0;
       for (const g of avg.grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
       const stats = new Map<string, Float32Array>();
       for (const spec of weights.statSpecs) {
         // Each result holds the mean over its shards: weight it by its shard count.
-        stats.set(spec.name, meanOf(results.flatMap((r) => Array.from({ length: r.shards }, () => r.bnStats.get(spec.name)!))));
+        stats.set(spec.name, meanOf(ordered.flatMap((r) => Array.from({ length: r.shards }, () => r.bnStats.get(spec.name)!))));
       }
       const t2 = performance.now();
       const gradTensors = new Map([...avg.grads].map(([n, g]) => [n, tf.tensor(g, model.trainable.get(n)!.shape)]));
