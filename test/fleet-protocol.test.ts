@@ -74,8 +74,18 @@ describe('the coordinator refuses bad messages and keeps training', () => {
     await expect(push(raw, [header(next.run!, [1], next.weightsVersion), chunk])).rejects.toEqual(status(grpc.status.INVALID_ARGUMENT, /tensor stem\/conv\/kernel: shape \[1\] where \[7,7,3,\d+\] was expected/));
     const removed = await coord.waitFor((l) => l.msg.startsWith('lost worker') && l.name === 'rogue', 10_000, 'the rogue removed');
     expect(removed.msg).toMatch(/sent an unusable result: tensor stem\/conv\/kernel: shape \[1\].*shards \[1\] of step \d+ go to the other workers/);
-    // Once removed, its messages are refused with the reason.
+    // Once removed, its messages are refused with the reason, downloads included (promptly).
     await expect(call(raw.heartbeat, raw, { run: next.run, workerId: rogue.workerId })).rejects.toEqual(status(grpc.status.NOT_FOUND, /removed: sent an unusable result/));
+    const t0 = Date.now();
+    await expect(
+      new Promise((resolve, reject) => {
+        const stream = raw.fetchWeights({ run: next.run, workerId: rogue.workerId }, new grpc.Metadata(), { deadline: Date.now() + 15_000 });
+        stream.on('data', () => undefined);
+        stream.on('error', reject);
+        stream.on('end', resolve);
+      }),
+    ).rejects.toEqual(status(grpc.status.NOT_FOUND, /not a member of run proto-test-run \(removed: sent an unusable result/));
+    expect(Date.now() - t0).toBeLessThan(5000);
 
     // The run completes: every step once, every step with both shards.
     expect((await coord.exited).code).toBe(0);
@@ -83,6 +93,23 @@ describe('the coordinator refuses bad messages and keeps training', () => {
     expect(steps.map((l) => l.step)).toEqual(steps.map((_, i) => i));
     expect(steps.length).toBe(60);
     expect(steps.every((l) => l.shards_computed === 2 && l.triplets === 24)).toBe(true);
+  });
+
+  it('a worker that arrives after the run is over is told so and exits 0', async () => {
+    const coord = fleet.coordinator([...TINY, '--steps', '3', '--min-workers', '1', '--heartbeat-timeout', '20000', '--run-id', 'short-run']);
+    const address = await listeningAddress(coord);
+    fleet.worker(address, 'honest');
+    await coord.waitFor((l) => l.msg.includes('joined') && l.name === 'honest', 60_000, 'the worker joining');
+    // A member that never asks for work keeps the coordinator waiting (up to 5 s) to tell it the
+    // run is over: the window in which the late worker arrives.
+    const raw = new FleetServiceClient(address, grpc.credentials.createInsecure());
+    clients.push(raw);
+    await call(raw.register, raw, { workerName: 'idle', engine: 'none', device: 'none', runId: '' });
+    await coord.waitFor((l) => /complete after 3 steps; telling the workers/.test(l.msg), 60_000, 'the run completing');
+    const late = fleet.worker(address, 'late');
+    expect((await late.exited).code).toBe(0);
+    expect(late.raw.join('\n')).toMatch(/run short-run is over; nothing to do/);
+    expect((await coord.exited).code).toBe(0);
   });
 
   it('a worker gives up with exit 1 when the coordinator stays unreachable', async () => {

@@ -2,6 +2,7 @@
 // loopback ports chosen at run time. Every test kills what it started, also when it fails.
 import { afterEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Fleet, FleetProcess, listeningAddress, TINY } from './fleet-harness.js';
@@ -124,6 +125,20 @@ describe('fleet failures (real processes)', () => {
       expect(l.triplets).toBe(24); // random mining: one triplet per anchor, 24 images per step
     }
     expect(c.child.exitCode).toBeNull(); // the survivor kept going throughout
+  });
+
+  it('train --workers 2 fails with a clear error when a local worker dies (instead of waiting forever)', async () => {
+    const p = fleet.track(new FleetProcess(['train', '--workers', '2', ...TINY, '--steps', '100000', '--log-every', '1', '--eval-mask', 'oracle'], { TRICAPS_LOG_LEVEL: 'info' }));
+    await p.waitFor((l) => /^step 1 loss/.test(l.msg), 90_000, 'step 1');
+    const children = execFileSync('pgrep', ['-P', String(p.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+    expect(children).toHaveLength(2);
+    process.kill(children[0], 'SIGKILL');
+    const { code } = await p.exited;
+    expect(code).toBe(1);
+    expect(p.raw.join('\n')).toMatch(/1 of 2 local workers left, fewer than --min-workers 2 \(local worker \d \(pid \d+\) exited with SIGKILL\)/);
+    // The surviving child was stopped too.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(() => process.kill(children[1], 0)).toThrow();
   });
 
   it('pauses (and says so) while fewer than --min-workers are present, then completes', async () => {

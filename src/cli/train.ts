@@ -131,7 +131,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--json', 'print the final result as one JSON line');
   addFleetOptions(cmd, '127.0.0.1:0').action(async (o) => {
     const cfg = trainConfigFrom(o, o.workers);
-    if (cfg.workers > 0) await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json));
+    if (cfg.workers > 0) await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json), o.logEvery);
     else await runTraining(cfg, Boolean(o.json), o.logEvery);
   });
 }
@@ -185,14 +185,48 @@ async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number): P
   console.log(`category accuracy (longest capsule): before ${(result.before[0].categoryAccuracy * 100).toFixed(1)}% -> after ${(head.categoryAccuracy * 100).toFixed(1)}%`);
 }
 
-async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: boolean): Promise<void> {
-  const log = createLogger('coordinator');
+function progressBar(format: string): cliProgress.SingleBar {
+  return new cliProgress.SingleBar({ format, stream: process.stderr, noTTYOutput: true, notTTYSchedule: 15_000, hideCursor: true }, cliProgress.Presets.shades_classic);
+}
+
+async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: boolean, logEvery: number): Promise<void> {
+  // The coordinator's own per-step lines are for `tricaps coordinator`; here a progress bar shows
+  // the steps (and --log-every N the structured lines), warnings (a lost worker) still print.
+  const log = createLogger('coordinator', process.env.TRICAPS_LOG_LEVEL ?? 'warn');
+  const stepLog = createLogger('train');
+  const bar = progressBar('train |{bar}| step {value}/{total} | loss {loss} | {workers} workers | {ips} img/s | outside compute {outside}% | eta {eta_formatted}');
+  let total = cfg.steps;
   const abort = new AbortController();
   const onSignal = () => abort.abort();
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
   try {
-    const result = await runLocalFleet(cfg, fleet, cfg.engine, log, {}, { evaluate: true, signal: abort.signal });
+    const result = await runLocalFleet(
+      cfg,
+      fleet,
+      cfg.engine,
+      log,
+      {
+        onPlanned: (steps) => {
+          total = steps;
+        },
+        onEvaluation: (phase) => {
+          if (phase === 'before') bar.start(total, 0, { loss: '-', workers: '-', ips: '-', outside: '-' });
+          else bar.stop();
+        },
+        onStep: (s) => {
+          if (logEvery > 0 && s.step % logEvery === 0) {
+            stepLog.info(
+              { step: s.step, epoch: s.epoch, loss: s.loss, grad_norm: s.gradientNorm, triplets: s.triplets, workers: s.workers, seconds: s.seconds, compute_s: s.workerComputeSeconds, exchange_s: s.exchangeSeconds, images_per_s: s.imagesPerSecond, lr: s.learningRate },
+              `step ${s.step} loss ${s.loss.toFixed(4)}`,
+            );
+          }
+          bar.update(s.step + 1, { loss: s.loss.toFixed(4), workers: s.workers, ips: s.imagesPerSecond.toFixed(1), outside: ((100 * (s.seconds - s.workerComputeSeconds)) / s.seconds).toFixed(0) });
+        },
+      },
+      { evaluate: true, signal: abort.signal },
+    );
+    bar.stop();
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
     const first = result.losses.slice(0, 10);
     const last = result.losses.slice(-10);

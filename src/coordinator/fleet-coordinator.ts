@@ -11,7 +11,7 @@ import type { Assignment, StepWork } from './step-work.js';
 import type { PlannedShard } from '../shared/plan/step-plan.js';
 
 /** Transport-independent error classes (mapped onto gRPC status codes by the service). */
-export type FleetErrorCode = 'invalid-argument' | 'wrong-run' | 'not-member' | 'stale' | 'full' | 'unavailable';
+export type FleetErrorCode = 'invalid-argument' | 'wrong-run' | 'not-member' | 'stale' | 'full' | 'unavailable' | 'finished';
 
 export class FleetError extends Error {
   constructor(
@@ -82,6 +82,8 @@ export interface FleetOptions {
   gradientDtype: WireDType;
   /** Sent to workers at registration (the training configuration as JSON). */
   configJson: string;
+  /** Width of an embedding row the workers send for the hard-negative plan. */
+  embeddingDim?: number;
   now?: () => number;
 }
 
@@ -91,6 +93,11 @@ export type NextStepAnswer =
   | { action: 'finish'; run: RunRefLike };
 
 export class StoppedError extends Error {}
+
+/** The run cannot go on (the same shard fails on every worker). */
+export class FleetRunError extends Error {}
+
+const MAX_REFUSALS_PER_SHARD = 2;
 
 export class FleetCoordinator {
   readonly membership: Membership;
@@ -105,6 +112,10 @@ export class FleetCoordinator {
   /** Members that have been told the run is over. */
   private readonly told = new Set<string>();
   private sweepTimer: NodeJS.Timeout | undefined;
+  private lastSweep = 0;
+  /** Results refused per shard of the current step (a shard that fails everywhere stops the run). */
+  private readonly refusals = new Map<number, string[]>();
+  private fatal: Error | undefined;
   private readonly now: () => number;
   /** Losses so far (metrics and tests). */
   readonly lost: { id: string; name: string; reason: string; step: number }[] = [];
@@ -129,6 +140,7 @@ export class FleetCoordinator {
   /** Starts the liveness sweeps (heartbeats and deadlines). */
   start(): void {
     const every = Math.max(50, Math.min(500, this.opts.heartbeatTimeoutMs / 4));
+    this.lastSweep = this.now();
     this.sweepTimer = setInterval(() => this.sweep(), every);
     this.sweepTimer.unref();
   }
@@ -145,7 +157,7 @@ export class FleetCoordinator {
     if (req.runId && req.runId !== this.opts.runId) {
       throw new FleetError('wrong-run', `this worker belongs to run ${req.runId}; this coordinator runs ${this.opts.runId}`);
     }
-    if (this.finished) throw new FleetError('unavailable', `run ${this.opts.runId} is over`);
+    if (this.finished) throw new FleetError('finished', `run ${this.opts.runId} is over`);
     let member: Member;
     try {
       member = this.membership.register(req.workerName.slice(0, 128), req.engine.slice(0, 64), req.device.slice(0, 256), this.now());
@@ -177,6 +189,7 @@ export class FleetCoordinator {
         return { action: 'finish', run: this.runRef() };
       }
       if (!this.membership.get(workerId)) throw this.notMember(workerId);
+      if (this.stopped) throw new FleetError('unavailable', 'the coordinator is stopping');
       const work = this.work;
       const assignment = work?.take(workerId, this.now());
       if (work && assignment) {
@@ -258,7 +271,19 @@ export class FleetCoordinator {
    */
   rejectResult(workerId: string, reason: string): void {
     const work = this.work;
-    if (this.membership.get(workerId) && work?.holds(workerId)) this.lose(workerId, `sent an unusable result: ${reason}`);
+    if (!this.membership.get(workerId) || !work?.holds(workerId)) return;
+    const units = work.unitsInFlight(workerId);
+    this.lose(workerId, `sent an unusable result: ${reason}`);
+    for (const u of units) {
+      const seen = [...(this.refusals.get(u) ?? []), `${workerId}: ${reason}`];
+      this.refusals.set(u, seen);
+      // Workers compute a shard deterministically: the same result from two of them is the
+      // shard's, not a worker's fault. Stop rather than drop the whole fleet one by one.
+      if (seen.length >= MAX_REFUSALS_PER_SHARD && !this.fatal) {
+        this.fatal = new FleetRunError(`step ${work.step}: shard ${u} gave unusable results on ${seen.length} workers (${seen.join('; ')}); stopping the run. Lower --lr, or check the data of this step`);
+        this.notify();
+      }
+    }
   }
 
   leave(workerId: string, run: RunRefLike | undefined, reason: string): void {
@@ -277,8 +302,10 @@ export class FleetCoordinator {
   async execute(work: Work): Promise<void> {
     this.work = work;
     this.currentStep = work.step;
+    this.refusals.clear();
     try {
       while (!work.finished) {
+        if (this.fatal) throw this.fatal;
         if (this.stopped) throw new StoppedError('the coordinator is stopping');
         if (work.unplannedUnits.length > 0) {
           const members = this.membership.list();
@@ -312,6 +339,14 @@ export class FleetCoordinator {
 
   private sweep(): void {
     const now = this.now();
+    const gap = now - this.lastSweep;
+    this.lastSweep = now;
+    if (gap > this.opts.heartbeatTimeoutMs / 2) {
+      // This process was stalled (a long synchronous step, a GC pause): the heartbeats queued
+      // meanwhile have not been read yet. Silence measured across our own stall proves nothing.
+      for (const m of this.membership.list()) m.lastSeen = Math.max(m.lastSeen, now - this.opts.heartbeatTimeoutMs / 2);
+      return;
+    }
     for (const m of this.membership.silent(now, this.opts.heartbeatTimeoutMs)) {
       this.lose(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s (limit ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)`);
     }

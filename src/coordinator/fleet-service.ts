@@ -27,6 +27,7 @@ const STATUS: Record<FleetErrorCode, grpc.status> = {
   stale: grpc.status.ABORTED,
   full: grpc.status.RESOURCE_EXHAUSTED,
   unavailable: grpc.status.UNAVAILABLE,
+  finished: grpc.status.OUT_OF_RANGE,
 };
 
 /** Upper bound on the chunks of one upload (our encoder sends 1 MB chunks: ~10 for SC). */
@@ -58,26 +59,37 @@ function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) =>
  * Reads an upload stream (a header, then tensor chunks, each tensor's chunks contiguous and in
  * order) and decodes each tensor as soon as its last chunk arrives.
  */
-class UploadReader {
+export class UploadReader {
   private readonly tensors = new Map<string, Float32Array>();
   private pending: EncodedChunk[] = [];
   private chunks = 0;
+  private expected: TensorSpec | undefined;
+  private bytes = 0;
 
   constructor(private readonly specOf: (name: string, first: EncodedChunk) => TensorSpec | undefined) {}
 
   add(chunk: TensorChunk): void {
     if (++this.chunks > MAX_UPLOAD_CHUNKS) throw new TensorDecodeError(`upload of more than ${MAX_UPLOAD_CHUNKS} chunks`);
     const c = fromProtoChunk(chunk);
-    if (this.pending.length && this.pending[0].name !== c.name) {
+    if (this.pending.length === 0) {
+      // The first chunk of a tensor: check it against what is expected before buffering anything.
+      const spec = this.specOf(c.name, c);
+      if (!spec) throw new TensorDecodeError(`tensor ${c.name}: not expected in this upload`);
+      if (this.tensors.has(spec.name)) throw new TensorDecodeError(`tensor ${spec.name}: sent twice`);
+      if (c.shape.length !== spec.shape.length || c.shape.some((d, i) => d !== spec.shape[i])) throw new TensorDecodeError(`tensor ${c.name}: shape [${c.shape}] where [${spec.shape}] was expected`);
+      const size = spec.shape.reduce((a, b) => a * b, 1);
+      if (c.chunkCount < 1 || c.chunkCount > Math.max(1, size)) throw new TensorDecodeError(`tensor ${c.name}: ${c.chunkCount} chunks announced for ${size} values`);
+      this.expected = spec;
+      this.bytes = 0;
+    } else if (this.pending[0].name !== c.name) {
       throw new TensorDecodeError(`tensor ${this.pending[0].name}: chunk of ${c.name} arrived before its ${this.pending[0].chunkCount} chunks were complete`);
     }
-    this.pending.push(c);
-    if (this.pending.length < Math.max(1, c.chunkCount)) return;
-    const first = this.pending[0];
-    const spec = this.specOf(first.name, first);
-    if (!spec) throw new TensorDecodeError(`tensor ${first.name}: not expected in this upload`);
-    if (this.tensors.has(spec.name)) throw new TensorDecodeError(`tensor ${spec.name}: sent twice`);
+    const spec = this.expected!;
     const size = spec.shape.reduce((a, b) => a * b, 1);
+    this.bytes += c.data.byteLength;
+    if (this.bytes > size * 4) throw new TensorDecodeError(`tensor ${c.name}: more bytes than ${size} values can take`);
+    this.pending.push(c);
+    if (this.pending.length < this.pending[0].chunkCount) return;
     this.tensors.set(spec.name, decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }));
     this.pending = [];
   }
@@ -176,7 +188,8 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
       try {
         snapshot = coord.weightChunks(call.request.workerId, runOf(call.request.run));
       } catch (err) {
-        call.destroy(Object.assign(new Error(toServiceError(err).details), toServiceError(err)));
+        // grpc-js sends the status of a server stream given as an 'error' event.
+        call.emit('error', toServiceError(err));
         return;
       }
       const names = new Set(snapshot.chunks.map((c) => c.name));
@@ -230,10 +243,8 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
         (h) => {
           coord.checkResultHeader('embed', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
           const images = coord.embedImagesOf(h.shardIndexes);
-          return new UploadReader((name, first) => {
-            if (name !== 'embeddings' || first.shape.length !== 2 || first.shape[1] < 1 || first.shape[1] > 65_536) return undefined;
-            return { name, shape: [images.length, first.shape[1]] };
-          });
+          const dim = coord.opts.embeddingDim ?? 0;
+          return new UploadReader((name) => (name === 'embeddings' && dim > 0 ? { name, shape: [images.length, dim] } : undefined));
         },
         (h, reader) => {
           const tensors = reader.finish(['embeddings'], 1);

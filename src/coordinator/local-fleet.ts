@@ -24,6 +24,12 @@ export async function runLocalFleet(
 ): Promise<CoordinatorResult> {
   const children: ChildProcess[] = [];
   const exits: string[] = [];
+  // Local workers do not come back by themselves: once fewer than --min-workers live, waiting for
+  // them would hang. (A worker crash is a bug; its exit is in the log above.)
+  const brokenFleet = (): string | undefined => {
+    const alive = children.filter((c) => c.exitCode === null && c.signalCode === null).length;
+    return children.length && exits.length && alive < fleet.minWorkers ? `${alive} of ${cfg.workers} local workers left, fewer than --min-workers ${fleet.minWorkers} (${exits.join('; ')})` : undefined;
+  };
   const run = startCoordinator(
     cfg,
     fleet,
@@ -47,23 +53,19 @@ export async function runLocalFleet(
         log.info({ workers: cfg.workers, engine: workerEngine }, `started ${cfg.workers} local worker processes`);
         await hooks.onListening?.(address, runId);
       },
-      abortReason: () => {
-        const alive = children.filter((c) => c.exitCode === null && c.signalCode === null).length;
-        if (children.length && alive === 0 && exits.length) return `every local worker has exited (${exits.join('; ')})`;
-        return hooks.abortReason?.();
-      },
+      abortReason: () => brokenFleet() ?? hooks.abortReason?.(),
     },
     opts,
   );
   opts.signal?.addEventListener('abort', () => run.stop(), { once: true });
   // Check for dead children while a step waits on them, not only between steps.
   const watch = setInterval(() => {
-    const alive = children.filter((c) => c.exitCode === null && c.signalCode === null).length;
-    if (children.length && alive === 0 && exits.length) run.stop();
+    if (brokenFleet()) run.stop();
   }, 500);
   try {
     const result = await run.done;
-    if (result.stopped && exits.length && !opts.signal?.aborted) throw new Error(`every local worker has exited (${exits.join('; ')})`);
+    const broken = brokenFleet();
+    if (result.stopped && broken && !opts.signal?.aborted) throw new Error(broken);
     return result;
   } finally {
     clearInterval(watch);

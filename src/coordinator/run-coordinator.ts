@@ -21,7 +21,7 @@ import { saveWeights, stepDirName } from '../shared/checkpoint-format.js';
 import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
-import { FleetCoordinator, StoppedError, type EmbedResult, type TensorSpec, type TrainResult, type WeightSource } from './fleet-coordinator.js';
+import { FleetCoordinator, FleetRunError, StoppedError, type EmbedResult, type TensorSpec, type TrainResult, type WeightSource } from './fleet-coordinator.js';
 import type { FleetConfig } from './fleet-config.js';
 import { newRunId } from './fleet-config.js';
 import { serveFleet, type FleetServer } from './fleet-service.js';
@@ -76,6 +76,8 @@ export interface FleetStepReport {
 
 export interface CoordinatorHooks {
   onListening?(address: string, runId: string): void | Promise<void>;
+  /** The number of steps the run will take (--steps, or fewer with --epochs). */
+  onPlanned?(totalSteps: number): void;
   onStep?(report: FleetStepReport): void;
   onEvaluation?(phase: 'before' | 'after', results: EvaluationResult[]): void;
   /** Polled between steps: a reason to stop the run early (local fleet lost its processes). */
@@ -135,6 +137,8 @@ async function runCoordinator(
   if (P < 2 * shardCount) {
     throw new UsageError(`a batch of ${P} items cannot be split into ${shardCount} mining shards of at least 2 items; use fewer --shards (or --min-workers) or more --batch-triplets`);
   }
+  const totalSteps = plannedSteps(cfg, perEpoch);
+  hooks.onPlanned?.(totalSteps);
   const engine = await initEngine(cfg.engine, log);
   const model = createModelState(buildArchitecture({ ...cfg.model, categories: catalogue.categories.length }), cfg.seed);
   const updater = new ParameterUpdater(model, cfg.optimizer);
@@ -152,6 +156,7 @@ async function runCoordinator(
       longPollMs: 5000,
       gradientDtype: fleet.gradientWire,
       configJson: JSON.stringify(job),
+      embeddingDim: model.arch.outputShape[0] * model.arch.outputShape[1],
     },
     weights,
     log,
@@ -179,7 +184,6 @@ async function runCoordinator(
     }
     let embeddings: Map<number, Float32Array> | undefined;
     let averaged: Map<string, Float32Array> | undefined;
-    const totalSteps = plannedSteps(cfg, perEpoch);
     for (; step < totalSteps; step++) {
       const abort = hooks.abortReason?.();
       if (abort) throw new Error(abort);
@@ -250,11 +254,15 @@ async function runCoordinator(
       hooks.onStep?.(report);
     }
   } catch (err) {
+    if (err instanceof FleetRunError) throw new UsageError(err.message);
     if (!(err instanceof StoppedError)) throw err;
     stopped = true;
     log.warn({ step }, `stopped at step ${step} (the step in progress was not applied)`);
   } finally {
-    if (!stopped) await coord.finish(5000).catch(() => undefined);
+    if (!stopped) {
+      log.info({ run: runId, steps: reports.length }, `run ${runId} complete after ${reports.length} steps; telling the workers`);
+      await coord.finish(5000).catch(() => undefined);
+    }
     coord.close();
     await server?.shutdown();
   }

@@ -89,6 +89,11 @@ export class StepWork<R> {
     return [...this.inFlight].filter(([, a]) => now - (a.issuedAt ?? now) > deadlineMs).map(([w]) => w);
   }
 
+  /** Units of the assignment a worker is computing now. */
+  unitsInFlight(workerId: string): number[] {
+    return [...(this.inFlight.get(workerId)?.units ?? [])];
+  }
+
   holds(workerId: string): boolean {
     return this.inFlight.has(workerId) || (this.queued.get(workerId)?.length ?? 0) > 0;
   }

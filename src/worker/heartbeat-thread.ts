@@ -14,7 +14,7 @@ export interface HeartbeatSetup {
   intervalMs: number;
 }
 
-export type HeartbeatEvent = { type: 'stop' } | { type: 'gone'; details: string } | { type: 'unreachable'; details: string };
+export type HeartbeatEvent = { type: 'stop' } | { type: 'gone'; details: string };
 
 const setup = workerData as HeartbeatSetup;
 const client = new FleetClient(setup.address);
@@ -26,9 +26,8 @@ async function beat(): Promise<void> {
   } catch (err) {
     if (isServiceError(err) && (err.code === grpc.status.NOT_FOUND || err.code === grpc.status.FAILED_PRECONDITION)) {
       parentPort!.postMessage({ type: 'gone', details: err.details } satisfies HeartbeatEvent);
-    } else {
-      parentPort!.postMessage({ type: 'unreachable', details: (err as Error).message } satisfies HeartbeatEvent);
     }
+    // Other failures (coordinator unreachable) show up in the main thread's own calls.
   }
 }
 

@@ -69,6 +69,8 @@ export class FleetWorker {
   private unreachableSince: number | undefined;
   private backoffMs = 200;
   stepsDone = 0;
+  /** The coordinator said the run is over. */
+  private runOver = false;
 
   constructor(
     private readonly opts: WorkerOptions,
@@ -85,7 +87,7 @@ export class FleetWorker {
       for (;;) {
         if (this.stop.stopping) return 0;
         const session = await this.register();
-        if (!session) return this.stop.stopping ? 0 : 1;
+        if (!session) return this.stop.stopping || this.runOver ? 0 : 1;
         const outcome = await this.serve(session).finally(() => void session.heartbeat.terminate());
         if (outcome !== 'reregister') return outcome === 'done' ? 0 : 1;
       }
@@ -107,16 +109,29 @@ export class FleetWorker {
         } catch (err) {
           throw new UsageError(`the coordinator's job configuration is not one this worker understands (${err instanceof z.ZodError ? err.issues[0]?.message : (err as Error).message}); run the same tricaps version on both sides`);
         }
-        await this.prepare(res.run!.runId, job);
         const setup: HeartbeatSetup = { address: this.opts.coordinator, run: res.run!, workerId: res.workerId, intervalMs: res.heartbeatIntervalMs };
+        // Heartbeats start at once: preparing the model and data may take longer than the timeout.
         const heartbeat = new Thread(new URL('./heartbeat-thread.js', import.meta.url), { workerData: setup });
         const session: Session = { workerId: res.workerId, run: res.run!, job, gradientDtype: res.gradientDtype === WireDType.WIRE_D_TYPE_FLOAT16 ? 'float16' : 'float32', heartbeat, events: [] };
         heartbeat.on('message', (e: HeartbeatEvent) => session.events.push(e));
+        heartbeat.on('error', (err) => session.events.push({ type: 'gone', details: `heartbeat thread failed: ${err.message}` }));
         heartbeat.unref();
+        try {
+          await this.prepare(res.run!.runId, job);
+        } catch (err) {
+          await this.leave(session, `cannot prepare: ${(err as Error).message}`);
+          await heartbeat.terminate();
+          throw err;
+        }
         this.log.info({ worker: res.workerId, run: res.run!.runId, coordinator: this.opts.coordinator, engine: this.engine.name }, `joined run ${res.run!.runId} as ${res.workerId}`);
         return session;
       } catch (err) {
         if (!isServiceError(err)) throw err;
+        if (err.code === grpc.status.OUT_OF_RANGE) {
+          this.log.info({ details: err.details }, `${err.details}; nothing to do`);
+          this.runOver = true;
+          return undefined;
+        }
         if (err.code === grpc.status.FAILED_PRECONDITION && this.opts.runId) {
           throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
         }
@@ -142,10 +157,11 @@ export class FleetWorker {
 
   private async serve(s: Session): Promise<'done' | 'reregister' | 'unreachable'> {
     for (;;) {
-      const event = s.events.shift();
-      if (event?.type === 'stop') return 'done';
-      if (event?.type === 'gone') {
-        this.log.warn({ details: event.details }, `the coordinator no longer knows this worker (${event.details}); registering again`);
+      const events = s.events.splice(0);
+      if (events.some((e) => e.type === 'stop')) return 'done';
+      const gone = events.find((e) => e.type === 'gone');
+      if (gone?.type === 'gone') {
+        this.log.warn({ details: gone.details }, `the coordinator no longer knows this worker (${gone.details}); registering again`);
         return 'reregister';
       }
       if (this.stop.stopping) {
@@ -256,6 +272,10 @@ export class FleetWorker {
   private async onCallError(err: unknown): Promise<'retry' | 'reregister' | 'unreachable' | 'done'> {
     if (!isServiceError(err)) throw err;
     if (this.stop.stopping && err.code === grpc.status.CANCELLED) return 'retry'; // our own cancel on SIGTERM
+    if (err.code === grpc.status.OUT_OF_RANGE) {
+      this.log.info({ details: err.details }, err.details);
+      return 'done';
+    }
     if (REREGISTER.has(err.code)) {
       this.log.warn({ code: grpc.status[err.code], details: err.details }, `registering again: ${err.details}`);
       return 'reregister';
@@ -297,12 +317,16 @@ export class FleetWorker {
   private sleep(): Promise<void> {
     const ms = this.backoffMs * (0.75 + Math.random() * 0.5);
     this.backoffMs = Math.min(5000, this.backoffMs * 2);
+    const signal = this.stop.signal;
+    if (signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.stop.signal.addEventListener('abort', () => {
+      const done = () => {
         clearTimeout(t);
+        signal.removeEventListener('abort', done);
         resolve();
-      }, { once: true });
+      };
+      const t = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
     });
   }
 }

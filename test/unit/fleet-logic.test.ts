@@ -21,6 +21,8 @@ import { buildArchitecture } from '../../src/shared/model/architecture.js';
 import { modelConfig } from '../../src/shared/model/config.js';
 import { createModelState } from '../../src/shared/model/params.js';
 import { relativeError, useBackend } from '../helpers.js';
+import { UploadReader } from '../../src/coordinator/fleet-service.js';
+import { WireDType } from '../../src/shared/gen/tricaps/v1/fleet.js';
 
 const silent = pino({ level: 'silent' });
 const items = new Map<number, number[]>(Array.from({ length: 30 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2, i * 10 + 3]]));
@@ -197,5 +199,89 @@ describe('worker data check', () => {
   it('refuses to train on data that differs from the coordinator', () => {
     expect(() => assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'b', images: 12, categories: 3 })).toThrow(/differs from the coordinator's \(b: 12 images, 3 categories\); mount the same --data path/);
     expect(() => assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'a', images: 10, categories: 3 })).not.toThrow();
+  });
+});
+
+describe('fleet coordinator failure paths (no transport)', () => {
+  const weights: WeightSource = { version: 0, chunks: () => [], gradientSpecs: [{ name: 'g', shape: [2] }], statSpecs: [] };
+  const make = (now?: () => number) =>
+    new FleetCoordinator({ runId: 'r1', minWorkers: 1, maxWorkers: 4, heartbeatIntervalMs: 50, heartbeatTimeoutMs: 1000, assignmentTimeoutMs: 10_000, longPollMs: 100, gradientDtype: 'float32', configJson: '{}', now }, weights, silent);
+  const run = { runId: 'r1', round: 0, step: 0 };
+
+  it('stops the run when the same shard is refused on two workers, instead of dropping the fleet one by one', async () => {
+    const c = make();
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const work = new StepWork<TrainResult>('train', 4, 0, planShards(batch, 1));
+    const executing = c.execute(work);
+    executing.catch(() => undefined);
+    let t = await c.nextStep(a.id, run);
+    expect(t.action).toBe('train');
+    c.rejectResult(a.id, 'loss is NaN');
+    c.register({ workerName: 'c', engine: 'cpu', device: 'cpu', runId: '' });
+    do t = await c.nextStep(b.id, run);
+    while (t.action === 'wait');
+    c.rejectResult(b.id, 'loss is NaN');
+    await expect(executing).rejects.toThrow(/step 4: shard 0 gave unusable results on 2 workers \(w1: loss is NaN; w2: loss is NaN\); stopping the run/);
+    c.close();
+  });
+
+  it('does not drop workers for silence measured across its own stall', () => {
+    let clock = 0;
+    const c = make(() => clock);
+    c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' });
+    const sweep = () => (c as unknown as { sweep(): void }).sweep();
+    (c as unknown as { lastSweep: number }).lastSweep = 0;
+    clock = 5000; // the event loop was blocked for 5 s: no heartbeat could be read
+    sweep();
+    expect(c.lost).toEqual([]);
+    clock = 5300; // the worker stays silent after the stall: now it counts
+    sweep();
+    clock = 5600;
+    sweep();
+    expect(c.lost.map((l) => l.name)).toEqual(['a']);
+    c.close();
+  });
+
+  it('refuses registrations once the run is over, and long polls while stopping', async () => {
+    const c = make();
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    await c.finish(0);
+    expect(() => c.register({ workerName: 'late', engine: 'cpu', device: 'cpu', runId: '' })).toThrow(expect.objectContaining({ code: 'finished', message: 'run r1 is over' }));
+    const d = make();
+    const m = d.register({ workerName: 'x', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    d.close();
+    await expect(d.nextStep(m.id, run)).rejects.toThrow(/the coordinator is stopping/);
+    expect((await c.nextStep(a.id, run)).action).toBe('finish');
+    c.close();
+  });
+});
+
+describe('upload reader', () => {
+  const specs = new Map([['w', { name: 'w', shape: [4] }]]);
+  const reader = () => new UploadReader((name) => specs.get(name));
+  const chunk = (over: Partial<Parameters<UploadReader['add']>[0]> = {}) => ({ name: 'w', dtype: WireDType.WIRE_D_TYPE_FLOAT32, shape: [4], chunkIndex: 0, chunkCount: 1, offset: 0, data: Buffer.alloc(16), ...over });
+
+  it.each<[string, Parameters<UploadReader['add']>[0][], RegExp]>([
+    ['an unexpected tensor', [chunk({ name: 'x' })], /tensor x: not expected in this upload/],
+    ['a wrong shape, before buffering', [chunk({ shape: [1_000_000_000] })], /shape \[1000000000\] where \[4\] was expected/],
+    ['an absurd chunk count', [chunk({ chunkCount: 1000 })], /1000 chunks announced for 4 values/],
+    ['more bytes than the tensor holds', [chunk({ chunkCount: 2, data: Buffer.alloc(16) }), chunk({ chunkCount: 2, chunkIndex: 1, data: Buffer.alloc(16) })], /more bytes than 4 values can take/],
+    ['interleaved tensors', [chunk({ chunkCount: 2, data: Buffer.alloc(8) }), chunk({ name: 'v' })], /chunk of v arrived before its 2 chunks were complete/],
+    ['a tensor sent twice', [chunk(), chunk()], /tensor w: sent twice/],
+  ])('refuses %s', (_label, chunks, message) => {
+    const r = reader();
+    expect(() => chunks.forEach((c) => r.add(c))).toThrow(message);
+  });
+
+  it('accepts a complete upload and refuses an incomplete one', () => {
+    const r = reader();
+    r.add(chunk());
+    expect(r.finish(['w'], 1).get('w')).toEqual(new Float32Array(4));
+    const partial = reader();
+    partial.add(chunk({ chunkCount: 2, data: Buffer.alloc(8) }));
+    expect(() => partial.finish(['w'], 1)).toThrow(/1 of 2 chunks received/);
+    expect(() => reader().finish(['w'], 0)).toThrow(/missing tensors: w/);
+    expect(() => reader().finish(['w'], 3)).toThrow(/0 tensors received, the header announced 3/);
   });
 });
