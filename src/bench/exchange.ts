@@ -80,6 +80,7 @@ export async function benchExchangeOne(workers: number, params: string, wire: 'f
   clientsDone.catch(() => undefined);
   const times: number[] = [];
   const averaging: number[] = [];
+  let averaged: Map<string, Float32Array> | undefined;
   try {
     for (let step = 0; step <= steps; step++) {
       const units = Array.from({ length: workers }, (_, index) => ({ index, imageIds: [], itemIds: [] }));
@@ -87,7 +88,8 @@ export async function benchExchangeOne(workers: number, params: string, wire: 'f
       const t0 = performance.now();
       await Promise.race([coord.execute(work), clientsDone.then(() => Promise.reject(new Error('simulated workers stopped early')))]);
       const t1 = performance.now();
-      weightedAverage(work.results.map((r) => ({ triplets: r.result.triplets, grads: r.result.grads })));
+      averaged = weightedAverage(work.results.map((r) => ({ triplets: r.result.triplets, grads: r.result.grads })), averaged).grads;
+      for (const r of work.results) coord.buffers.release(r.result.grads.values());
       weights.version += 1;
       const t2 = performance.now();
       if (step > 0) {

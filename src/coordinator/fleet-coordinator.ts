@@ -92,6 +92,35 @@ export type NextStepAnswer =
   | { action: 'wait'; run: RunRefLike }
   | { action: 'finish'; run: RunRefLike };
 
+/**
+ * Recycled Float32Arrays for decoded uploads: a step's gradients are released once averaged and
+ * decoded into again next step (multi-megabyte fresh arrays cost page faults and GC). Bounded.
+ */
+export class BufferPool {
+  private readonly free = new Map<number, Float32Array[]>();
+  private held = 0;
+
+  constructor(private readonly maxBytes = 512 << 20) {}
+
+  take(size: number): Float32Array {
+    const list = this.free.get(size);
+    const hit = list?.pop();
+    if (hit) {
+      this.held -= hit.byteLength;
+      return hit;
+    }
+    return new Float32Array(size);
+  }
+
+  release(arrays: Iterable<Float32Array>): void {
+    for (const a of arrays) {
+      if (this.held + a.byteLength > this.maxBytes) return;
+      this.held += a.byteLength;
+      this.free.set(a.length, [...(this.free.get(a.length) ?? []), a]);
+    }
+  }
+}
+
 export class StoppedError extends Error {}
 
 /** The run cannot go on (the same shard fails on every worker). */
@@ -101,6 +130,7 @@ const MAX_REFUSALS_PER_SHARD = 2;
 
 export class FleetCoordinator {
   readonly membership: Membership;
+  readonly buffers = new BufferPool();
   private work: Work | undefined;
   private finished = false;
   private stopped = false;

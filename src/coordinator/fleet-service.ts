@@ -66,7 +66,11 @@ export class UploadReader {
   private expected: TensorSpec | undefined;
   private bytes = 0;
 
-  constructor(private readonly specOf: (name: string, first: EncodedChunk) => TensorSpec | undefined) {}
+  constructor(
+    private readonly specOf: (name: string, first: EncodedChunk) => TensorSpec | undefined,
+    /** Where decoded tensors go (recycled arrays save the page faults of fresh ones). */
+    private readonly allocate: (size: number) => Float32Array = (size) => new Float32Array(size),
+  ) {}
 
   add(chunk: TensorChunk): void {
     if (++this.chunks > MAX_UPLOAD_CHUNKS) throw new TensorDecodeError(`upload of more than ${MAX_UPLOAD_CHUNKS} chunks`);
@@ -90,7 +94,7 @@ export class UploadReader {
     if (this.bytes > size * 4) throw new TensorDecodeError(`tensor ${c.name}: more bytes than ${size} values can take`);
     this.pending.push(c);
     if (this.pending.length < this.pending[0].chunkCount) return;
-    this.tensors.set(spec.name, decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }));
+    this.tensors.set(spec.name, decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }, this.allocate(size)));
     this.pending = [];
   }
 
@@ -214,7 +218,10 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
           coord.checkResultHeader('train', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
           if (!Number.isFinite(h.loss)) throw new TensorDecodeError(`loss is ${h.loss}`);
           const specs = trainSpecs();
-          return new UploadReader((name) => specs.get(name));
+          return new UploadReader(
+            (name) => specs.get(name),
+            (size) => coord.buffers.take(size),
+          );
         },
         (h, reader) => {
           const specs = coord.expectedTrainTensors();

@@ -223,6 +223,7 @@ async function runCoordinator(
       updater.apply(gradTensors, statTensors, epoch);
       tf.dispose([...gradTensors.values(), ...statTensors.values()]);
       weights.version += 1;
+      for (const r of results) coord.buffers.release([...r.grads.values(), ...r.bnStats.values()]);
       const t3 = performance.now();
       const slowest = results.reduce((m, r) => (r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m), results[0]);
       const seconds = (t3 - t0) / 1000;

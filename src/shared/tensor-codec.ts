@@ -29,7 +29,11 @@ const u32 = new Uint32Array(f32.buffer);
 
 export function toHalf(value: number): number {
   f32[0] = value;
-  const x = u32[0];
+  return halfBits(u32[0]);
+}
+
+/** float32 bits -> float16 bits, round to nearest even. */
+function halfBits(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
@@ -77,6 +81,12 @@ export function encodeTensor(name: string, values: Float32Array, shape: number[]
     if (dtype === 'float32' && LITTLE_ENDIAN) {
       const view = new Uint8Array(values.buffer, values.byteOffset + start * 4, (end - start) * 4);
       data = opts.copy === false ? view : view.slice();
+    } else if (LITTLE_ENDIAN) {
+      // float16: straight from the float32 bits into a 16-bit array.
+      const bits = new Uint32Array(values.buffer, values.byteOffset + start * 4, end - start);
+      const half = new Uint16Array(end - start);
+      for (let i = 0; i < half.length; i++) half[i] = halfBits(bits[i]);
+      data = new Uint8Array(half.buffer);
     } else {
       data = new Uint8Array((end - start) * per);
       const view = new DataView(data.buffer);
@@ -120,7 +130,7 @@ export interface DecodeLimits {
  * Reassembles one tensor from its chunks (in order) and checks it against the expected shape.
  * Throws TensorDecodeError naming the problem; never returns a partial or non-finite tensor.
  */
-export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; shape: number[] }, limits: DecodeLimits): Float32Array {
+export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; shape: number[] }, limits: DecodeLimits, into?: Float32Array): Float32Array {
   const fail = (why: string): never => {
     throw new TensorDecodeError(`tensor ${expected.name}: ${why}`);
   };
@@ -133,7 +143,7 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
   if (first.dtype !== 'float32' && first.dtype !== 'float16') fail(`unknown dtype ${String(first.dtype)}`);
   if (first.chunkCount !== chunks.length) fail(`${chunks.length} chunks received, ${first.chunkCount} announced`);
   const per = bytesPer(first.dtype);
-  const out = new Float32Array(size);
+  const out = into && into.length === size ? into : new Float32Array(size);
   let next = 0;
   for (let i = 0; i < chunks.length; i++) {
     const c = chunks[i];
@@ -146,6 +156,10 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
     if (next + count > size) fail(`chunk ${i} runs past the end of the tensor`);
     if (per === 4 && LITTLE_ENDIAN) {
       new Uint8Array(out.buffer, next * 4, c.data.byteLength).set(c.data);
+    } else if (LITTLE_ENDIAN) {
+      const aligned = c.data.byteOffset % 2 === 0 ? c.data : c.data.slice();
+      const half = new Uint16Array(aligned.buffer, aligned.byteOffset, count);
+      for (let k = 0; k < count; k++) out[next + k] = HALF_TO_FLOAT[half[k]];
     } else {
       const view = new DataView(c.data.buffer, c.data.byteOffset, c.data.byteLength);
       for (let k = 0; k < count; k++) out[next + k] = per === 4 ? view.getFloat32(k * 4, true) : HALF_TO_FLOAT[view.getUint16(k * 2, true)];

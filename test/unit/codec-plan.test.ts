@@ -142,3 +142,18 @@ describe('fast bulk serializers', () => {
     expect(new Float32Array(copy[0].data.slice().buffer)[0]).toBe(1);
   });
 });
+
+describe('float16 chunks', () => {
+  it('decode the same from an odd byte offset (protobuf may hand out unaligned bytes)', () => {
+    const v = Float32Array.from({ length: 257 }, (_, i) => Math.sin(i) * 100);
+    const [c] = encodeTensor('h', v, [257], 'float16');
+    const shifted = new Uint8Array(c.data.byteLength + 1);
+    shifted.set(c.data, 1);
+    const odd = { ...c, data: shifted.subarray(1) };
+    expect(odd.data.byteOffset % 2).toBe(1);
+    const limits2 = { maxElements: 1000, maxChunks: 4 };
+    expect(Array.from(decodeTensor([odd], { name: 'h', shape: [257] }, limits2))).toEqual(Array.from(decodeTensor([c], { name: 'h', shape: [257] }, limits2)));
+    const back = decodeTensor([c], { name: 'h', shape: [257] }, limits2);
+    back.forEach((x, i) => expect(x).toBe(fromHalf(toHalf(v[i]))));
+  });
+});
