@@ -1,6 +1,7 @@
 // `tricaps bench engine`: times full training steps (forward, mining, loss, backward, Adam) on one
 // engine with synthetic pixels, and prints one JSON line. A benchmark reports numbers; it asserts
 // nothing.
+import { median } from './stats.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine, type EngineChoice } from '../shared/engine/engine.js';
 import type { Logger } from '../shared/log.js';
@@ -25,10 +26,6 @@ export interface EngineBenchOptions {
   seed: number;
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 export async function benchEngine(o: EngineBenchOptions, log: Logger): Promise<Record<string, unknown>> {
   const engine = await initEngine(o.engine, log);

@@ -2,6 +2,7 @@
 // service, decoding, validation, weighted averaging) with simulated workers on a separate thread.
 // Per step every worker downloads the new weights (float32) and uploads a P-parameter gradient.
 // Reports ms per step, bytes per step and GB/s through the coordinator for each (workers, params).
+import { median } from './stats.js';
 import { Worker as Thread } from 'node:worker_threads';
 import { pino } from 'pino';
 import { buildArchitecture } from '../shared/model/architecture.js';
@@ -56,10 +57,6 @@ export interface ExchangeRow {
   total_gb_per_s: number;
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 export async function benchExchangeOne(workers: number, params: string, wire: 'float32' | 'float16', steps: number): Promise<ExchangeRow> {
   const { label, specs } = exchangeSpecs(params);

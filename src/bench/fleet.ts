@@ -2,31 +2,18 @@
 // in this process, worker processes on loopback), once with 1 worker and once with N, each worker
 // computing --batch-triplets triplets (one mining shard) per step. Reports images/s for both and how
 // each step's time splits into worker compute, data loading, exchange, averaging and optimizer.
+import { median } from './stats.js';
 import { createLogger } from '../shared/log.js';
-import type { EngineChoice } from '../shared/engine/engine.js';
-import type { ModelConfigInput } from '../shared/model/config.js';
-import type { MiningStrategy } from '../shared/model/mining.js';
+import type { EngineBenchOptions } from './engine.js';
 import { TrainConfigSchema } from '../shared/train-config.js';
 import { FleetConfigSchema } from '../coordinator/fleet-config.js';
 import { runLocalFleet } from '../coordinator/local-fleet.js';
 import type { FleetStepReport } from '../coordinator/run-coordinator.js';
 
-export interface FleetBenchOptions {
-  engine: EngineChoice;
-  model: ModelConfigInput;
-  batchTriplets: number;
-  imagesPerItem: number;
-  steps: number;
-  warmup: number;
-  mining: MiningStrategy;
-  seed: number;
+export interface FleetBenchOptions extends EngineBenchOptions {
   workers: number;
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 async function fleetRun(o: FleetBenchOptions, workers: number): Promise<Record<string, number>> {
   const itemsPerStep = (3 * o.batchTriplets * workers) / o.imagesPerItem;
