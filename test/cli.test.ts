@@ -1,13 +1,19 @@
 // The `tricaps` command as a user types it: real child processes of dist/cli.js.
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-function tricapsWithLogLevel(level: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, env: { ...process.env, TRICAPS_LOG_LEVEL: level } });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+// Asynchronous on purpose: a synchronous spawn blocks this test process's event loop for the whole
+// command, long enough under load for vitest's own RPC to time out.
+function tricapsWithLogLevel(level: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: level } }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
 }
 
 const tricaps = (...args: string[]) => tricapsWithLogLevel('warn', ...args);
@@ -15,13 +21,13 @@ const tricaps = (...args: string[]) => tricapsWithLogLevel('warn', ...args);
 const lastJsonLine = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!);
 
 describe('tricaps CLI', () => {
-  it('model summary prints the reference parameter counts as JSON', () => {
-    const sc = tricaps('model', 'summary', '--variant', 'sc', '--image-size', '256', '--categories', '23', '--json');
+  it('model summary prints the reference parameter counts as JSON', async () => {
+    const sc = await tricaps('model', 'summary', '--variant', 'sc', '--image-size', '256', '--categories', '23', '--json');
     expect(sc.code).toBe(0);
     expect(JSON.parse(sc.stdout).params).toEqual({ total: 2_425_536, trainable: 2_425_024, nonTrainable: 512 });
-    const rc = tricaps('model', 'summary', '--variant', 'rc', '--image-size', '256', '--categories', '23', '--json');
+    const rc = await tricaps('model', 'summary', '--variant', 'rc', '--image-size', '256', '--categories', '23', '--json');
     expect(JSON.parse(rc.stdout).params).toEqual({ total: 4_845_952, trainable: 4_840_448, nonTrainable: 5_504 });
-    const table = tricaps('model', 'summary');
+    const table = await tricaps('model', 'summary');
     expect(table.stdout).toMatch(/total 2,425,536 parameters: 2,425,024 trainable, 512 BatchNorm buffers/);
   });
 
@@ -47,15 +53,15 @@ describe('tricaps CLI', () => {
     [['train', '--aug-brightness', '2,1'], /"2,1" is not a range "lo,hi" with 0 <= lo <= hi/],
     [['train', '--eval-mask', 'predicted', 'psychic'], /"psychic" is not one of predicted, oracle, none/],
     [['bench', 'profile', '--engine', 'tpu'], /"tpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
-  ])('%j fails with a clear message and exit code 2', (args, message) => {
-    const r = tricaps(...args);
+  ])('%j fails with a clear message and exit code 2', async (args, message) => {
+    const r = await tricaps(...args);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(message);
     expect(r.stderr).not.toMatch(/^\s+at .*\.(js|ts):\d+/m); // no JavaScript stack trace for user mistakes
   });
 
-  it('--engine webgpu either runs on a GPU adapter or says why it cannot', () => {
-    const r = tricaps('train', '--engine', 'webgpu', '--steps', '0', '--items', '32', '--batch-triplets', '4', '--image-size', '16', '--json');
+  it('--engine webgpu either runs on a GPU adapter or says why it cannot', async () => {
+    const r = await tricaps('train', '--engine', 'webgpu', '--steps', '0', '--items', '32', '--batch-triplets', '4', '--image-size', '16', '--json');
     if (r.code === 0) expect(lastJsonLine(r.stdout).engine).toBe('webgpu');
     else {
       expect(r.code).toBe(2);
@@ -73,15 +79,15 @@ describe('tricaps CLI', () => {
     ['search', '--query'],
     ['coordinator', '--min-workers'],
     ['worker', '--coordinator'],
-  ])('%s --help documents its flags', (cmd, flag) => {
-    const r = tricaps(...cmd.split(' '), '--help');
+  ])('%s --help documents its flags', async (cmd, flag) => {
+    const r = await tricaps(...cmd.split(' '), '--help');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/Usage: tricaps/);
     expect(r.stdout).toContain(flag);
   });
 
-  it('train runs end to end and reports Recall@K before and after as JSON', () => {
-    const r = tricapsWithLogLevel('info', 'train', '--engine', 'wasm', '--steps', '3', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--log-every', '1', '--json');
+  it('train runs end to end and reports Recall@K before and after as JSON', async () => {
+    const r = await tricapsWithLogLevel('info', 'train', '--engine', 'wasm', '--steps', '3', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--log-every', '1', '--json');
     expect(r.code, r.stderr).toBe(0);
     const stepLines = r.stderr.split('\n').filter((l) => l.includes('"msg":"step '));
     expect(stepLines.map((l) => JSON.parse(l).step)).toEqual([0, 1, 2]);
@@ -93,27 +99,27 @@ describe('tricaps CLI', () => {
     expect(out.after[0].queries).toBeGreaterThan(0);
   });
 
-  it('data synth writes an In-shop catalogue that data inspect validates and train reads', () => {
+  it('data synth writes an In-shop catalogue that data inspect validates and train reads', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tricaps-cli-'));
     try {
       const root = join(dir, 'cat');
-      const synth = tricaps('data', 'synth', '--out', root, '--items', '24', '--categories', '3', '--image-size', '32', '--seed', '3');
+      const synth = await tricaps('data', 'synth', '--out', root, '--items', '24', '--categories', '3', '--image-size', '32', '--seed', '3');
       expect(synth.code, synth.stderr).toBe(0);
       expect(synth.stdout).toMatch(/wrote 96 images of 24 items/);
-      const again = tricaps('data', 'synth', '--out', root, '--items', '24');
+      const again = await tricaps('data', 'synth', '--out', root, '--items', '24');
       expect(again.code).toBe(2);
       expect(again.stderr).toMatch(/is not empty; choose a new directory or pass --force/);
-      const inspect = tricaps('data', 'inspect', '--root', root, '--json', '--verify-images');
+      const inspect = await tricaps('data', 'inspect', '--root', root, '--json', '--verify-images');
       expect(inspect.code, inspect.stderr).toBe(0);
       expect(JSON.parse(inspect.stdout)).toMatchObject({ images: 96, items: 24, splits: { train: { images: 48, items: 12 } }, bounding_boxes: true, skipped: 0 });
       const ck = join(dir, 'ck');
-      const train = tricaps('train', '--data', root, '--engine', 'wasm', '--steps', '2', '--batch-triplets', '4', '--image-size', '32', '--checkpoint-dir', ck, '--json');
+      const train = await tricaps('train', '--data', root, '--engine', 'wasm', '--steps', '2', '--batch-triplets', '4', '--image-size', '32', '--checkpoint-dir', ck, '--json');
       expect(train.code, train.stderr).toBe(0);
       const trained = lastJsonLine(train.stdout);
       expect(trained.after[0].gallery).toBe(24);
 
       // eval with the saved weights reproduces the training run's final evaluation.
-      const evaluation = tricaps('eval', '--checkpoint', ck, '--data', root, '--engine', 'wasm', '--json');
+      const evaluation = await tricaps('eval', '--checkpoint', ck, '--data', root, '--engine', 'wasm', '--json');
       expect(evaluation.code, evaluation.stderr).toBe(0);
       const e = lastJsonLine(evaluation.stdout);
       expect(e.step).toBe(2);
@@ -124,7 +130,7 @@ describe('tricaps CLI', () => {
       const partition = readFileSync(join(root, 'Eval/list_eval_partition.txt'), 'utf8').split('\n');
       const query = partition.find((l) => l.trim().endsWith('query'))!.trim().split(/\s+/)[0];
       const grid = join(dir, 'grid.png');
-      const search = tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(root, query), '-k', '24', '--grid', grid, '--engine', 'wasm', '--json');
+      const search = await tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(root, query), '-k', '24', '--grid', grid, '--engine', 'wasm', '--json');
       expect(search.code, search.stderr).toBe(0);
       const s = lastJsonLine(search.stdout);
       expect(s.results).toHaveLength(24);
@@ -132,21 +138,21 @@ describe('tricaps CLI', () => {
       expect(s.results.map((r: { distance: number }) => r.distance)).toEqual([...s.results.map((r: { distance: number }) => r.distance)].sort((a, b) => a - b));
       expect(readFileSync(grid).subarray(1, 4).toString()).toBe('PNG');
 
-      const bad = tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(dir, 'nope.jpg'));
+      const bad = await tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(dir, 'nope.jpg'));
       expect(bad.code).toBe(2);
       expect(bad.stderr).toMatch(/nope.jpg: cannot read the query image/);
       const good = readFileSync(join(ck, 'step-00000002', 'weights.bin'));
       writeFileSync(join(ck, 'step-00000002', 'weights.bin'), 'short');
-      const corrupt = tricaps('eval', '--checkpoint', ck, '--data', root);
+      const corrupt = await tricaps('eval', '--checkpoint', ck, '--data', root);
       expect(corrupt.code).toBe(2);
       expect(corrupt.stderr).toMatch(/weights.bin: 5 bytes, the manifest needs \d+; the checkpoint is truncated or corrupt/);
       const other = join(dir, 'other');
-      expect(tricaps('data', 'synth', '--out', other, '--items', '8', '--categories', '2', '--image-size', '16').code).toBe(0);
+      expect((await tricaps('data', 'synth', '--out', other, '--items', '8', '--categories', '2', '--image-size', '16')).code).toBe(0);
       writeFileSync(join(ck, 'step-00000002', 'weights.bin'), good);
-      const mismatch = tricaps('eval', '--checkpoint', ck, '--data', other);
+      const mismatch = await tricaps('eval', '--checkpoint', ck, '--data', other);
       expect(mismatch.code).toBe(2);
       expect(mismatch.stderr).toMatch(/was trained on 3 categories, .* has 2/);
-      const empty = tricaps('eval', '--checkpoint', root, '--data', root);
+      const empty = await tricaps('eval', '--checkpoint', root, '--data', root);
       expect(empty.code).toBe(2);
       expect(empty.stderr).toMatch(/holds no checkpoint/);
     } finally {
@@ -154,8 +160,8 @@ describe('tricaps CLI', () => {
     }
   });
 
-  it('bench engine prints one JSON line with timings and a tensor count that does not grow', () => {
-    const r = tricaps('bench', 'engine', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--steps', '3');
+  it('bench engine prints one JSON line with timings and a tensor count that does not grow', async () => {
+    const r = await tricaps('bench', 'engine', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--steps', '3');
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
     expect(out).toMatchObject({ bench: 'engine', engine: 'wasm', variant: 'sc', image_size: 32, images_per_step: 12, steps: 3, tensor_growth: 0 });
@@ -163,8 +169,8 @@ describe('tricaps CLI', () => {
     expect(out.images_per_s).toBeGreaterThan(0);
   });
 
-  it('bench profile lists kernels of one step, largest first', () => {
-    const r = tricaps('bench', 'profile', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--top', '5');
+  it('bench profile lists kernels of one step, largest first', async () => {
+    const r = await tricaps('bench', 'profile', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--top', '5');
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
     expect(out).toMatchObject({ bench: 'profile', engine: 'wasm' });
