@@ -42,6 +42,8 @@ describe('tricaps CLI', () => {
     [['coordinator', '--heartbeat-interval', '2000', '--heartbeat-timeout', '1000'], /heartbeat timeout \(1000 ms\) must be longer than the interval \(2000 ms\)/],
     [['coordinator', '--run-id', 'bad id!'], /runId: letters, digits/],
     [['worker'], /required option '--coordinator <host:port>' not specified/],
+    [['train', '--resume'], /--resume, --checkpoint-every and --eval-every need the coordinator: train with --workers 1 or more/],
+    [['coordinator', '--resume', '--steps', '1'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
     [['train', '--engine', 'tensorflow', '--steps', '0'], /tensorflow: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed \(install one with `npm install @tensorflow\/tfjs-node-gpu@4.22.0`/],
     [['train', '--batch-triplets', '5', '--images-per-item', '4'], /15 images, not a whole number of items with 4 images each/],
     [['train', '--items', '8', '--steps', '1'], /4 train items; a batch of 16 triplets needs 16/],

@@ -13,6 +13,7 @@ import { trainLocal } from '../coordinator/train-local.js';
 import { runLocalFleet } from '../coordinator/local-fleet.js';
 import { FleetConfigSchema, type FleetConfig } from '../coordinator/fleet-config.js';
 import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
+import { UsageError } from '../shared/errors.js';
 
 export function addModelOptions(cmd: Command): Command {
   return cmd
@@ -82,7 +83,11 @@ export function addFleetOptions(cmd: Command, listenDefault: string): Command {
     .option('--step-timeout <ms>', 'drop a worker that holds a step this long without answering', intOption(1000, 86_400_000), 300_000)
     .option('--wire <dtype>', 'gradient wire format (float16 halves the bytes; accumulation stays float32)', choiceOption(['float32', 'float16'] as const), 'float32')
     .option('--hard-negative-every <n>', 'every n steps, embed the train items over the fleet and put confusable items in the same shard (0 = off)', intOption(0), 0)
-    .option('--run-id <id>', 'name of the run (default: generated); workers of another run are refused');
+    .option('--run-id <id>', 'name of the run (default: generated, or the resumed one); workers of another run are refused')
+    .option('--checkpoint-every <n>', 'with --checkpoint-dir: write a resumable checkpoint every n steps (0 = at the end and on SIGTERM only)', intOption(0), 0)
+    .option('--keep-checkpoints <n>', 'checkpoints kept (the newest n, plus the best by validation Recall@1)', intOption(1, 10_000), 3)
+    .option('--resume', 'continue from the newest good checkpoint under --checkpoint-dir (start fresh when there is none)')
+    .option('--eval-every <n>', 'evaluate retrieval on held-out items every n steps (recorded in checkpoints; 0 = off)', intOption(0), 0);
 }
 
 export function trainConfigFrom(o: Record<string, any>, workers: number): TrainConfig {
@@ -120,6 +125,10 @@ export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: 
     stepTimeoutMs: o.stepTimeout,
     gradientWire: o.wire,
     hardNegativeEvery: o.hardNegativeEvery,
+    checkpointEvery: o.checkpointEvery,
+    keepCheckpoints: o.keepCheckpoints,
+    resume: Boolean(o.resume),
+    evalEvery: o.evalEvery,
   });
 }
 
@@ -131,6 +140,9 @@ export function registerTrainCommand(program: Command): void {
     .option('--json', 'print the final result as one JSON line');
   addFleetOptions(cmd, '127.0.0.1:0').action(async (o) => {
     const cfg = trainConfigFrom(o, o.workers);
+    if (cfg.workers === 0 && (o.resume || o.checkpointEvery > 0 || o.evalEvery > 0)) {
+      throw new UsageError('--resume, --checkpoint-every and --eval-every need the coordinator: train with --workers 1 or more');
+    }
     if (cfg.workers > 0) await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json), o.logEvery);
     else await runTraining(cfg, Boolean(o.json), o.logEvery);
   });

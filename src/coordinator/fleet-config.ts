@@ -17,6 +17,14 @@ export const FleetConfigSchema = z
     gradientWire: z.enum(['float32', 'float16']).default('float32'),
     /** Refresh the hard-negative plan every this many steps (0 = off). */
     hardNegativeEvery: z.number().int().min(0).default(0),
+    /** Write a resumable checkpoint every this many steps (0 = only at the end and on SIGTERM). */
+    checkpointEvery: z.number().int().min(0).default(0),
+    /** Checkpoints kept besides the best by validation Recall@1. */
+    keepCheckpoints: z.number().int().min(1).default(3),
+    /** Continue from the newest good checkpoint under --checkpoint-dir, if there is one. */
+    resume: z.boolean().default(false),
+    /** Evaluate retrieval on the held-out items every this many steps (0 = off). */
+    evalEvery: z.number().int().min(0).default(0),
   })
   .superRefine((c, ctx) => {
     if (c.maxWorkers < c.minWorkers) ctx.addIssue({ code: 'custom', path: ['maxWorkers'], message: `--max-workers ${c.maxWorkers} is below --min-workers ${c.minWorkers}` });

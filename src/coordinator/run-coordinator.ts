@@ -17,7 +17,9 @@ import { createModelState, readState, type ModelState } from '../shared/model/pa
 import { meanOf, weightedAverage } from '../shared/plan/average.js';
 import { confusableAffinity } from '../shared/plan/hard-negatives.js';
 import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
-import { saveWeights, stepDirName } from '../shared/checkpoint-format.js';
+import { stepDirName } from '../shared/checkpoint-format.js';
+import { hashInts } from '../shared/rng.js';
+import { CheckpointStore } from './checkpoint.js';
 import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
@@ -139,11 +141,22 @@ async function runCoordinator(
   }
   const totalSteps = plannedSteps(cfg, perEpoch);
   hooks.onPlanned?.(totalSteps);
+  if ((fleet.resume || fleet.checkpointEvery > 0) && !cfg.checkpointDir) throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
+  const store = cfg.checkpointDir ? new CheckpointStore(cfg.checkpointDir, fleet.keepCheckpoints, log) : undefined;
+  const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
+  // What must not change across a resume (the sampler cursor means nothing for another batch or data).
+  const jobKey = { model: arch.config, seed: cfg.seed, batchTriplets: cfg.batchTriplets, imagesPerItem: cfg.imagesPerItem, data: cfg.data, shards: shardCount, mining: cfg.mining };
+  const resumed = fleet.resume ? store!.loadLatest() : undefined;
+  if (fleet.resume && !resumed) log.info({ checkpointDir: cfg.checkpointDir }, `no checkpoint under ${cfg.checkpointDir} to resume from; starting a new run`);
+  if (resumed) assertSameJob(resumed.state.config, jobKey, resumed.dir);
+  if (resumed && fleet.runId && fleet.runId !== resumed.state.runId) throw new UsageError(`--run-id ${fleet.runId}, but ${resumed.dir} belongs to run ${resumed.state.runId}; drop --run-id to continue that run`);
   const engine = await initEngine(cfg.engine, log);
-  const model = createModelState(buildArchitecture({ ...cfg.model, categories: catalogue.categories.length }), cfg.seed);
+  const model = createModelState(arch, cfg.seed, resumed?.weights.values);
   const updater = new ParameterUpdater(model, cfg.optimizer);
+  if (resumed) await updater.restore(resumed.optimizer);
   const weights = new ModelWeightSource(model);
-  const runId = fleet.runId ?? newRunId();
+  weights.version = resumed?.state.nextStep ?? 0;
+  const runId = resumed?.state.runId ?? fleet.runId ?? newRunId();
   const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
   const coord = new FleetCoordinator(
     {
@@ -162,12 +175,30 @@ async function runCoordinator(
     log,
   );
   expose(coord);
+  if (resumed) {
+    coord.membership.round = resumed.state.round;
+    log.info({ run: runId, checkpoint: resumed.dir, step: resumed.state.nextStep, round: resumed.state.round }, `resuming run ${runId} from ${resumed.dir} at step ${resumed.state.nextStep}`);
+  }
+  let lastEvaluation: { nextStep: number; recallAt1: number } | undefined;
+  let lastSaved = -1;
+  const saveCheckpoint = async (nextStep: number, reason: string, loss: number | null) => {
+    if (!store || lastSaved === nextStep) return undefined;
+    const saved = store.save({
+      weights: { modelConfig: model.arch.config, step: nextStep, categories: catalogue.categories, values: await readState(model), shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])) },
+      optimizer: await updater.state(),
+      state: { runId, round: coord.membership.round, nextStep, epoch: Math.floor(nextStep / perEpoch), seed: cfg.seed, config: jobKey },
+      metrics: { loss, recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null },
+    });
+    lastSaved = nextStep;
+    log.info({ checkpoint: saved.dir, step: nextStep, reason, bytes: saved.bytes, seconds: saved.seconds }, `checkpoint ${saved.dir} saved (${reason}) in ${saved.seconds.toFixed(2)} s`);
+    return saved.dir;
+  };
   let server: FleetServer | undefined;
   const reports: FleetStepReport[] = [];
   let before: EvaluationResult[] = [];
   let after: EvaluationResult[] = [];
   let stopped = false;
-  let step = 0;
+  let step = resumed?.state.nextStep ?? 0;
   const started = performance.now();
   try {
     server = await serveFleet(coord, fleet.listen);
@@ -249,10 +280,16 @@ async function runCoordinator(
       };
       reports.push(report);
       log.info(
-        { step, epoch, loss, grad_norm: Math.sqrt(sq), triplets, shards: work.units.length, shards_computed: results.reduce((n, r) => n + r.shards, 0), workers: report.workers, round: report.round, seconds, compute_s: report.workerComputeSeconds, data_s: report.workerDataSeconds, exchange_s: report.exchangeSeconds, average_s: report.averageSeconds, optimizer_s: report.optimizerSeconds, images_per_s: report.imagesPerSecond },
+        { step, epoch, batch: hashInts(0, ...batch.imageIds), loss, grad_norm: Math.sqrt(sq), triplets, shards: work.units.length, shards_computed: results.reduce((n, r) => n + r.shards, 0), workers: report.workers, round: report.round, seconds, compute_s: report.workerComputeSeconds, data_s: report.workerDataSeconds, exchange_s: report.exchangeSeconds, average_s: report.averageSeconds, optimizer_s: report.optimizerSeconds, images_per_s: report.imagesPerSecond },
         `step ${step} loss ${loss.toFixed(4)} workers ${report.workers} ${seconds.toFixed(2)} s`,
       );
       hooks.onStep?.(report);
+      if (fleet.evalEvery > 0 && (step + 1) % fleet.evalEvery === 0) {
+        const [headline] = await evaluateRetrieval(model, catalogue, { masks: [cfg.evalMasks[0]], batchSize: cfg.evalBatch, conv: engine.conv });
+        lastEvaluation = { nextStep: step + 1, recallAt1: headline.recall[1] };
+        log.info({ step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR }, `evaluation after ${step + 1} steps: R@1 ${(headline.recall[1] * 100).toFixed(1)}% (${headline.mask})`);
+      }
+      if (fleet.checkpointEvery > 0 && (step + 1) % fleet.checkpointEvery === 0) await saveCheckpoint(step + 1, `every ${fleet.checkpointEvery} steps`, loss);
     }
   } catch (err) {
     if (err instanceof FleetRunError) throw new UsageError(err.message);
@@ -272,12 +309,7 @@ async function runCoordinator(
     after = await evaluateRetrieval(model, catalogue, { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv });
     hooks.onEvaluation?.('after', after);
   }
-  let checkpoint: string | undefined;
-  if (cfg.checkpointDir) {
-    checkpoint = join(cfg.checkpointDir, stepDirName(step));
-    saveWeights(checkpoint, { modelConfig: model.arch.config, step, categories: catalogue.categories, values: await readState(model), shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])) });
-    log.info({ checkpoint }, `saved weights to ${checkpoint}`);
-  }
+  const checkpoint = store ? ((await saveCheckpoint(step, stopped ? 'stopped' : 'end of run', reports.at(-1)?.loss ?? null)) ?? join(store.root, stepDirName(step))) : undefined;
   updater.dispose();
   model.dispose();
   return { runId, engine, stepsRun: reports.length, losses: reports.map((r) => r.loss), reports, before, after, seconds, checkpoint, lost: coord.lost, stopped };
@@ -302,4 +334,13 @@ async function refreshHardNegatives(coord: FleetCoordinator, items: Map<number, 
   const seconds = (performance.now() - t0) / 1000;
   log.info({ step, items: out.size, seconds }, `hard-negative plan refreshed at step ${step}: ${out.size} items embedded in ${seconds.toFixed(2)} s`);
   return out;
+}
+
+/** Refuses to resume a checkpoint written for a different job, naming what differs. */
+function assertSameJob(saved: unknown, now: Record<string, unknown>, dir: string): void {
+  const old = (saved ?? {}) as Record<string, unknown>;
+  const differs = Object.keys(now).filter((k) => JSON.stringify(old[k]) !== JSON.stringify(now[k]));
+  if (differs.length) {
+    throw new UsageError(`${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`);
+  }
 }

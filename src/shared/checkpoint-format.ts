@@ -84,6 +84,12 @@ export function stepDirName(step: number): string {
 export function resolveCheckpoint(path: string): string {
   if (existsSync(join(path, 'model.json'))) return path;
   if (!existsSync(path)) throw new UsageError(`${path}: no such checkpoint directory`);
+  // A training run's checkpoint root names its newest complete checkpoint in `latest`.
+  const latest = join(path, 'latest');
+  if (existsSync(latest)) {
+    const named = join(path, readFileSync(latest, 'utf8').trim());
+    if (existsSync(join(named, 'model.json'))) return named;
+  }
   const steps = readdirSync(path).filter((d) => /^step-\d+$/.test(d) && existsSync(join(path, d, 'model.json'))).sort();
   if (!steps.length) throw new UsageError(`${path}: holds no checkpoint (no model.json, no step-* directories); train with --checkpoint-dir ${path}`);
   return join(path, steps[steps.length - 1]);

@@ -118,6 +118,9 @@ export class FleetWorker {
         heartbeat.unref();
         try {
           await this.prepare(res.run!.runId, job);
+          // Version numbers are per coordinator process (a resumed one counts from its checkpoint):
+          // after registering, weights are always fetched afresh.
+          this.loaded!.version = -1;
         } catch (err) {
           await this.leave(session, `cannot prepare: ${(err as Error).message}`);
           await heartbeat.terminate();

@@ -1,0 +1,217 @@
+// Resumable training checkpoints: one directory per step under the checkpoint root, written to a
+// temporary name, every file fsynced, renamed into place, with manifest.json (step, epoch, sha256 of
+// every file, metrics) written last, and a `latest` pointer replaced atomically. A directory without
+// a manifest, or whose files do not match it, is never resumed from: loading falls back to the
+// newest good one and says why. Retention keeps the last N plus the best by validation Recall@1.
+//   step-NNNNNNNN/model.json, weights.bin   parameters and BatchNorm statistics (tfjs weights manifest)
+//   step-NNNNNNNN/optimizer.json, .bin      Adam slots and iteration count
+//   step-NNNNNNNN/state.json                run id, round, cursor (next step, epoch), configuration
+//   step-NNNNNNNN/manifest.json             written last
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { loadWeights, saveWeights, stepDirName, type SavedWeights } from '../shared/checkpoint-format.js';
+import type { Logger } from '../shared/log.js';
+
+export const MANIFEST_FORMAT = 'tricaps-checkpoint-v1';
+
+const ManifestSchema = z.object({
+  format: z.literal(MANIFEST_FORMAT),
+  step: z.number().int().min(0),
+  epoch: z.number().int().min(0),
+  createdAt: z.string(),
+  files: z.record(z.string(), z.object({ bytes: z.number().int().min(0), sha256: z.string().length(64) })),
+  metrics: z.record(z.string(), z.number().nullable()),
+});
+export type CheckpointManifest = z.infer<typeof ManifestSchema>;
+
+export const RunStateSchema = z.object({
+  runId: z.string(),
+  round: z.number().int().min(0),
+  /** The next step to run (= steps applied so far): the sampler cursor, PK batches being pure in (seed, epoch, step). */
+  nextStep: z.number().int().min(0),
+  epoch: z.number().int().min(0),
+  seed: z.number().int(),
+  /** The training configuration, to refuse resuming a different job. */
+  config: z.unknown(),
+});
+export type RunState = z.infer<typeof RunStateSchema>;
+
+export interface OptimizerState {
+  /** Adam's variables in order (iteration count, first and second moments), as float32. */
+  names: string[];
+  shapes: number[][];
+  values: Float32Array[];
+}
+
+export interface Checkpoint {
+  dir: string;
+  manifest: CheckpointManifest;
+  weights: SavedWeights;
+  optimizer: OptimizerState;
+  state: RunState;
+}
+
+export class CheckpointError extends Error {}
+
+function fsyncPath(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function writeDurable(path: string, data: Uint8Array | string): void {
+  writeFileSync(path, data);
+  fsyncPath(path);
+}
+
+const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
+
+function stepDirs(root: string): string[] {
+  if (!existsSync(root)) return [];
+  return readdirSync(root)
+    .filter((d) => /^step-\d{8}$/.test(d))
+    .sort();
+}
+
+export interface SaveRequest {
+  weights: SavedWeights;
+  optimizer: OptimizerState;
+  state: RunState;
+  metrics: Record<string, number | null>;
+}
+
+export class CheckpointStore {
+  constructor(
+    readonly root: string,
+    private readonly keepLast: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Writes a checkpoint atomically and updates `latest`; returns its directory and size. */
+  save(req: SaveRequest): { dir: string; bytes: number; seconds: number } {
+    const t0 = performance.now();
+    const name = stepDirName(req.state.nextStep);
+    const dir = join(this.root, name);
+    const tmp = join(this.root, `.${name}.tmp-${process.pid}`);
+    mkdirSync(this.root, { recursive: true });
+    rmSync(tmp, { recursive: true, force: true });
+    saveWeights(join(tmp, 'weights'), req.weights); // writes weights/ with model.json + weights.bin
+    mkdirSync(tmp, { recursive: true });
+    for (const f of ['model.json', 'weights.bin']) renameSync(join(tmp, 'weights', f), join(tmp, f));
+    rmSync(join(tmp, 'weights'), { recursive: true, force: true });
+    const opt = req.optimizer;
+    const optBytes = Buffer.alloc(opt.values.reduce((s, v) => s + v.byteLength, 0));
+    let offset = 0;
+    for (const v of opt.values) {
+      optBytes.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), offset);
+      offset += v.byteLength;
+    }
+    writeDurable(join(tmp, 'optimizer.bin'), optBytes);
+    writeDurable(join(tmp, 'optimizer.json'), JSON.stringify({ names: opt.names, shapes: opt.shapes }));
+    writeDurable(join(tmp, 'state.json'), JSON.stringify(req.state));
+    for (const f of ['model.json', 'weights.bin']) fsyncPath(join(tmp, f));
+    const files: CheckpointManifest['files'] = {};
+    let bytes = 0;
+    for (const f of ['model.json', 'weights.bin', 'optimizer.json', 'optimizer.bin', 'state.json']) {
+      const data = readFileSync(join(tmp, f));
+      files[f] = { bytes: data.length, sha256: sha256(data) };
+      bytes += data.length;
+    }
+    const manifest: CheckpointManifest = { format: MANIFEST_FORMAT, step: req.state.nextStep, epoch: req.state.epoch, createdAt: new Date().toISOString(), files, metrics: req.metrics };
+    writeDurable(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1));
+    fsyncPath(tmp);
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(tmp, dir);
+    fsyncPath(this.root);
+    this.pointLatest(name);
+    this.prune();
+    return { dir, bytes, seconds: (performance.now() - t0) / 1000 };
+  }
+
+  private pointLatest(name: string): void {
+    const tmp = join(this.root, `.latest.tmp-${process.pid}`);
+    writeDurable(tmp, `${name}\n`);
+    renameSync(tmp, join(this.root, 'latest'));
+    fsyncPath(this.root);
+  }
+
+  /** Keeps the newest keepLast checkpoints and the one with the best validation Recall@1. */
+  private prune(): void {
+    const dirs = stepDirs(this.root);
+    const keep = new Set(dirs.slice(-this.keepLast));
+    let best: { dir: string; recall: number } | undefined;
+    for (const d of dirs) {
+      const recall = this.readManifest(join(this.root, d))?.metrics['recall_at_1'];
+      if (typeof recall === 'number' && (!best || recall > best.recall)) best = { dir: d, recall };
+    }
+    if (best) keep.add(best.dir);
+    for (const d of dirs) if (!keep.has(d)) rmSync(join(this.root, d), { recursive: true, force: true });
+  }
+
+  private readManifest(dir: string): CheckpointManifest | undefined {
+    try {
+      return ManifestSchema.parse(JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Why a checkpoint directory cannot be used, or undefined when every file matches its manifest. */
+  verify(dir: string): string | undefined {
+    if (!existsSync(join(dir, 'manifest.json'))) return 'no manifest.json (a checkpoint interrupted while being written)';
+    const manifest = this.readManifest(dir);
+    if (!manifest) return 'manifest.json is not a tricaps checkpoint manifest';
+    for (const [file, want] of Object.entries(manifest.files)) {
+      const path = join(dir, file);
+      if (!existsSync(path)) return `${file} is missing`;
+      if (statSync(path).size !== want.bytes) return `${file} has ${statSync(path).size} bytes, the manifest says ${want.bytes}`;
+      if (sha256(readFileSync(path)) !== want.sha256) return `${file} does not match its sha256 in the manifest`;
+    }
+    return undefined;
+  }
+
+  /**
+   * The newest good checkpoint: the one `latest` names if it verifies, else the newest step
+   * directory that does. Each one skipped is logged with the reason. Undefined when there is none.
+   */
+  loadLatest(): Checkpoint | undefined {
+    const pointer = existsSync(join(this.root, 'latest')) ? readFileSync(join(this.root, 'latest'), 'utf8').trim() : undefined;
+    const candidates = [...new Set([...(pointer ? [pointer] : []), ...stepDirs(this.root).reverse()])];
+    for (const name of candidates) {
+      const dir = join(this.root, name);
+      if (!existsSync(dir)) {
+        this.log.warn({ checkpoint: dir }, `latest names ${name}, which does not exist; looking for an older checkpoint`);
+        continue;
+      }
+      const problem = this.verify(dir);
+      if (problem) {
+        this.log.warn({ checkpoint: dir, problem }, `skipping checkpoint ${name}: ${problem}; trying the previous one`);
+        continue;
+      }
+      return this.read(dir);
+    }
+    return undefined;
+  }
+
+  private read(dir: string): Checkpoint {
+    const manifest = this.readManifest(dir)!;
+    const weights = loadWeights(dir);
+    const meta = z.object({ names: z.array(z.string()), shapes: z.array(z.array(z.number().int().min(0))) }).parse(JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8')));
+    const bin = readFileSync(join(dir, 'optimizer.bin'));
+    const values: Float32Array[] = [];
+    let offset = 0;
+    for (const shape of meta.shapes) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      if (offset + n * 4 > bin.length) throw new CheckpointError(`${dir}/optimizer.bin is shorter than optimizer.json describes`);
+      values.push(new Float32Array(bin.buffer.slice(bin.byteOffset + offset, bin.byteOffset + offset + n * 4)));
+      offset += n * 4;
+    }
+    const state = RunStateSchema.parse(JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')));
+    return { dir, manifest, weights, optimizer: { names: meta.names, shapes: meta.shapes, values }, state };
+  }
+}

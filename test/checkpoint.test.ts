@@ -1,0 +1,89 @@
+// Resumable checkpoints on real processes: kill -9 of the coordinator and resume gives the same
+// weights as an uninterrupted run; corrupt or partial checkpoints are skipped for the previous good
+// one; the worker reconnects to the restarted coordinator by itself.
+import { afterEach, describe, expect, it } from 'vitest';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Fleet, FleetProcess, listeningAddress, TINY, type LogLine } from './fleet-harness.js';
+
+const fleet = new Fleet();
+const dirs: string[] = [];
+afterEach(async () => {
+  await fleet.cleanup();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+const tempDir = () => {
+  const d = mkdtempSync(join(tmpdir(), 'tricaps-ckpt-'));
+  dirs.push(d);
+  return d;
+};
+const step = (n: number) => `step-${String(n).padStart(8, '0')}`;
+const common = [...TINY, '--steps', '8', '--checkpoint-every', '2', '--seed', '9', '--min-workers', '1', '--keep-checkpoints', '10'];
+const batches = (lines: LogLine[]) => new Map(lines.map((l) => [l.step as number, l.batch as number]));
+
+async function straightRun(dir: string): Promise<FleetProcess> {
+  const coord = fleet.coordinator([...common, '--checkpoint-dir', dir]);
+  fleet.worker(await listeningAddress(coord), 'straight');
+  expect((await coord.exited).code).toBe(0);
+  return coord;
+}
+
+describe('checkpoints (real processes)', () => {
+  it('kill -9 of the coordinator mid-run and --resume give the weights of an uninterrupted run, every sample once', async () => {
+    const a = tempDir();
+    const b = tempDir();
+    const straight = await straightRun(a);
+
+    const first = fleet.coordinator([...common, '--checkpoint-dir', b]);
+    const address = await listeningAddress(first);
+    const worker = fleet.worker(address, 'survivor');
+    await first.waitFor((l) => /^step 4 loss/.test(l.msg), 60_000, 'step 4');
+    first.kill('SIGKILL');
+    await first.exited;
+    const latest = readFileSync(join(b, 'latest'), 'utf8').trim();
+    // The restarted coordinator listens where the first did; the worker finds it by itself.
+    const second = fleet.track(new FleetProcess(['coordinator', '--listen', address, ...common, '--checkpoint-dir', b, '--resume']));
+    const resumed = await second.waitFor((l) => l.msg.startsWith('resuming run'), 60_000, 'the resume line');
+    expect(`step-${String(resumed.step).padStart(8, '0')}`).toBe(latest);
+    expect(resumed.step as number).toBeGreaterThanOrEqual(4);
+    expect((await second.exited).code).toBe(0);
+    expect((await worker.exited).code).toBe(0);
+
+    for (const f of ['weights.bin', 'optimizer.bin']) expect(readFileSync(join(b, step(8), f)).equals(readFileSync(join(a, step(8), f))), f).toBe(true);
+    // The sampler cursor: the resumed run starts at the checkpoint's step and sees the same batches.
+    const want = batches(straight.steps());
+    const after = second.steps();
+    expect(after.map((l) => l.step)).toEqual([...Array(8).keys()].filter((s) => s >= (resumed.step as number)));
+    for (const [s, batch] of [...batches(first.steps()), ...batches(after)]) expect(batch).toBe(want.get(s));
+  });
+
+  it('skips a corrupt and a partial checkpoint for the previous good one, and says so', async () => {
+    const dir = tempDir();
+    await straightRun(dir);
+    const reference = readFileSync(join(dir, step(8), 'weights.bin'));
+    const corrupt = Buffer.from(reference);
+    corrupt[100] ^= 0xff;
+    writeFileSync(join(dir, step(8), 'weights.bin'), corrupt);
+    rmSync(join(dir, step(6), 'manifest.json')); // as if the writer died before the manifest
+    const coord = fleet.coordinator([...common, '--checkpoint-dir', dir, '--resume']);
+    fleet.worker(await listeningAddress(coord), 'again');
+    expect((await coord.exited).code).toBe(0);
+    const skipped = coord.lines.filter((l) => l.msg.startsWith('skipping checkpoint')).map((l) => l.msg);
+    expect(skipped).toEqual([
+      `skipping checkpoint ${step(8)}: weights.bin does not match its sha256 in the manifest; trying the previous one`,
+      `skipping checkpoint ${step(6)}: no manifest.json (a checkpoint interrupted while being written); trying the previous one`,
+    ]);
+    expect(coord.lines.find((l) => l.msg.startsWith('resuming run'))?.step).toBe(4);
+    expect(readFileSync(join(dir, step(8), 'weights.bin')).equals(reference)).toBe(true);
+    expect(existsSync(join(dir, step(8), 'manifest.json'))).toBe(true);
+  });
+
+  it('refuses to resume a checkpoint of a different job', async () => {
+    const dir = tempDir();
+    await straightRun(dir);
+    const p = fleet.coordinator([...common, '--batch-triplets', '10', '--checkpoint-dir', dir, '--resume']);
+    expect((await p.exited).code).toBe(2);
+    expect(p.raw.join('\n')).toMatch(/was written for a different job \(batchTriplets: 8 then, 10 now\)/);
+  });
+});
