@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM_STAMP := node_modules/.tricaps-installed
 
-.PHONY: all install build test demo bench typecheck clean proto
+.PHONY: all install build test demo bench typecheck clean proto services
 
 all: build
 
@@ -26,8 +26,13 @@ proto: $(NPM_STAMP)
 typecheck: $(NPM_STAMP)
 	npx tsc -p tsconfig.json --noEmit
 
-test: build
-	npx vitest run
+# Tests run against real services: promtool (prometheus) and nats-server, installed from Debian
+# when missing.
+services:
+	@scripts/ensure-services.sh
+
+test: build services
+	PATH="$$PATH:/usr/sbin" npx vitest run
 
 # The main job on the embedded default: SC TriCapsNet on the synthetic catalogue, trained by a local
 # fleet (this process coordinates, 2 worker processes compute over gRPC on loopback), wasm engine,

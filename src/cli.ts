@@ -5,6 +5,7 @@ import { Command, CommanderError } from 'commander';
 import { ZodError } from 'zod';
 import * as tf from '@tensorflow/tfjs-core';
 import { explainResourceFailure, UsageError } from './shared/errors.js';
+import { TRICAPS_VERSION } from './shared/version.js';
 import { registerModelCommands } from './cli/model-summary.js';
 import { registerTrainCommand } from './cli/train.js';
 import { registerBenchCommands } from './cli/bench.js';
@@ -23,7 +24,7 @@ async function main(argv: string[]): Promise<number> {
   tf.env().set('PROD', true); // no "install tfjs-node" banner, no debug checks
   const program = new Command('tricaps')
     .description('Triplet Capsule Networks for clothing image retrieval')
-    .version('0.1.0')
+    .version(TRICAPS_VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerModelCommands(program);

@@ -4,7 +4,8 @@ import { ENGINE_NAMES } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
 import { startCoordinator } from '../coordinator/run-coordinator.js';
 import { FleetWorker, defaultWorkerName } from '../worker/worker.js';
-import { choiceOption, floatOption } from './options.js';
+import { choiceOption, floatOption, intOption } from './options.js';
+import { serveMetrics, WorkerMetrics } from '../shared/metrics.js';
 import { addFleetOptions, addTrainingOptions, fleetConfigFrom, trainConfigFrom } from './train.js';
 
 export function registerFleetCommands(program: Command): void {
@@ -34,8 +35,12 @@ export function registerFleetCommands(program: Command): void {
     .option('--name <name>', 'name shown in the coordinator log (default: host-pid)')
     .option('--run-id <id>', 'only join this run')
     .option('--reconnect-timeout <s>', 'give up when the coordinator has been unreachable this many seconds', floatOption(1), 120)
+    .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
     .action(async (o) => {
       const log = createLogger('worker');
+      const metrics = o.metricsPort !== undefined ? new WorkerMetrics() : undefined;
+      const metricsServer = metrics ? await serveMetrics(metrics.registry, o.metricsPort) : undefined;
+      if (metricsServer) log.info({ metricsPort: metricsServer.port }, `metrics at http://0.0.0.0:${metricsServer.port}/metrics`);
       const abort = new AbortController();
       let stopping = false;
       const onSignal = (signal: string) => {
@@ -55,7 +60,12 @@ export function registerFleetCommands(program: Command): void {
           signal: abort.signal,
         },
         log,
+        metrics,
       );
-      process.exitCode = await worker.run();
+      try {
+        process.exitCode = await worker.run();
+      } finally {
+        await metricsServer?.close();
+      }
     });
 }

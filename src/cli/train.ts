@@ -87,6 +87,7 @@ export function addFleetOptions(cmd: Command, listenDefault: string): Command {
     .option('--checkpoint-every <n>', 'with --checkpoint-dir: write a resumable checkpoint every n steps (0 = at the end and on SIGTERM only)', intOption(0), 0)
     .option('--keep-checkpoints <n>', 'checkpoints kept (the newest n, plus the best by validation Recall@1)', intOption(1, 10_000), 3)
     .option('--resume', 'continue from the newest good checkpoint under --checkpoint-dir (start fresh when there is none)')
+    .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
     .option('--eval-every <n>', 'evaluate retrieval on held-out items every n steps (recorded in checkpoints; 0 = off)', intOption(0), 0);
 }
 
@@ -129,6 +130,7 @@ export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: 
     keepCheckpoints: o.keepCheckpoints,
     resume: Boolean(o.resume),
     evalEvery: o.evalEvery,
+    metricsPort: o.metricsPort,
   });
 }
 

@@ -25,6 +25,8 @@ export const FleetConfigSchema = z
     resume: z.boolean().default(false),
     /** Evaluate retrieval on the held-out items every this many steps (0 = off). */
     evalEvery: z.number().int().min(0).default(0),
+    /** Serve Prometheus metrics on this port (0: chosen at start); off when absent. */
+    metricsPort: z.number().int().min(0).max(65_535).optional(),
   })
   .superRefine((c, ctx) => {
     if (c.maxWorkers < c.minWorkers) ctx.addIssue({ code: 'custom', path: ['maxWorkers'], message: `--max-workers ${c.maxWorkers} is below --min-workers ${c.minWorkers}` });

@@ -84,7 +84,17 @@ export interface FleetOptions {
   configJson: string;
   /** Width of an embedding row the workers send for the hard-negative plan. */
   embeddingDim?: number;
+  /** Told about membership changes (metrics, events). */
+  listener?: MembershipListener;
   now?: () => number;
+}
+
+/** Why a worker left, as a label: heartbeat, stalled, left, unusable. */
+export type LossKind = 'heartbeat' | 'stalled' | 'left' | 'unusable';
+
+export interface MembershipListener {
+  joined?(member: Member, workers: number, round: number): void;
+  lost?(member: Member, kind: LossKind, reason: string, workers: number, round: number): void;
 }
 
 export type NextStepAnswer =
@@ -196,6 +206,7 @@ export class FleetCoordinator {
       throw err;
     }
     this.log.info({ worker: member.id, name: member.name, engine: member.engine, device: member.device, workers: this.membership.size, round: this.membership.round }, `worker ${describeMember(member)} joined (${member.engine}, ${member.device}); ${this.membership.size} workers`);
+    this.opts.listener?.joined?.(member, this.membership.size, this.membership.round);
     this.notify();
     return { member, run: this.runRef() };
   }
@@ -303,7 +314,7 @@ export class FleetCoordinator {
     const work = this.work;
     if (!this.membership.get(workerId) || !work?.holds(workerId)) return;
     const units = work.unitsInFlight(workerId);
-    this.lose(workerId, `sent an unusable result: ${reason}`);
+    this.lose(workerId, `sent an unusable result: ${reason}`, 'warn', 'unusable');
     for (const u of units) {
       const seen = [...(this.refusals.get(u) ?? []), `${workerId}: ${reason}`];
       this.refusals.set(u, seen);
@@ -319,7 +330,7 @@ export class FleetCoordinator {
   leave(workerId: string, run: RunRefLike | undefined, reason: string): void {
     this.checkRun(run);
     if (!this.membership.get(workerId)) return;
-    this.lose(workerId, `left: ${reason || 'no reason given'}`, 'info');
+    this.lose(workerId, `left: ${reason || 'no reason given'}`, 'info', 'left');
   }
 
   // ---- the training loop's side ----
@@ -378,17 +389,17 @@ export class FleetCoordinator {
       return;
     }
     for (const m of this.membership.silent(now, this.opts.heartbeatTimeoutMs)) {
-      this.lose(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s (limit ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)`);
+      this.lose(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s (limit ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)`, 'warn', 'heartbeat');
     }
     const work = this.work;
     if (work) {
       for (const id of work.overdue(now, this.opts.assignmentTimeoutMs)) {
-        this.lose(id, `stalled: no result for step ${work.step} within ${(this.opts.assignmentTimeoutMs / 1000).toFixed(1)} s`);
+        this.lose(id, `stalled: no result for step ${work.step} within ${(this.opts.assignmentTimeoutMs / 1000).toFixed(1)} s`, 'warn', 'stalled');
       }
     }
   }
 
-  private lose(workerId: string, reason: string, level: 'warn' | 'info' = 'warn'): void {
+  private lose(workerId: string, reason: string, level: 'warn' | 'info', kind: LossKind): void {
     const departure = this.membership.remove(workerId, reason);
     if (!departure) return;
     const back = this.work?.revoke(workerId) ?? [];
@@ -398,6 +409,7 @@ export class FleetCoordinator {
       { worker: workerId, name: departure.member.name, reason, step: this.currentStep, round: this.membership.round, workers: this.membership.size, replanned: back },
       `lost worker ${describeMember(departure.member)}: ${reason}${replan}; ${this.membership.size} workers remain`,
     );
+    this.opts.listener?.lost?.(departure.member, kind, reason, this.membership.size, this.membership.round);
     this.notify();
   }
 

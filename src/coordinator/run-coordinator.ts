@@ -20,6 +20,8 @@ import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
 import { hashInts } from '../shared/rng.js';
 import { CheckpointStore } from './checkpoint.js';
+import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
+import { TRICAPS_VERSION } from '../shared/version.js';
 import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
@@ -157,6 +159,10 @@ async function runCoordinator(
   const weights = new ModelWeightSource(model);
   weights.version = resumed?.state.nextStep ?? 0;
   const runId = resumed?.state.runId ?? fleet.runId ?? newRunId();
+  const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
+  metrics?.info.set({ role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION }, 1);
+  if (resumed) metrics?.resumes.inc();
+  metrics?.step.set(resumed?.state.nextStep ?? 0);
   const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
   const coord = new FleetCoordinator(
     {
@@ -170,6 +176,18 @@ async function runCoordinator(
       gradientDtype: fleet.gradientWire,
       configJson: JSON.stringify(job),
       embeddingDim: model.arch.outputShape[0] * model.arch.outputShape[1],
+      listener: {
+        joined: (_m, workers, round) => {
+          metrics?.joins.inc();
+          metrics?.worldSize.set(workers);
+          metrics?.round.set(round);
+        },
+        lost: (_m, kind, _reason, workers, round) => {
+          metrics?.losses.inc({ reason: kind });
+          metrics?.worldSize.set(workers);
+          metrics?.round.set(round);
+        },
+      },
     },
     weights,
     log,
@@ -190,10 +208,14 @@ async function runCoordinator(
       metrics: { loss, recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null },
     });
     lastSaved = nextStep;
+    metrics?.checkpointDuration.observe(saved.seconds);
+    metrics?.checkpointBytes.set(saved.bytes);
+    metrics?.checkpointLast.set(Date.now() / 1000);
     log.info({ checkpoint: saved.dir, step: nextStep, reason, bytes: saved.bytes, seconds: saved.seconds }, `checkpoint ${saved.dir} saved (${reason}) in ${saved.seconds.toFixed(2)} s`);
     return saved.dir;
   };
   let server: FleetServer | undefined;
+  let metricsServer: MetricsServer | undefined;
   const reports: FleetStepReport[] = [];
   let before: EvaluationResult[] = [];
   let after: EvaluationResult[] = [];
@@ -203,6 +225,10 @@ async function runCoordinator(
   try {
     server = await serveFleet(coord, fleet.listen);
     coord.start();
+    if (metrics) {
+      metricsServer = await serveMetrics(metrics.registry, fleet.metricsPort!);
+      log.info({ metricsPort: metricsServer.port }, `metrics at http://0.0.0.0:${metricsServer.port}/metrics`);
+    }
     log.info(
       { run: runId, address: server.address, catalogue: catalogue.name, stepsPerEpoch: perEpoch, itemsPerBatch: P, shards: shardCount, minWorkers: fleet.minWorkers, maxWorkers: fleet.maxWorkers, wire: fleet.gradientWire },
       `coordinator of run ${runId} listening on ${server.address}`,
@@ -284,9 +310,11 @@ async function runCoordinator(
         `step ${step} loss ${loss.toFixed(4)} workers ${report.workers} ${seconds.toFixed(2)} s`,
       );
       hooks.onStep?.(report);
+      if (metrics) recordStep(metrics, report, work.results);
       if (fleet.evalEvery > 0 && (step + 1) % fleet.evalEvery === 0) {
         const [headline] = await evaluateRetrieval(model, catalogue, { masks: [cfg.evalMasks[0]], batchSize: cfg.evalBatch, conv: engine.conv });
         lastEvaluation = { nextStep: step + 1, recallAt1: headline.recall[1] };
+        for (const [k, r] of Object.entries(headline.recall)) metrics?.recall.set({ k, mask: headline.mask }, r);
         log.info({ step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR }, `evaluation after ${step + 1} steps: R@1 ${(headline.recall[1] * 100).toFixed(1)}% (${headline.mask})`);
       }
       if (fleet.checkpointEvery > 0 && (step + 1) % fleet.checkpointEvery === 0) await saveCheckpoint(step + 1, `every ${fleet.checkpointEvery} steps`, loss);
@@ -303,6 +331,7 @@ async function runCoordinator(
     }
     coord.close();
     await server?.shutdown();
+    await metricsServer?.close();
   }
   const seconds = (performance.now() - started) / 1000;
   if (opts.evaluate && !stopped) {
@@ -343,4 +372,26 @@ function assertSameJob(saved: unknown, now: Record<string, unknown>, dir: string
   if (differs.length) {
     throw new UsageError(`${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`);
   }
+}
+
+function recordStep(m: CoordinatorMetrics, r: FleetStepReport, results: { workerId: string; result: TrainResult }[]): void {
+  m.stepDuration.observe(r.seconds);
+  m.stepPhase.observe({ phase: 'data' }, r.workerDataSeconds);
+  m.stepPhase.observe({ phase: 'compute' }, r.workerComputeSeconds);
+  m.stepPhase.observe({ phase: 'exchange' }, r.exchangeSeconds);
+  m.stepPhase.observe({ phase: 'averaging' }, r.averageSeconds);
+  m.stepPhase.observe({ phase: 'optimizer' }, r.optimizerSeconds);
+  m.steps.inc();
+  m.step.set(r.step + 1);
+  m.lastStep.set(Date.now() / 1000);
+  m.images.set(r.imagesPerSecond);
+  m.triplets.set(r.triplets / r.seconds);
+  m.loss.set(r.loss);
+  m.activeFraction.set(r.triplets ? r.activeTriplets / r.triplets : 0);
+  m.gradientNorm.set(r.gradientNorm);
+  const busy = results.map((x) => ({ worker: x.workerId, s: x.result.dataSeconds + x.result.computeSeconds }));
+  const sorted = busy.map((b) => b.s).sort((a, b) => a - b);
+  const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
+  m.workerLag.reset();
+  for (const b of busy) m.workerLag.set({ worker: b.worker }, b.s - median);
 }

@@ -23,6 +23,8 @@ import { UsageError } from '../shared/errors.js';
 import { FleetClient, isServiceError } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
 import { computeShardsGradient } from './shard-gradients.js';
+import type { WorkerMetrics } from '../shared/metrics.js';
+import { TRICAPS_VERSION } from '../shared/version.js';
 
 export interface WorkerOptions {
   coordinator: string;
@@ -76,6 +78,7 @@ export class FleetWorker {
     private readonly opts: WorkerOptions,
     private readonly stop: StopSignal,
     private readonly log: Logger,
+    private readonly metrics?: WorkerMetrics,
   ) {
     this.client = new FleetClient(opts.coordinator);
   }
@@ -127,6 +130,9 @@ export class FleetWorker {
           throw err;
         }
         this.log.info({ worker: res.workerId, run: res.run!.runId, coordinator: this.opts.coordinator, engine: this.engine.name }, `joined run ${res.run!.runId} as ${res.workerId}`);
+        this.metrics?.registrations.inc();
+        this.metrics?.info.reset();
+        this.metrics?.info.set({ role: 'worker', run: res.run!.runId, engine: this.engine.name, device: this.engine.device, version: TRICAPS_VERSION }, 1);
         return session;
       } catch (err) {
         if (!isServiceError(err)) throw err;
@@ -206,6 +212,7 @@ export class FleetWorker {
   private async work(s: Session, next: NextStepResponse): Promise<void> {
     const loaded = this.loaded!;
     if (loaded.version !== next.weightsVersion) {
+      const t0 = performance.now();
       const { version, values } = await this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs);
       for (const [name, v] of [...loaded.model.trainable, ...loaded.model.buffers]) {
         const t = tf.tensor(values.get(name)!, v.shape);
@@ -213,6 +220,7 @@ export class FleetWorker {
         t.dispose();
       }
       loaded.version = version;
+      this.metrics?.phase.observe({ phase: 'download' }, (performance.now() - t0) / 1000);
       if (version !== next.weightsVersion) return; // the coordinator moved on meanwhile: ask again
     }
     const run = next.run!;
@@ -243,8 +251,16 @@ export class FleetWorker {
       dataSeconds: g.dataSeconds,
       computeSeconds: g.computeSeconds,
     };
+    const t0 = performance.now();
     await this.client.pushGradients(header, tensors, s.gradientDtype, this.opts.transferTimeoutMs);
     this.stepsDone += 1;
+    if (this.metrics) {
+      this.metrics.phase.observe({ phase: 'upload' }, (performance.now() - t0) / 1000);
+      this.metrics.phase.observe({ phase: 'data' }, g.dataSeconds);
+      this.metrics.phase.observe({ phase: 'compute' }, g.computeSeconds);
+      this.metrics.steps.inc();
+      this.metrics.loss.set(g.loss);
+    }
     this.log.debug({ step: run.step, round: run.round, shards: units, loss: g.loss, triplets: g.triplets, compute_s: g.computeSeconds }, `step ${run.step} shards [${units}] loss ${g.loss.toFixed(4)}`);
   }
 

@@ -1,0 +1,62 @@
+// Prometheus endpoints of a live coordinator and worker (real processes), checked by the real
+// `promtool check metrics` (Debian package prometheus; .ci/run installs it).
+import { afterEach, describe, expect, it } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import { Fleet, listeningAddress, TINY, type FleetProcess } from './fleet-harness.js';
+
+const fleet = new Fleet();
+afterEach(() => fleet.cleanup());
+
+async function metricsPort(p: FleetProcess): Promise<number> {
+  return (await p.waitFor((l) => typeof l.metricsPort === 'number', 60_000, 'the metrics line')).metricsPort as number;
+}
+
+function promtool(text: string): { code: number | null; out: string } {
+  const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  if (r.error) throw new Error(`promtool is needed for this test (Debian package prometheus): ${r.error.message}`);
+  return { code: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+const value = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+
+describe('metrics endpoints', () => {
+  it('serve metrics that promtool accepts, on the coordinator and on a worker', async () => {
+    expect(execFileSync('promtool', ['--version'], { encoding: 'utf8' })).toMatch(/promtool/);
+    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--metrics-port', '0']);
+    const address = await listeningAddress(coord);
+    const worker = fleet.worker(address, 'metered', ['--metrics-port', '0']);
+    const [cPort, wPort] = [await metricsPort(coord), await metricsPort(worker)];
+    await coord.waitFor((l) => /^step 3 loss/.test(l.msg), 60_000, 'step 3');
+    const c = await (await fetch(`http://127.0.0.1:${cPort}/metrics`)).text();
+    const w = await (await fetch(`http://127.0.0.1:${wPort}/metrics`)).text();
+    for (const [text, label] of [[c, 'coordinator'], [w, 'worker']]) {
+      const check = promtool(text);
+      expect(check.out, label).toBe('');
+      expect(check.code, label).toBe(0);
+      expect(text).toMatch(/^process_cpu_seconds_total /m);
+    }
+    expect(value(c, 'tricaps_steps_total')).toBeGreaterThanOrEqual(3);
+    expect(value(c, 'tricaps_world_size')).toBe(1);
+    expect(value(c, 'tricaps_worker_joins_total')).toBe(1);
+    expect(value(c, 'tricaps_loss')).toBeGreaterThan(0);
+    expect(c).toMatch(/^tricaps_step_phase_seconds_count\{phase="exchange"\} \d+$/m);
+    expect(c).toMatch(/^tricaps_info\{role="coordinator",run="[^"]+",engine="wasm"/m);
+    expect(value(w, 'tricaps_worker_steps_total')).toBeGreaterThanOrEqual(3);
+    expect(w).toMatch(/^tricaps_info\{role="worker",run="[^"]+",engine="wasm"/m);
+    expect((await fetch(`http://127.0.0.1:${cPort}/other`)).status).toBe(404);
+  });
+
+  it('says so when the metrics port is taken', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '0.0.0.0', () => resolve()));
+    try {
+      const port = (taken.address() as { port: number }).port;
+      const coord = fleet.coordinator([...TINY, '--steps', '1', '--metrics-port', String(port)]);
+      expect((await coord.exited).code).toBe(2);
+      expect(coord.raw.join('\n')).toMatch(new RegExp(`--metrics-port ${port}: cannot listen \\(listen EADDRINUSE`));
+    } finally {
+      taken.close();
+    }
+  });
+});
