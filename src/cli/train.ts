@@ -87,6 +87,9 @@ export function addFleetOptions(cmd: Command, listenDefault: string): Command {
     .option('--checkpoint-every <n>', 'with --checkpoint-dir: write a resumable checkpoint every n steps (0 = at the end and on SIGTERM only)', intOption(0), 0)
     .option('--keep-checkpoints <n>', 'checkpoints kept (the newest n, plus the best by validation Recall@1)', intOption(1, 10_000), 3)
     .option('--resume', 'continue from the newest good checkpoint under --checkpoint-dir (start fresh when there is none)')
+    .option('--nats <url>', 'publish lifecycle events to and take control commands from this NATS server (e.g. nats://localhost:4222)')
+    .option('--nats-control-token <token>', 'with --nats: only obey control commands that carry this token')
+    .option('--nats-step-interval <n>', 'with --nats: publish a step summary every n steps', intOption(1), 10)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
     .option('--eval-every <n>', 'evaluate retrieval on held-out items every n steps (recorded in checkpoints; 0 = off)', intOption(0), 0);
 }
@@ -131,6 +134,9 @@ export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: 
     resume: Boolean(o.resume),
     evalEvery: o.evalEvery,
     metricsPort: o.metricsPort,
+    nats: o.nats,
+    natsControlToken: o.natsControlToken ?? process.env.TRICAPS_NATS_CONTROL_TOKEN,
+    natsStepInterval: o.natsStepInterval,
   });
 }
 

@@ -25,6 +25,12 @@ export const FleetConfigSchema = z
     resume: z.boolean().default(false),
     /** Evaluate retrieval on the held-out items every this many steps (0 = off). */
     evalEvery: z.number().int().min(0).default(0),
+    /** NATS server for events and control; off when absent. */
+    nats: z.string().regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'a NATS URL such as nats://host:4222').optional(),
+    /** When set, control commands must carry {"token": ...}. */
+    natsControlToken: z.string().min(1).optional(),
+    /** Publish a step summary event every this many steps. */
+    natsStepInterval: z.number().int().min(1).default(10),
     /** Serve Prometheus metrics on this port (0: chosen at start); off when absent. */
     metricsPort: z.number().int().min(0).max(65_535).optional(),
   })

@@ -20,6 +20,8 @@ import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
 import { hashInts } from '../shared/rng.js';
 import { CheckpointStore } from './checkpoint.js';
+import { NatsBridge, type EventSink } from './nats-bridge.js';
+import { RunControl } from './run-control.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
 import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
@@ -162,6 +164,8 @@ async function runCoordinator(
   const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
   metrics?.info.set({ role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION }, 1);
   if (resumed) metrics?.resumes.inc();
+  const control = new RunControl(fleet.natsControlToken);
+  const events: EventSink = fleet.nats ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc()) : { publish: () => undefined };
   metrics?.step.set(resumed?.state.nextStep ?? 0);
   const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
   const coord = new FleetCoordinator(
@@ -177,12 +181,14 @@ async function runCoordinator(
       configJson: JSON.stringify(job),
       embeddingDim: model.arch.outputShape[0] * model.arch.outputShape[1],
       listener: {
-        joined: (_m, workers, round) => {
+        joined: (m, workers, round) => {
+          events.publish('worker_joined', { worker: m.id, name: m.name, engine: m.engine, device: m.device, workers, round });
           metrics?.joins.inc();
           metrics?.worldSize.set(workers);
           metrics?.round.set(round);
         },
-        lost: (_m, kind, _reason, workers, round) => {
+        lost: (m, kind, reason, workers, round) => {
+          events.publish('worker_lost', { worker: m.id, name: m.name, kind, reason, workers, round });
           metrics?.losses.inc({ reason: kind });
           metrics?.worldSize.set(workers);
           metrics?.round.set(round);
@@ -211,6 +217,7 @@ async function runCoordinator(
     metrics?.checkpointDuration.observe(saved.seconds);
     metrics?.checkpointBytes.set(saved.bytes);
     metrics?.checkpointLast.set(Date.now() / 1000);
+    events.publish('checkpoint_saved', { step: nextStep, dir: saved.dir, reason, bytes: saved.bytes, seconds: saved.seconds });
     log.info({ checkpoint: saved.dir, step: nextStep, reason, bytes: saved.bytes, seconds: saved.seconds }, `checkpoint ${saved.dir} saved (${reason}) in ${saved.seconds.toFixed(2)} s`);
     return saved.dir;
   };
@@ -220,6 +227,7 @@ async function runCoordinator(
   let before: EvaluationResult[] = [];
   let after: EvaluationResult[] = [];
   let stopped = false;
+  let operatorStop = false;
   let step = resumed?.state.nextStep ?? 0;
   const started = performance.now();
   try {
@@ -234,6 +242,7 @@ async function runCoordinator(
       `coordinator of run ${runId} listening on ${server.address}`,
     );
     await hooks.onListening?.(server.address, runId);
+    events.publish('run_started', { address: server.address, step, totalSteps, resumedFrom: resumed?.dir ?? null, shards: shardCount, minWorkers: fleet.minWorkers });
     const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
     if (opts.evaluate) {
       before = await evaluateRetrieval(model, catalogue, evalOpts);
@@ -244,6 +253,12 @@ async function runCoordinator(
     for (; step < totalSteps; step++) {
       const abort = hooks.abortReason?.();
       if (abort) throw new Error(abort);
+      await control.atStepBoundary(step, (reason) => saveCheckpoint(step, reason, reports.at(-1)?.loss ?? null));
+      if (control.stopRequested) {
+        log.warn({ step }, `stopping before step ${step} as asked`);
+        operatorStop = true;
+        break;
+      }
       if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
         log.warn({ step, maxMinutes: cfg.maxMinutes }, `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`);
         break;
@@ -311,22 +326,30 @@ async function runCoordinator(
       );
       hooks.onStep?.(report);
       if (metrics) recordStep(metrics, report, work.results);
+      if ((step + 1) % fleet.natsStepInterval === 0) {
+        events.publish('step_summary', { step: step + 1, epoch, loss, gradientNorm: report.gradientNorm, triplets, activeTriplets: report.activeTriplets, workers: report.workers, seconds, imagesPerSecond: report.imagesPerSecond });
+      }
       if (fleet.evalEvery > 0 && (step + 1) % fleet.evalEvery === 0) {
         const [headline] = await evaluateRetrieval(model, catalogue, { masks: [cfg.evalMasks[0]], batchSize: cfg.evalBatch, conv: engine.conv });
         lastEvaluation = { nextStep: step + 1, recallAt1: headline.recall[1] };
         for (const [k, r] of Object.entries(headline.recall)) metrics?.recall.set({ k, mask: headline.mask }, r);
+        events.publish('evaluation_done', { step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR });
         log.info({ step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR }, `evaluation after ${step + 1} steps: R@1 ${(headline.recall[1] * 100).toFixed(1)}% (${headline.mask})`);
       }
       if (fleet.checkpointEvery > 0 && (step + 1) % fleet.checkpointEvery === 0) await saveCheckpoint(step + 1, `every ${fleet.checkpointEvery} steps`, loss);
     }
   } catch (err) {
-    if (err instanceof FleetRunError) throw new UsageError(err.message);
-    if (!(err instanceof StoppedError)) throw err;
+    if (!(err instanceof StoppedError)) {
+      events.publish('run_failed', { step, error: (err as Error).message });
+      await (events as Partial<NatsBridge>).close?.();
+      if (err instanceof FleetRunError) throw new UsageError(err.message);
+      throw err;
+    }
     stopped = true;
     log.warn({ step }, `stopped at step ${step} (the step in progress was not applied)`);
   } finally {
     if (!stopped) {
-      log.info({ run: runId, steps: reports.length }, `run ${runId} complete after ${reports.length} steps; telling the workers`);
+      log.info({ run: runId, steps: reports.length }, `run ${runId} ${operatorStop ? 'stopped' : 'complete'} after ${reports.length} steps; telling the workers`);
       await coord.finish(5000).catch(() => undefined);
     }
     coord.close();
@@ -338,10 +361,12 @@ async function runCoordinator(
     after = await evaluateRetrieval(model, catalogue, { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv });
     hooks.onEvaluation?.('after', after);
   }
-  const checkpoint = store ? ((await saveCheckpoint(step, stopped ? 'stopped' : 'end of run', reports.at(-1)?.loss ?? null)) ?? join(store.root, stepDirName(step))) : undefined;
+  const checkpoint = store ? ((await saveCheckpoint(step, stopped || operatorStop ? 'stopped' : 'end of run', reports.at(-1)?.loss ?? null)) ?? join(store.root, stepDirName(step))) : undefined;
+  events.publish('run_finished', { steps: step, stopped: stopped || operatorStop, checkpoint: checkpoint ?? null, loss: reports.at(-1)?.loss ?? null });
+  await (events as Partial<NatsBridge>).close?.();
   updater.dispose();
   model.dispose();
-  return { runId, engine, stepsRun: reports.length, losses: reports.map((r) => r.loss), reports, before, after, seconds, checkpoint, lost: coord.lost, stopped };
+  return { runId, engine, stepsRun: reports.length, losses: reports.map((r) => r.loss), reports, before, after, seconds, checkpoint, lost: coord.lost, stopped: stopped || operatorStop };
 }
 
 /** Embeds one image of every train item over the fleet and returns item -> embedding. */

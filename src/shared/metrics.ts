@@ -39,6 +39,7 @@ export class CoordinatorMetrics {
   readonly checkpointDuration = new Histogram({ name: 'tricaps_checkpoint_duration_seconds', help: 'Time to write a checkpoint', buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [this.registry] });
   readonly checkpointBytes = new Gauge({ name: 'tricaps_checkpoint_size_bytes', help: 'Size of the last checkpoint', registers: [this.registry] });
   readonly checkpointLast = new Gauge({ name: 'tricaps_checkpoint_last_success_timestamp_seconds', help: 'Unix time of the last successful checkpoint', registers: [this.registry] });
+  readonly natsDropped = new Counter({ name: 'tricaps_nats_events_dropped_total', help: 'Events not published because NATS was unreachable', registers: [this.registry] });
   readonly recall = new Gauge({ name: 'tricaps_recall_at_k_ratio', help: 'Latest retrieval Recall@K on held-out items', labelNames: ['k', 'mask'], registers: [this.registry] });
 
   constructor() {

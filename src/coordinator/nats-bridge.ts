@@ -1,0 +1,117 @@
+// NATS for lifecycle events and operator control (optional: only with --nats URL).
+//   events:  tricaps.<run>.events.<kind>     JSON, schema "tricaps.event/v1" (see README)
+//   control: tricaps.<run>.control.<command> request/reply, handled by RunControl
+// NATS never holds training up: the connection is made and remade in the background, events
+// published while it is down are buffered by the client (at most 1000) and otherwise dropped and
+// counted (tricaps_nats_events_dropped_total).
+import { connect, type NatsConnection, type Subscription } from 'nats';
+import type { Logger } from '../shared/log.js';
+import type { RunControl } from './run-control.js';
+
+export const EVENT_SCHEMA = 'tricaps.event/v1';
+export const EVENT_KINDS = ['run_started', 'run_finished', 'run_failed', 'worker_joined', 'worker_lost', 'checkpoint_saved', 'evaluation_done', 'step_summary'] as const;
+export type EventKind = (typeof EVENT_KINDS)[number];
+
+export interface EventSink {
+  publish(kind: EventKind, data: Record<string, unknown>): void;
+}
+
+/** Events the client may buffer while reconnecting; beyond that, they are dropped and counted. */
+const MAX_BUFFERED_WHILE_DOWN = 1000;
+
+export class NatsBridge implements EventSink {
+  private nc: NatsConnection | undefined;
+  private sub: Subscription | undefined;
+  private closed = false;
+  private down = false;
+  private bufferedWhileDown = 0;
+  /** Events from before the first connection (run_started, early joins), sent once connected. */
+  private early: [EventKind, Record<string, unknown>][] = [];
+  dropped = 0;
+
+  private constructor(
+    private readonly url: string,
+    private readonly runId: string,
+    private readonly control: RunControl,
+    private readonly log: Logger,
+    private readonly onDrop: () => void,
+  ) {}
+
+  /** Starts connecting in the background and returns at once. */
+  static start(url: string, runId: string, control: RunControl, log: Logger, onDrop: () => void = () => undefined): NatsBridge {
+    const bridge = new NatsBridge(url, runId, control, log, onDrop);
+    void bridge.connectLoop();
+    return bridge;
+  }
+
+  private async connectLoop(): Promise<void> {
+    try {
+      const nc = await connect({ servers: this.url, name: `tricaps-coordinator-${this.runId}`, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true });
+      if (this.closed) {
+        await nc.close();
+        return;
+      }
+      this.nc = nc;
+      for (const [kind, data] of this.early.splice(0)) this.publish(kind, data);
+      this.log.info({ nats: this.url, subjects: `tricaps.${this.runId}.>` }, `connected to NATS at ${this.url}: events on tricaps.${this.runId}.events.*, control on tricaps.${this.runId}.control.*`);
+      const prefix = `tricaps.${this.runId}.control.`;
+      this.sub = nc.subscribe(`${prefix}>`, {
+        callback: (err, msg) => {
+          if (err) return;
+          const name = msg.subject.slice(prefix.length);
+          this.control.submit(name.includes('.') ? msg.subject : name, new TextDecoder().decode(msg.data), (reply) => {
+            if (!reply.ok) this.log.warn({ subject: msg.subject, reason: reply.reason }, `refused NATS command on ${msg.subject}: ${reply.reason}`);
+            else this.log.info({ subject: msg.subject, done: reply.done }, `NATS command ${reply.command}: ${reply.done}`);
+            if (msg.reply) msg.respond(new TextEncoder().encode(JSON.stringify(reply)));
+          });
+        },
+      });
+      void (async () => {
+        for await (const s of nc.status()) {
+          if (s.type === 'disconnect') {
+            this.down = true;
+            this.bufferedWhileDown = 0;
+            this.log.warn({ nats: this.url }, 'lost the NATS connection; training goes on, reconnecting');
+          } else if (s.type === 'reconnect') {
+            this.down = false;
+            this.log.info({ nats: this.url, dropped: this.dropped }, 'reconnected to NATS');
+          }
+        }
+      })();
+    } catch (err) {
+      if (!this.closed) this.log.error({ nats: this.url, err: (err as Error).message }, `cannot use NATS at ${this.url}: ${(err as Error).message}; running without events and control`);
+    }
+  }
+
+  publish(kind: EventKind, data: Record<string, unknown>): void {
+    const nc = this.nc;
+    if (!nc && !this.closed && this.early.length < MAX_BUFFERED_WHILE_DOWN) {
+      this.early.push([kind, { ...data, time: new Date().toISOString() }]);
+      return;
+    }
+    if (!nc || nc.isClosed() || (this.down && this.bufferedWhileDown >= MAX_BUFFERED_WHILE_DOWN)) {
+      this.drop();
+      return;
+    }
+    if (this.down) this.bufferedWhileDown += 1;
+    try {
+      nc.publish(`tricaps.${this.runId}.events.${kind}`, new TextEncoder().encode(JSON.stringify({ schema: EVENT_SCHEMA, kind, run: this.runId, time: new Date().toISOString(), ...data })));
+    } catch {
+      this.drop(); // the reconnect buffer is full
+    }
+  }
+
+  private drop(): void {
+    this.dropped += 1;
+    this.onDrop();
+  }
+
+  /** Flushes what can be flushed within a second and disconnects. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const nc = this.nc;
+    if (!nc || nc.isClosed()) return;
+    await Promise.race([nc.flush().catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
+    await nc.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,44 @@
+// Operator commands without a transport: checks, queueing, and what each does at a step boundary.
+import { describe, expect, it } from 'vitest';
+import { RunControl, type ControlReply } from '../../src/coordinator/run-control.js';
+
+describe('run control', () => {
+  it('answers each command with what it did at the next step boundary', async () => {
+    const c = new RunControl();
+    const replies: ControlReply[] = [];
+    c.submit('checkpoint', '', (r) => replies.push(r));
+    await c.atStepBoundary(7, async () => undefined);
+    expect(replies.pop()).toEqual({ ok: false, command: 'checkpoint', reason: 'this run has no --checkpoint-dir' });
+    c.submit('checkpoint', '{}', (r) => replies.push(r));
+    await c.atStepBoundary(7, async () => {
+      throw new Error('disk full');
+    });
+    expect(replies.pop()).toEqual({ ok: false, command: 'checkpoint', reason: 'checkpoint failed: disk full' });
+    c.submit('resume', '', (r) => replies.push(r));
+    await c.atStepBoundary(8, async () => 'x');
+    expect(replies.pop()).toMatchObject({ ok: true, done: 'was not paused' });
+    c.submit('pause', '', (r) => replies.push(r));
+    const boundary = c.atStepBoundary(9, async () => 'x');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(replies.pop()).toMatchObject({ ok: true, done: 'paused before step 9' });
+    c.submit('stop', '', (r) => replies.push(r));
+    await boundary; // a stop ends the pause
+    expect(c.stopRequested).toBe(true);
+    expect(replies.pop()).toMatchObject({ ok: true, command: 'stop' });
+  });
+
+  it('refuses unknown commands, malformed payloads and missing tokens', () => {
+    const c = new RunControl('t0k');
+    const replies: ControlReply[] = [];
+    c.submit('format-disk', '{}', (r) => replies.push(r));
+    c.submit('pause', '[', (r) => replies.push(r));
+    c.submit('pause', '{"token": "t0k", "extra": 1}', (r) => replies.push(r));
+    c.submit('pause', '{"token": "nope"}', (r) => replies.push(r));
+    expect(replies.map((r) => r.reason)).toEqual([
+      'unknown command "format-disk"; commands are pause, resume, checkpoint, stop',
+      'malformed command: payload is not JSON',
+      'malformed command: payload must be {} or {"token": "..."}',
+      'unauthorised: this run takes commands with its control token only',
+    ]);
+  });
+});
