@@ -54,7 +54,9 @@ describe('training step', () => {
     const model = tinyModel();
     const updater = new ParameterUpdater(model, OptimizerConfigSchema.parse({}));
     expect(() => updater.apply(new Map([['nope', tf.zeros([1])]]), new Map(), 0)).toThrow(/unknown parameter nope/);
-    expect(() => updater.apply(new Map([['stem/conv/bias', tf.zeros([3])]]), new Map(), 0)).toThrow(/shape \[3\]/);
+    expect(() => updater.apply(new Map([['stem/conv/bias', tf.zeros([3])]]), new Map(), 0)).toThrow(/no gradient for parameter stem\/conv\/kernel/);
+    const all = new Map([...model.trainable].map(([n, v]) => [n, n === 'stem/conv/bias' ? tf.zeros([3]) : tf.zerosLike(v)]));
+    expect(() => updater.apply(all, new Map(), 0)).toThrow(/gradient for stem\/conv\/bias has shape \[3\]/);
     expect(() => computeGradients(model, { ...tinyBatch(), itemIds: [1] }, { mining: 'random', margin: 2, marginLossWeight: 0, conv: fastGradConv, seed: 1 })).toThrow(/1 item ids/);
     updater.dispose();
     model.dispose();
