@@ -42,7 +42,8 @@ describe('tricaps CLI', () => {
     [['coordinator', '--heartbeat-interval', '2000', '--heartbeat-timeout', '1000'], /heartbeat timeout \(1000 ms\) must be longer than the interval \(2000 ms\)/],
     [['coordinator', '--run-id', 'bad id!'], /runId: letters, digits/],
     [['worker'], /required option '--coordinator <host:port>' not specified/],
-    [['train', '--resume'], /--resume, --checkpoint-every and --eval-every need the coordinator: train with --workers 1 or more/],
+    [['train', '--resume'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
+    [['train', '--nats', 'nats://x:4222', '--min-workers', '2'], /--min-workers, --nats: fleet options; train with --workers 1 or more to use them/],
     [['coordinator', '--resume', '--steps', '1'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
     [['train', '--engine', 'tensorflow', '--steps', '0'], /tensorflow: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed \(install one with `npm install @tensorflow\/tfjs-node-gpu@4.22.0`/],
     [['train', '--batch-triplets', '5', '--images-per-item', '4'], /15 images, not a whole number of items with 4 images each/],
@@ -157,6 +158,22 @@ describe('tricaps CLI', () => {
       const empty = await tricaps('eval', '--checkpoint', root, '--data', root);
       expect(empty.code).toBe(2);
       expect(empty.stderr).toMatch(/holds no checkpoint/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('train --workers 0 --resume continues from a checkpoint and ends with the weights of an uninterrupted run', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tricaps-local-resume-'));
+    try {
+      const args = ['train', '--engine', 'wasm', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--width', '0.25', '--no-augment', '--eval-mask', 'oracle', '--checkpoint-every', '2'];
+      expect((await tricaps(...args, '--steps', '4', '--checkpoint-dir', join(dir, 'a'))).code).toBe(0);
+      expect((await tricaps(...args, '--steps', '2', '--checkpoint-dir', join(dir, 'b'))).code).toBe(0);
+      const resumed = await tricapsWithLogLevel('info', ...args, '--steps', '4', '--checkpoint-dir', join(dir, 'b'), '--resume');
+      expect(resumed.code).toBe(0);
+      expect(resumed.stderr).toMatch(/resuming from .*step-00000002 at step 2/);
+      const weights = (d: string) => readFileSync(join(dir, d, 'step-00000004', 'weights.bin'));
+      expect(weights('b').equals(weights('a'))).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

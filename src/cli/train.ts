@@ -9,7 +9,7 @@ import { MASK_MODES } from '../shared/model/embedding.js';
 import { MINING_STRATEGIES } from '../shared/model/mining.js';
 import { TrainConfigSchema, type TrainConfig } from '../shared/train-config.js';
 import type { EvaluationResult } from '../shared/eval/evaluate.js';
-import { trainLocal } from '../coordinator/train-local.js';
+import { trainLocal, type LocalCheckpointing } from '../coordinator/train-local.js';
 import { runLocalFleet } from '../coordinator/local-fleet.js';
 import { FleetConfigSchema, type FleetConfig } from '../coordinator/fleet-config.js';
 import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
@@ -146,13 +146,17 @@ export function registerTrainCommand(program: Command): void {
     .option('--workers <n>', 'worker processes on loopback (0 = train in this process)', intOption(0, 256), 0)
     .option('--log-every <n>', 'also log one structured line every n steps (loss, triplets, data wait, images/s); 0 = off', intOption(0), 0)
     .option('--json', 'print the final result as one JSON line');
-  addFleetOptions(cmd, '127.0.0.1:0').action(async (o) => {
+  addFleetOptions(cmd, '127.0.0.1:0').action(async (o, command: Command) => {
     const cfg = trainConfigFrom(o, o.workers);
-    if (cfg.workers === 0 && (o.resume || o.checkpointEvery > 0 || o.evalEvery > 0)) {
-      throw new UsageError('--resume, --checkpoint-every and --eval-every need the coordinator: train with --workers 1 or more');
+    if (cfg.workers === 0) {
+      // Fleet flags mean nothing in a single process: say so rather than ignore them.
+      const fleetOnly = ['listen', 'minWorkers', 'maxWorkers', 'shards', 'heartbeatInterval', 'heartbeatTimeout', 'stepTimeout', 'wire', 'hardNegativeEvery', 'runId', 'evalEvery', 'metricsPort', 'nats', 'natsControlToken', 'natsStepInterval'];
+      const given = fleetOnly.filter((k) => command.getOptionValueSource(k) === 'cli').map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+      if (given.length) throw new UsageError(`${given.join(', ')}: fleet options; train with --workers 1 or more to use them`);
+      await runTraining(cfg, Boolean(o.json), o.logEvery, { every: o.checkpointEvery, keep: o.keepCheckpoints, resume: Boolean(o.resume) });
+    } else {
+      await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json), o.logEvery);
     }
-    if (cfg.workers > 0) await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json), o.logEvery);
-    else await runTraining(cfg, Boolean(o.json), o.logEvery);
   });
 }
 
@@ -161,7 +165,7 @@ export function recallLine(label: string, r: EvaluationResult): string {
   return `${label.padEnd(7)} ${r.mask.padEnd(9)} ${ks.map((k) => `R@${k} ${(r.recall[k] * 100).toFixed(1).padStart(5)}%`).join('  ')}  mAP@R ${(r.mapAtR * 100).toFixed(1).padStart(5)}%`;
 }
 
-async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number): Promise<void> {
+async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number, ckpt: LocalCheckpointing): Promise<void> {
   const log = createLogger('train');
   const bar = new cliProgress.SingleBar(
     {
@@ -187,7 +191,7 @@ async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number): P
       }
       bar.update(s.step + 1, { loss: s.loss.toFixed(4), active: ((100 * s.activeTriplets) / Math.max(1, s.triplets)).toFixed(0), ips: s.imagesPerSecond.toFixed(1), wait: (s.dataWaitSeconds * 1000).toFixed(0) });
     },
-  });
+  }, ckpt);
   const first = result.losses.slice(0, 10);
   const last = result.losses.slice(-10);
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);

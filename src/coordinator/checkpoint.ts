@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { loadWeights, saveWeights, stepDirName, type SavedWeights } from '../shared/checkpoint-format.js';
 import type { Logger } from '../shared/log.js';
+import { UsageError } from '../shared/errors.js';
 
 export const MANIFEST_FORMAT = 'tricaps-checkpoint-v1';
 
@@ -213,5 +214,14 @@ export class CheckpointStore {
     }
     const state = RunStateSchema.parse(JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')));
     return { dir, manifest, weights, optimizer: { names: meta.names, shapes: meta.shapes, values }, state };
+  }
+}
+
+/** Refuses to resume a checkpoint written for a different job, naming what differs. */
+export function assertSameJob(saved: unknown, now: Record<string, unknown>, dir: string): void {
+  const old = (saved ?? {}) as Record<string, unknown>;
+  const differs = Object.keys(now).filter((k) => JSON.stringify(old[k]) !== JSON.stringify(now[k]));
+  if (differs.length) {
+    throw new UsageError(`${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`);
   }
 }

@@ -19,7 +19,7 @@ import { confusableAffinity } from '../shared/plan/hard-negatives.js';
 import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
 import { hashInts } from '../shared/rng.js';
-import { CheckpointStore } from './checkpoint.js';
+import { assertSameJob, CheckpointStore } from './checkpoint.js';
 import { NatsBridge, type EventSink } from './nats-bridge.js';
 import { RunControl } from './run-control.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
@@ -390,14 +390,6 @@ async function refreshHardNegatives(coord: FleetCoordinator, items: Map<number, 
   return out;
 }
 
-/** Refuses to resume a checkpoint written for a different job, naming what differs. */
-function assertSameJob(saved: unknown, now: Record<string, unknown>, dir: string): void {
-  const old = (saved ?? {}) as Record<string, unknown>;
-  const differs = Object.keys(now).filter((k) => JSON.stringify(old[k]) !== JSON.stringify(now[k]));
-  if (differs.length) {
-    throw new UsageError(`${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`);
-  }
-}
 
 function recordStep(m: CoordinatorMetrics, r: FleetStepReport, results: { workerId: string; result: TrainResult }[]): void {
   m.stepDuration.observe(r.seconds);

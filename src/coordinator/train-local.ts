@@ -13,7 +13,8 @@ import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluat
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, readState } from '../shared/model/params.js';
-import { saveWeights, stepDirName } from '../shared/checkpoint-format.js';
+import { stepDirName } from '../shared/checkpoint-format.js';
+import { assertSameJob, CheckpointStore } from './checkpoint.js';
 import { join } from 'node:path';
 import { hashInts } from '../shared/rng.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
@@ -48,14 +49,46 @@ export interface TrainResult {
   checkpoint?: string;
 }
 
-export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHooks = {}): Promise<TrainResult> {
+/** Checkpointing of a single-process run (the coordinator's flags of the same names). */
+export interface LocalCheckpointing {
+  every: number;
+  keep: number;
+  resume: boolean;
+}
+
+export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHooks = {}, ckpt: LocalCheckpointing = { every: 0, keep: 3, resume: false }): Promise<TrainResult> {
   if (cfg.workers > 0) throw new Error('trainLocal trains in this process; --workers N runs the local fleet (local-fleet.ts)');
   // Data problems are reported before any engine starts.
   const catalogue: Catalogue = await openTrainingCatalogue(cfg.data);
   const engine = await initEngine(cfg.engine, log);
   const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
-  const model = createModelState(arch, cfg.seed);
+  if ((ckpt.resume || ckpt.every > 0) && !cfg.checkpointDir) throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
+  const store = cfg.checkpointDir ? new CheckpointStore(cfg.checkpointDir, ckpt.keep, log) : undefined;
+  // Single-process batches are not sharded: a checkpoint of this mode resumes only in this mode.
+  const jobKey = { model: arch.config, seed: cfg.seed, batchTriplets: cfg.batchTriplets, imagesPerItem: cfg.imagesPerItem, data: cfg.data, shards: 'single-process', mining: cfg.mining };
+  const resumed = ckpt.resume ? store!.loadLatest() : undefined;
+  if (ckpt.resume && !resumed) log.info({ checkpointDir: cfg.checkpointDir }, `no checkpoint under ${cfg.checkpointDir} to resume from; starting a new run`);
+  if (resumed) assertSameJob(resumed.state.config, jobKey, resumed.dir);
+  const model = createModelState(arch, cfg.seed, resumed?.weights.values);
   const updater = new ParameterUpdater(model, cfg.optimizer);
+  if (resumed) {
+    await updater.restore(resumed.optimizer);
+    log.info({ checkpoint: resumed.dir, step: resumed.state.nextStep }, `resuming from ${resumed.dir} at step ${resumed.state.nextStep}`);
+  }
+  const runId = resumed?.state.runId ?? `local-${Date.now().toString(36)}`;
+  let lastSaved = -1;
+  const save = async (nextStep: number, reason: string, loss: number | null) => {
+    if (!store || lastSaved === nextStep) return undefined;
+    const saved = store.save({
+      weights: { modelConfig: arch.config, step: nextStep, categories: catalogue.categories, values: await readState(model), shapes: new Map(arch.params.map((p) => [p.name, p.shape])) },
+      optimizer: await updater.state(),
+      state: { runId, round: 0, nextStep, epoch: Math.floor(nextStep / Math.max(1, perEpoch)), seed: cfg.seed, config: jobKey },
+      metrics: { loss, recall_at_1: null },
+    });
+    lastSaved = nextStep;
+    log.info({ checkpoint: saved.dir, step: nextStep, reason }, `checkpoint ${saved.dir} saved (${reason})`);
+    return saved.dir;
+  };
   const items = trainItems(catalogue);
   const P = itemsPerBatch(cfg);
   const perEpoch = stepsPerEpoch([...items.values()].filter((ids) => ids.length >= 2).length, P);
@@ -85,7 +118,7 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const started = performance.now();
   const losses: number[] = [];
   const waits: number[] = [];
-  let step = 0;
+  let step = resumed?.state.nextStep ?? 0;
   const totalSteps = plannedSteps(cfg, perEpoch);
   for (; step < totalSteps; step++) {
     if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
@@ -112,6 +145,7 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
     waits.push(waitSeconds);
     const seconds = (performance.now() - stepStart) / 1000;
     hooks.onStep?.({ ...result.stats, step, epoch, seconds, dataWaitSeconds: waitSeconds, imagesPerSecond: plan.imageIds.length / seconds, learningRate: updater.learningRateAt(epoch) });
+    if (ckpt.every > 0 && (step + 1) % ckpt.every === 0) await save(step + 1, `every ${ckpt.every} steps`, result.stats.loss);
     // Compute is synchronous: yield to the event loop so timers (progress bar, signals) run.
     await new Promise((resolve) => setImmediate(resolve));
   }
@@ -119,12 +153,7 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const trainSeconds = (performance.now() - started) / 1000;
   const after = await evaluateRetrieval(model, catalogue, evalOpts);
   hooks.onEvaluation?.('after', after);
-  let checkpoint: string | undefined;
-  if (cfg.checkpointDir) {
-    checkpoint = join(cfg.checkpointDir, stepDirName(step));
-    saveWeights(checkpoint, { modelConfig: arch.config, step, categories: catalogue.categories, values: await readState(model), shapes: new Map(arch.params.map((p) => [p.name, p.shape])) });
-    log.info({ checkpoint }, `saved weights to ${checkpoint}`);
-  }
+  const checkpoint = store ? ((await save(step, 'end of run', losses.at(-1) ?? null)) ?? join(store.root, stepDirName(step))) : undefined;
   updater.dispose();
   model.dispose();
   log.debug({ tensors: tf.memory().numTensors }, 'training finished');
