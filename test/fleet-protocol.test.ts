@@ -61,7 +61,7 @@ describe('the coordinator refuses bad messages and keeps training', () => {
     await expect(call(raw.register, raw, { workerName: 'third', engine: 'none', device: 'none', runId: '' })).rejects.toEqual(status(grpc.status.RESOURCE_EXHAUSTED, /already has 2 workers, its --max-workers/));
 
     // Stale and malformed uploads from a member without an assignment: refused, nothing else happens.
-    const header = (r: RunRef, shards: number[], version = 0) => ({ header: { run: r, workerId: rogue.workerId, contributingTriplets: 12, activeTriplets: 1, loss: 1, tensorCount: 1, shardIndexes: shards, weightsVersion: version, dataSeconds: 0, computeSeconds: 0 } });
+    const header = (r: RunRef, shards: number[], version = 0) => ({ header: { run: r, workerId: rogue.workerId, contributingTriplets: 12, activeTriplets: 1, loss: 1, tensorCount: 1, shardIndexes: shards, weightsVersion: version, dataSeconds: 0, computeSeconds: 0, meanPositiveDistance: 0, meanNegativeDistance: 0 } });
     await expect(push(raw, [header(run(0), [0])])).rejects.toEqual(status(grpc.status.ABORTED, /result for step 0, the run is at step \d+/));
     const chunk = { chunk: { name: 'stem/conv/kernel', dtype: WireDType.WIRE_D_TYPE_FLOAT32, shape: [1], chunkIndex: 0, chunkCount: 1, offset: 0, data: Buffer.alloc(4) } };
     await expect(push(raw, [chunk])).rejects.toEqual(status(grpc.status.INVALID_ARGUMENT, /tensor chunk before the header/));

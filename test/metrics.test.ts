@@ -41,6 +41,7 @@ describe('metrics endpoints', () => {
     expect(value(c, 'tricaps_worker_joins_total')).toBe(1);
     expect(value(c, 'tricaps_loss')).toBeGreaterThan(0);
     expect(c).toMatch(/^tricaps_step_phase_seconds_count\{phase="exchange"\} \d+$/m);
+    expect(Number(/^tricaps_triplet_distance_mean\{pair="negative"\} (\S+)$/m.exec(c)?.[1])).toBeGreaterThan(0);
     expect(c).toMatch(/^tricaps_info\{role="coordinator",run="[^"]+",engine="wasm"/m);
     expect(value(w, 'tricaps_worker_steps_total')).toBeGreaterThanOrEqual(3);
     expect(w).toMatch(/^tricaps_info\{role="worker",run="[^"]+",engine="wasm"/m);

@@ -49,6 +49,8 @@ export interface TrainResult {
   triplets: number;
   activeTriplets: number;
   loss: number;
+  meanPositiveDistance: number;
+  meanNegativeDistance: number;
   shards: number;
   grads: Map<string, Float32Array>;
   bnStats: Map<string, Float32Array>;

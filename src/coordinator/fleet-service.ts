@@ -234,6 +234,8 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
             triplets: h.contributingTriplets,
             activeTriplets: h.activeTriplets,
             loss: h.loss,
+            meanPositiveDistance: h.meanPositiveDistance,
+            meanNegativeDistance: h.meanNegativeDistance,
             shards: h.shardIndexes.length,
             grads,
             bnStats,

@@ -406,6 +406,9 @@ function recordStep(m: CoordinatorMetrics, r: FleetStepReport, results: { worker
   m.loss.set(r.loss);
   m.activeFraction.set(r.triplets ? r.activeTriplets / r.triplets : 0);
   m.gradientNorm.set(r.gradientNorm);
+  const weighted = (f: (t: TrainResult) => number) => results.reduce((acc, x) => acc + f(x.result) * x.result.triplets, 0) / Math.max(1, r.triplets);
+  m.distance.set({ pair: 'positive' }, weighted((t) => t.meanPositiveDistance));
+  m.distance.set({ pair: 'negative' }, weighted((t) => t.meanNegativeDistance));
   const busy = results.map((x) => ({ worker: x.workerId, s: x.result.dataSeconds + x.result.computeSeconds }));
   const sorted = busy.map((b) => b.s).sort((a, b) => a - b);
   const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;

@@ -29,6 +29,7 @@ export class CoordinatorMetrics {
   readonly triplets = new Gauge({ name: 'tricaps_triplets_per_second', help: 'Triplets per second in the last step', registers: [this.registry] });
   readonly loss = new Gauge({ name: 'tricaps_loss', help: 'Triplet-weighted mean loss of the last step', registers: [this.registry] });
   readonly activeFraction = new Gauge({ name: 'tricaps_active_triplet_ratio', help: 'Fraction of the last step triplets with a positive hinge', registers: [this.registry] });
+  readonly distance = new Gauge({ name: 'tricaps_triplet_distance_mean', help: 'Mean squared embedding distance of the last step triplets, anchor to positive or negative', labelNames: ['pair'], registers: [this.registry] });
   readonly gradientNorm = new Gauge({ name: 'tricaps_gradient_norm', help: 'L2 norm of the averaged gradient of the last step', registers: [this.registry] });
   readonly workerLag = new Gauge({ name: 'tricaps_worker_step_lag_seconds', help: 'A worker data and compute time in the last step minus the median over workers', labelNames: ['worker'], registers: [this.registry] });
   readonly worldSize = new Gauge({ name: 'tricaps_world_size', help: 'Workers in the fleet', registers: [this.registry] });

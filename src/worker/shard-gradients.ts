@@ -19,6 +19,9 @@ export interface ShardsGradient {
   activeTriplets: number;
   /** Triplet-weighted mean loss. */
   loss: number;
+  /** Triplet-weighted mean anchor-positive and anchor-negative squared distances. */
+  meanPositiveDistance: number;
+  meanNegativeDistance: number;
   /** Triplet-weighted mean gradient per trainable parameter. */
   grads: Map<string, Float32Array>;
   /** Mean over shards of the new BatchNorm moving statistics. */
@@ -45,6 +48,8 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
   let triplets = 0;
   let active = 0;
   let lossSum = 0;
+  let dapSum = 0;
+  let danSum = 0;
   let dataSeconds = 0;
   let computeSeconds = 0;
   for (const shard of shards) {
@@ -69,6 +74,8 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
       triplets += w;
       active += result.stats.activeTriplets;
       lossSum += w * result.stats.loss;
+      dapSum += w * result.stats.meanPositiveDistance;
+      danSum += w * result.stats.meanNegativeDistance;
       for (const [name, g] of result.grads) accumulate(grads, name, g.dataSync() as Float32Array, w);
       for (const [name, s] of result.bnUpdates) accumulate(bnStats, name, s.dataSync() as Float32Array, 1 / shards.length);
     } finally {
@@ -78,7 +85,8 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
     computeSeconds += (performance.now() - t1) / 1000;
   }
   if (triplets > 0) for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] /= triplets;
-  return { triplets, activeTriplets: active, loss: triplets > 0 ? lossSum / triplets : 0, grads, bnStats, shards: shards.length, dataSeconds, computeSeconds };
+  const mean = (x: number) => (triplets > 0 ? x / triplets : 0);
+  return { triplets, activeTriplets: active, loss: mean(lossSum), meanPositiveDistance: mean(dapSum), meanNegativeDistance: mean(danSum), grads, bnStats, shards: shards.length, dataSeconds, computeSeconds };
 }
 
 function accumulate(into: Map<string, Float32Array>, name: string, values: Float32Array, weight: number): void {

@@ -250,6 +250,8 @@ export class FleetWorker {
       weightsVersion: loaded.version,
       dataSeconds: g.dataSeconds,
       computeSeconds: g.computeSeconds,
+      meanPositiveDistance: g.meanPositiveDistance,
+      meanNegativeDistance: g.meanNegativeDistance,
     };
     const t0 = performance.now();
     await this.client.pushGradients(header, tensors, s.gradientDtype, this.opts.transferTimeoutMs);

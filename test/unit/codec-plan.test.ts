@@ -120,7 +120,7 @@ describe('fast bulk serializers', () => {
       expect(Buffer.compare(serializeFetchWeights(w), Buffer.from(FetchWeightsResponse.encode(w).finish()))).toBe(0);
       expect(FetchWeightsResponse.decode(serializeFetchWeights(w))).toEqual(FetchWeightsResponse.decode(FetchWeightsResponse.encode(w).finish()));
     }
-    const header = { header: { run: { runId: 'r', round: 3, step: 9 }, workerId: 'w1', contributingTriplets: 4, activeTriplets: 2, loss: 0.5, tensorCount: 2, shardIndexes: [1, 2], weightsVersion: 7, dataSeconds: 0.1, computeSeconds: 0.2 } };
+    const header = { header: { run: { runId: 'r', round: 3, step: 9 }, workerId: 'w1', contributingTriplets: 4, activeTriplets: 2, loss: 0.5, tensorCount: 2, shardIndexes: [1, 2], weightsVersion: 7, dataSeconds: 0.1, computeSeconds: 0.2, meanPositiveDistance: 0.5, meanNegativeDistance: 1.5 } };
     expect(Buffer.compare(serializePushGradients(header), Buffer.from(PushGradientsRequest.encode(header).finish()))).toBe(0);
   });
 

@@ -232,6 +232,9 @@ export interface GradientHeader {
   dataSeconds: number;
   computeSeconds: number;
   activeTriplets: number;
+  /** Triplet-weighted mean squared distances anchor-positive and anchor-negative. */
+  meanPositiveDistance: number;
+  meanNegativeDistance: number;
 }
 
 export interface PushGradientsRequest {
@@ -1586,6 +1589,8 @@ function createBaseGradientHeader(): GradientHeader {
     dataSeconds: 0,
     computeSeconds: 0,
     activeTriplets: 0,
+    meanPositiveDistance: 0,
+    meanNegativeDistance: 0,
   };
 }
 
@@ -1624,6 +1629,12 @@ export const GradientHeader: MessageFns<GradientHeader> = {
     }
     if (message.activeTriplets !== 0) {
       writer.uint32(80).uint32(message.activeTriplets);
+    }
+    if (message.meanPositiveDistance !== 0) {
+      writer.uint32(93).float(message.meanPositiveDistance);
+    }
+    if (message.meanNegativeDistance !== 0) {
+      writer.uint32(101).float(message.meanNegativeDistance);
     }
     return writer;
   },
@@ -1731,6 +1742,22 @@ export const GradientHeader: MessageFns<GradientHeader> = {
             message.activeTriplets = reader.uint32();
             continue;
           }
+          case 11: {
+            if (tag !== 93) {
+              break;
+            }
+
+            message.meanPositiveDistance = reader.float();
+            continue;
+          }
+          case 12: {
+            if (tag !== 101) {
+              break;
+            }
+
+            message.meanNegativeDistance = reader.float();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1787,6 +1814,16 @@ export const GradientHeader: MessageFns<GradientHeader> = {
         : isSet(object.active_triplets)
         ? globalThis.Number(object.active_triplets)
         : 0,
+      meanPositiveDistance: isSet(object.meanPositiveDistance)
+        ? globalThis.Number(object.meanPositiveDistance)
+        : isSet(object.mean_positive_distance)
+        ? globalThis.Number(object.mean_positive_distance)
+        : 0,
+      meanNegativeDistance: isSet(object.meanNegativeDistance)
+        ? globalThis.Number(object.meanNegativeDistance)
+        : isSet(object.mean_negative_distance)
+        ? globalThis.Number(object.mean_negative_distance)
+        : 0,
     };
   },
 
@@ -1822,6 +1859,12 @@ export const GradientHeader: MessageFns<GradientHeader> = {
     if (message.activeTriplets !== 0) {
       obj.activeTriplets = Math.round(message.activeTriplets);
     }
+    if (message.meanPositiveDistance !== 0) {
+      obj.meanPositiveDistance = floatToJson(message.meanPositiveDistance);
+    }
+    if (message.meanNegativeDistance !== 0) {
+      obj.meanNegativeDistance = floatToJson(message.meanNegativeDistance);
+    }
     return obj;
   },
 
@@ -1840,6 +1883,8 @@ export const GradientHeader: MessageFns<GradientHeader> = {
     message.dataSeconds = object.dataSeconds ?? 0;
     message.computeSeconds = object.computeSeconds ?? 0;
     message.activeTriplets = object.activeTriplets ?? 0;
+    message.meanPositiveDistance = object.meanPositiveDistance ?? 0;
+    message.meanNegativeDistance = object.meanNegativeDistance ?? 0;
     return message;
   },
 };
