@@ -80,12 +80,12 @@ export class FleetProcess {
 export class Fleet {
   private readonly procs: FleetProcess[] = [];
 
-  coordinator(args: string[]): FleetProcess {
-    return this.track(new FleetProcess(['coordinator', '--listen', '127.0.0.1:0', ...args]));
+  coordinator(args: string[], env: Record<string, string> = {}): FleetProcess {
+    return this.track(new FleetProcess(['coordinator', '--listen', '127.0.0.1:0', ...args], env));
   }
 
-  worker(address: string, name: string, extra: string[] = []): FleetProcess {
-    return this.track(new FleetProcess(['worker', '--coordinator', address, '--engine', 'wasm', '--name', name, ...extra]));
+  worker(address: string, name: string, extra: string[] = [], env: Record<string, string> = {}): FleetProcess {
+    return this.track(new FleetProcess(['worker', '--coordinator', address, '--engine', 'wasm', '--name', name, ...extra], env));
   }
 
   track(p: FleetProcess): FleetProcess {

@@ -1,5 +1,7 @@
 // `tricaps coordinator` and `tricaps worker`: the two halves of a fleet run on separate machines.
 import type { Command } from 'commander';
+import type { FleetSecurity } from '../shared/fleet-security.js';
+import { FleetConfigSchema } from '../coordinator/fleet-config.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
 import { startCoordinator } from '../coordinator/run-coordinator.js';
@@ -12,9 +14,11 @@ export function registerFleetCommands(program: Command): void {
   const coordinator = program
     .command('coordinator')
     .description('serve a training run to workers over gRPC: shard each step, average their gradients, step the optimizer; exits 0 when the run completes');
-  addFleetOptions(addTrainingOptions(coordinator), '0.0.0.0:7070').action(async (o) => {
+  addSecurityOptions(addFleetOptions(addTrainingOptions(coordinator), '0.0.0.0:7070'), 'coordinator')
+    .option('--upload-timeout <ms>', 'cut gradient uploads that have not finished by then', intOption(100, 3_600_000), 120_000)
+    .action(async (o) => {
     const cfg = trainConfigFrom(o, 0);
-    const fleet = fleetConfigFrom(o, { minWorkers: 1 });
+    const fleet = FleetConfigSchema.parse({ ...fleetConfigFrom(o, { minWorkers: 1 }), security: securityFrom(o), uploadTimeoutMs: o.uploadTimeout });
     const log = createLogger('coordinator');
     const run = startCoordinator(cfg, fleet, log);
     const stop = (signal: string) => {
@@ -27,8 +31,8 @@ export function registerFleetCommands(program: Command): void {
     log.info({ run: result.runId, steps: result.stepsRun, seconds: result.seconds, lost: result.lost.length, stopped: result.stopped }, `run ${result.runId} ${result.stopped ? 'stopped' : 'complete'} after ${result.stepsRun} steps`);
   });
 
-  program
-    .command('worker')
+  addSecurityOptions(program
+    .command('worker'), 'worker')
     .description('join a coordinator and compute gradients for the shards it assigns; exits 0 when the run is over or on SIGTERM')
     .requiredOption('--coordinator <host:port>', 'the coordinator to join')
     .option('--engine <e>', `compute engine (${ENGINE_NAMES.join('|')})`, choiceOption(ENGINE_NAMES), 'auto')
@@ -36,6 +40,7 @@ export function registerFleetCommands(program: Command): void {
     .option('--run-id <id>', 'only join this run')
     .option('--reconnect-timeout <s>', 'give up when the coordinator has been unreachable this many seconds', floatOption(1), 120)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
+    .option('--data-root <dir>', 'only load data from below this directory (the coordinator names the data path)')
     .action(async (o) => {
       const log = createLogger('worker');
       const metrics = o.metricsPort !== undefined ? new WorkerMetrics() : undefined;
@@ -52,7 +57,7 @@ export function registerFleetCommands(program: Command): void {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
       const worker = new FleetWorker(
-        { coordinator: o.coordinator, engine: o.engine, name: o.name ?? defaultWorkerName(), runId: o.runId ?? '', reconnectTimeoutMs: o.reconnectTimeout * 1000, transferTimeoutMs: 120_000 },
+        { coordinator: o.coordinator, engine: o.engine, name: o.name ?? defaultWorkerName(), runId: o.runId ?? '', reconnectTimeoutMs: o.reconnectTimeout * 1000, transferTimeoutMs: 120_000, security: securityFrom(o), dataRoot: o.dataRoot },
         {
           get stopping() {
             return stopping;
@@ -68,4 +73,18 @@ export function registerFleetCommands(program: Command): void {
         await metricsServer?.close();
       }
     });
+}
+
+/** TLS and join-token flags; the token also comes from TRICAPS_JOIN_TOKEN (kept out of `ps`). */
+function addSecurityOptions(cmd: Command, role: 'coordinator' | 'worker'): Command {
+  const mine = role === 'coordinator' ? 'this coordinator' : 'this worker (its client certificate, for mutual TLS)';
+  return cmd
+    .option('--tls-cert <pem>', `TLS certificate of ${mine}`)
+    .option('--tls-key <pem>', 'its private key')
+    .option('--tls-ca <pem>', role === 'coordinator' ? 'CA that must have signed worker certificates (mutual TLS)' : 'CA that signed the coordinator certificate (turns TLS on)')
+    .option('--join-token <token>', 'shared secret every call must carry (prefer TRICAPS_JOIN_TOKEN: flags show in ps)');
+}
+
+function securityFrom(o: Record<string, any>): FleetSecurity {
+  return { tlsCert: o.tlsCert, tlsKey: o.tlsKey, tlsCa: o.tlsCa, joinToken: o.joinToken ?? process.env.TRICAPS_JOIN_TOKEN };
 }

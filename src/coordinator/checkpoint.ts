@@ -14,6 +14,7 @@ import { z } from 'zod';
 import { loadWeights, saveWeights, stepDirName, type SavedWeights } from '../shared/checkpoint-format.js';
 import type { Logger } from '../shared/log.js';
 import { UsageError } from '../shared/errors.js';
+import { isStepDirName } from '../shared/paths.js';
 
 export const MANIFEST_FORMAT = 'tricaps-checkpoint-v1';
 
@@ -181,7 +182,11 @@ export class CheckpointStore {
    * directory that does. Each one skipped is logged with the reason. Undefined when there is none.
    */
   loadLatest(): Checkpoint | undefined {
-    const pointer = existsSync(join(this.root, 'latest')) ? readFileSync(join(this.root, 'latest'), 'utf8').trim() : undefined;
+    let pointer = existsSync(join(this.root, 'latest')) ? readFileSync(join(this.root, 'latest'), 'utf8').trim() : undefined;
+    if (pointer !== undefined && !isStepDirName(pointer)) {
+      this.log.warn({ latest: pointer.slice(0, 200) }, `${join(this.root, 'latest')} does not name a step directory; ignoring it`);
+      pointer = undefined;
+    }
     const candidates = [...new Set([...(pointer ? [pointer] : []), ...stepDirs(this.root).reverse()])];
     for (const name of candidates) {
       const dir = join(this.root, name);

@@ -31,6 +31,12 @@ export const FleetConfigSchema = z
     natsControlToken: z.string().min(1).optional(),
     /** Publish a step summary event every this many steps. */
     natsStepInterval: z.number().int().min(1).default(10),
+    /** TLS files and the join token (shared/fleet-security.ts); never logged. */
+    security: z.object({ tlsCert: z.string().optional(), tlsKey: z.string().optional(), tlsCa: z.string().optional(), joinToken: z.string().min(8, 'the join token needs at least 8 characters').optional() }).default({}),
+    /** Refuse gradients whose norm exceeds this many times the recent median (0: off). */
+    maxGradientNormRatio: z.number().min(0).default(100),
+    /** An upload stream not finished by then is cut. */
+    uploadTimeoutMs: z.number().int().min(100).default(120_000),
     /** Serve Prometheus metrics on this port (0: chosen at start); off when absent. */
     metricsPort: z.number().int().min(0).max(65_535).optional(),
   })

@@ -4,7 +4,7 @@
 // (fleet-service.ts) maps requests onto these methods and FleetError codes onto gRPC statuses; the
 // training loop (run-coordinator.ts) drives steps with execute().
 import type { Logger } from '../shared/log.js';
-import type { EncodedChunk } from '../shared/tensor-codec.js';
+import { TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
 import type { WireDType } from '../shared/tensor-codec.js';
 import { describeMember, FleetFullError, Membership, type Member } from './membership.js';
 import type { Assignment, StepWork } from './step-work.js';
@@ -88,6 +88,8 @@ export interface FleetOptions {
   embeddingDim?: number;
   /** Told about membership changes (metrics, events). */
   listener?: MembershipListener;
+  /** Refuse a gradient whose norm exceeds this many times the median of recent ones (0: off). */
+  maxGradientNormRatio?: number;
   now?: () => number;
 }
 
@@ -95,6 +97,8 @@ export interface FleetOptions {
 export type LossKind = 'heartbeat' | 'stalled' | 'left' | 'unusable';
 
 export interface MembershipListener {
+  /** A result was refused as unusable (non-finite, outlying norm, malformed). */
+  rejected?(member: Member, kind: 'non-finite' | 'norm' | 'malformed', reason: string): void;
   joined?(member: Member, workers: number, round: number): void;
   lost?(member: Member, kind: LossKind, reason: string, workers: number, round: number): void;
 }
@@ -158,6 +162,7 @@ export class FleetCoordinator {
   /** Results refused per shard of the current step (a shard that fails everywhere stops the run). */
   private readonly refusals = new Map<number, string[]>();
   private fatal: Error | undefined;
+  private readonly recentNorms: number[] = [];
   private readonly now: () => number;
   /** Losses so far (metrics and tests). */
   readonly lost: { id: string; name: string; reason: string; step: number }[] = [];
@@ -288,6 +293,7 @@ export class FleetCoordinator {
 
   acceptTrain(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: Omit<TrainResult, 'issuedAt' | 'receivedAt'>): void {
     this.checkResultHeader('train', workerId, run, units, weightsVersion);
+    this.checkNorm(result.grads);
     const work = this.work as StepWork<TrainResult>;
     const issuedAt = work.take(workerId, this.now())?.issuedAt ?? this.now();
     work.accept(workerId, { step: run.step, round: run.round, units }, { ...result, issuedAt, receivedAt: this.now() });
@@ -314,7 +320,9 @@ export class FleetCoordinator {
    */
   rejectResult(workerId: string, reason: string): void {
     const work = this.work;
-    if (!this.membership.get(workerId) || !work?.holds(workerId)) return;
+    const member = this.membership.get(workerId);
+    if (!member || !work?.holds(workerId)) return;
+    this.opts.listener?.rejected?.(member, /non-finite|loss is/.test(reason) ? 'non-finite' : /gradient norm/.test(reason) ? 'norm' : 'malformed', reason);
     const units = work.unitsInFlight(workerId);
     this.lose(workerId, `sent an unusable result: ${reason}`, 'warn', 'unusable');
     for (const u of units) {
@@ -333,6 +341,24 @@ export class FleetCoordinator {
     this.checkRun(run);
     if (!this.membership.get(workerId)) return;
     this.lose(workerId, `left: ${reason || 'no reason given'}`, 'info', 'left');
+  }
+
+  /**
+   * Refuses a gradient whose norm is far outside the fleet's recent range (median of the last 50
+   * accepted ones, after 5): a diverging or tampered worker must not move the weights.
+   */
+  private checkNorm(grads: Map<string, Float32Array>): void {
+    const ratio = this.opts.maxGradientNormRatio ?? 0;
+    let sq = 0;
+    for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+    const norm = Math.sqrt(sq);
+    if (ratio > 0 && this.recentNorms.length >= 5) {
+      const sorted = [...this.recentNorms].sort((a, b) => a - b);
+      const median = sorted[Math.floor(sorted.length / 2)];
+      if (norm > ratio * median) throw new TensorDecodeError(`gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${median.toPrecision(4)} (--max-gradient-norm-ratio)`);
+    }
+    this.recentNorms.push(norm);
+    if (this.recentNorms.length > 50) this.recentNorms.shift();
   }
 
   // ---- the training loop's side ----

@@ -16,6 +16,8 @@ import { decodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/te
 import { fromProtoChunk, toProtoChunk, toProtoDType } from '../shared/wire.js';
 import { UsageError } from '../shared/errors.js';
 import { FastFleetServiceDefinition } from '../shared/wire-fast.js';
+import { serverCredentials, tokenProblem, type FleetSecurity } from '../shared/fleet-security.js';
+import type { Logger } from '../shared/log.js';
 import { FleetError, type FleetCoordinator, type FleetErrorCode, type RunRefLike, type TensorSpec } from './fleet-coordinator.js';
 
 export const FLEET_SERVICE_NAME = 'tricaps.v1.FleetService';
@@ -43,15 +45,75 @@ function runOf(ref: RunRef | undefined): RunRefLike | undefined {
   return ref ? { runId: ref.runId, round: ref.round, step: ref.step } : undefined;
 }
 
-/** Wraps a unary handler: FleetError and friends become statuses. */
-function unary<Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+export interface ServiceGuards {
+  /** Required on every call when set (see shared/fleet-security.ts). */
+  joinToken?: string;
+  /** Concurrent calls one peer (address:port) may have open. */
+  maxCallsPerPeer: number;
+  /** An upload stream that has not finished by then is cut (slow senders hold memory). */
+  uploadTimeoutMs: number;
+  log?: Logger;
+}
+
+export const DEFAULT_GUARDS: ServiceGuards = { maxCallsPerPeer: 16, uploadTimeoutMs: 120_000 };
+
+/** Admission of calls: the join token, and a bound on concurrent calls per peer. */
+class Gate {
+  private readonly open = new Map<string, number>();
+  private readonly lastLogged = new Map<string, number>();
+
+  constructor(private readonly g: ServiceGuards) {}
+
+  /** Admits a call (returning its release) or says why not. */
+  admit(call: { getPeer(): string; metadata: grpc.Metadata }): { release: () => void } | { refusal: Partial<grpc.ServiceError> } {
+    const peer = call.getPeer();
+    const problem = tokenProblem(this.g.joinToken, call.metadata);
+    if (problem) {
+      this.note(peer, problem.details);
+      return { refusal: problem };
+    }
+    const n = this.open.get(peer) ?? 0;
+    if (n >= this.g.maxCallsPerPeer) {
+      this.note(peer, 'too many concurrent calls');
+      return { refusal: { code: grpc.status.RESOURCE_EXHAUSTED, details: `more than ${this.g.maxCallsPerPeer} concurrent calls from ${peer}` } };
+    }
+    this.open.set(peer, n + 1);
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        const left = (this.open.get(peer) ?? 1) - 1;
+        if (left <= 0) this.open.delete(peer);
+        else this.open.set(peer, left);
+      },
+    };
+  }
+
+  /** Refusals are logged at most once a minute per peer (a stray process could call in a loop). */
+  private note(peer: string, why: string): void {
+    const now = Date.now();
+    if (now - (this.lastLogged.get(peer) ?? 0) < 60_000) return;
+    this.lastLogged.set(peer, now);
+    this.g.log?.warn({ peer, why }, `refused a call from ${peer}: ${why}`);
+  }
+}
+
+/** Wraps a unary handler: admission, then FleetError and friends become statuses. */
+function unary<Req, Res>(gate: Gate, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
+    const admitted = gate.admit(call);
+    if ('refusal' in admitted) {
+      callback(admitted.refusal);
+      return;
+    }
     Promise.resolve()
       .then(() => fn(call.request, call))
       .then(
         (res) => callback(null, res),
         (err) => callback(toServiceError(err)),
-      );
+      )
+      .finally(admitted.release);
   };
 }
 
@@ -112,18 +174,34 @@ export class UploadReader {
  * chunks; answers once, and ignores whatever arrives after an answer.
  */
 function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
+  gate: Gate,
+  timeoutMs: number,
   call: grpc.ServerReadableStream<Req, { accepted: boolean; reason: string }>,
   callback: grpc.sendUnaryData<{ accepted: boolean; reason: string }>,
   onHeader: (header: H) => UploadReader,
   onComplete: (header: H, reader: UploadReader) => void,
   onBadContent: (header: H, reason: string) => void,
 ): void {
+  const admitted = gate.admit(call);
+  if ('refusal' in admitted) {
+    callback(admitted.refusal);
+    return;
+  }
   let header: H | undefined;
   let reader: UploadReader | undefined;
   let answered = false;
+  const timer = setTimeout(() => {
+    if (answered) return;
+    answered = true;
+    admitted.release();
+    callback({ code: grpc.status.DEADLINE_EXCEEDED, details: `upload not finished within ${timeoutMs} ms; cut` });
+  }, timeoutMs);
+  timer.unref();
   const answer = (err: unknown) => {
     if (answered) return;
     answered = true;
+    clearTimeout(timer);
+    admitted.release();
     if (err === undefined) {
       callback(null, { accepted: true, reason: '' });
       return;
@@ -161,19 +239,20 @@ function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
   call.on('error', () => answer(new FleetError('invalid-argument', 'upload stream failed')));
 }
 
-export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
+export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards = DEFAULT_GUARDS): FleetServiceServer {
+  const gate = new Gate(guards);
   const trainSpecs = () => new Map(coord.expectedTrainTensors().map((s) => [s.name, s]));
   return {
-    register: unary((req) => {
+    register: unary(gate, (req) => {
       const { member, run } = coord.register({ workerName: req.workerName, engine: req.engine, device: req.device, runId: req.runId });
       return { run, workerId: member.id, heartbeatIntervalMs: coord.opts.heartbeatIntervalMs, configJson: coord.opts.configJson, gradientDtype: toProtoDType(coord.opts.gradientDtype) };
     }),
-    heartbeat: unary((req) => coord.heartbeat(req.workerId, runOf(req.run))),
-    leave: unary((req) => {
+    heartbeat: unary(gate, (req) => coord.heartbeat(req.workerId, runOf(req.run))),
+    leave: unary(gate, (req) => {
       coord.leave(req.workerId, runOf(req.run), req.reason.slice(0, 500));
       return {};
     }),
-    nextStep: unary(async (req, call) => {
+    nextStep: unary(gate, async (req, call) => {
       const abort = new AbortController();
       call.on('cancelled', () => abort.abort());
       const a = await coord.nextStep(req.workerId, runOf(req.run), abort.signal);
@@ -188,11 +267,19 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
       };
     }),
     fetchWeights: (call) => {
+      const admitted = gate.admit(call);
+      if ('refusal' in admitted) {
+        call.emit('error', admitted.refusal);
+        return;
+      }
+      call.once('finish', admitted.release);
+      call.once('close', admitted.release);
       let snapshot: ReturnType<FleetCoordinator['weightChunks']>;
       try {
         snapshot = coord.weightChunks(call.request.workerId, runOf(call.request.run));
       } catch (err) {
         // grpc-js sends the status of a server stream given as an 'error' event.
+        admitted.release();
         call.emit('error', toServiceError(err));
         return;
       }
@@ -212,6 +299,8 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
     },
     pushGradients: (call, callback) =>
       upload<PushGradientsRequest, NonNullable<PushGradientsRequest['header']>>(
+        gate,
+        guards.uploadTimeoutMs,
         call,
         callback,
         (h) => {
@@ -247,6 +336,8 @@ export function fleetServiceImpl(coord: FleetCoordinator): FleetServiceServer {
       ),
     pushEmbeddings: (call, callback) =>
       upload<PushEmbeddingsRequest, NonNullable<PushEmbeddingsRequest['header']>>(
+        gate,
+        guards.uploadTimeoutMs,
         call,
         callback,
         (h) => {
@@ -310,14 +401,16 @@ function widenFlowControlWindows(server: grpc.Server): void {
   }
 }
 
-export async function serveFleet(coord: FleetCoordinator, listen: string): Promise<FleetServer> {
+export async function serveFleet(coord: FleetCoordinator, listen: string, security: FleetSecurity = {}, guards: ServiceGuards = DEFAULT_GUARDS, log?: Logger): Promise<FleetServer> {
   const { host, port } = parseListen(listen);
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
-  server.addService(FastFleetServiceDefinition, fleetServiceImpl(coord));
+  // Without a logger (benchmarks, tests of the service alone) the plaintext note is not written.
+  const credentials = log ? serverCredentials(security, log) : security.tlsCert ? serverCredentials(security, { info: () => undefined, warn: () => undefined } as unknown as Logger) : grpc.ServerCredentials.createInsecure();
+  server.addService(FastFleetServiceDefinition, fleetServiceImpl(coord, { ...guards, joinToken: security.joinToken, log }));
   const health = new HealthImplementation({ '': 'SERVING', [FLEET_SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
   const bound = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
+    server.bindAsync(`${host}:${port}`, credentials, (err, p) => (err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
   );
   widenFlowControlWindows(server);
   return {

@@ -2,6 +2,7 @@
 // loopback port chosen at start, and N `tricaps worker` child processes train with it. Children are
 // stopped (SIGTERM, then SIGKILL) however the run ends; the run fails if every child has died.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import type { EngineChoice } from '../shared/engine/engine.js';
 import type { Logger } from '../shared/log.js';
@@ -22,6 +23,10 @@ export async function runLocalFleet(
   hooks: CoordinatorHooks = {},
   opts: { evaluate?: boolean; signal?: AbortSignal } = {},
 ): Promise<CoordinatorResult> {
+  // Other processes on this machine must not join a local run: a fresh token, passed in the
+  // environment (not the command line, which `ps` shows).
+  const joinToken = fleet.security.joinToken ?? randomBytes(18).toString('base64url');
+  fleet = { ...fleet, security: { ...fleet.security, joinToken } };
   const children: ChildProcess[] = [];
   const exits: string[] = [];
   // Local workers do not come back by themselves: once fewer than --min-workers live, waiting for
@@ -40,7 +45,7 @@ export async function runLocalFleet(
         for (let i = 0; i < cfg.workers; i++) {
           const child = spawn(process.execPath, [cliPath(), 'worker', '--coordinator', address, '--engine', workerEngine, '--run-id', runId, '--name', `local-${i + 1}`], {
             stdio: ['ignore', 'inherit', 'inherit'],
-            env: { ...process.env, TRICAPS_LOG_LEVEL: process.env.TRICAPS_WORKER_LOG_LEVEL ?? 'warn' },
+            env: { ...process.env, TRICAPS_LOG_LEVEL: process.env.TRICAPS_WORKER_LOG_LEVEL ?? 'warn', TRICAPS_JOIN_TOKEN: joinToken },
           });
           child.on('exit', (code, signal) => {
             if (code !== 0) {

@@ -30,7 +30,7 @@ import { UsageError } from '../shared/errors.js';
 import { FleetCoordinator, FleetRunError, StoppedError, type EmbedResult, type TensorSpec, type TrainResult, type WeightSource } from './fleet-coordinator.js';
 import type { FleetConfig } from './fleet-config.js';
 import { newRunId } from './fleet-config.js';
-import { serveFleet, type FleetServer } from './fleet-service.js';
+import { DEFAULT_GUARDS, serveFleet, type FleetServer } from './fleet-service.js';
 import { ParameterUpdater } from './optimizer.js';
 import { StepWork } from './step-work.js';
 
@@ -180,7 +180,9 @@ async function runCoordinator(
       gradientDtype: fleet.gradientWire,
       configJson: JSON.stringify(job),
       embeddingDim: model.arch.outputShape[0] * model.arch.outputShape[1],
+      maxGradientNormRatio: fleet.maxGradientNormRatio,
       listener: {
+        rejected: (m, kind) => metrics?.rejectedUpdates.inc({ reason: kind, worker: m.id }),
         joined: (m, workers, round) => {
           events.publish('worker_joined', { worker: m.id, name: m.name, engine: m.engine, device: m.device, workers, round });
           metrics?.joins.inc();
@@ -231,7 +233,7 @@ async function runCoordinator(
   let step = resumed?.state.nextStep ?? 0;
   const started = performance.now();
   try {
-    server = await serveFleet(coord, fleet.listen);
+    server = await serveFleet(coord, fleet.listen, fleet.security, { ...DEFAULT_GUARDS, uploadTimeoutMs: fleet.uploadTimeoutMs }, log);
     coord.start();
     if (metrics) {
       metricsServer = await serveMetrics(metrics.registry, fleet.metricsPort!);

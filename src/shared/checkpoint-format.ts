@@ -87,8 +87,9 @@ export function resolveCheckpoint(path: string): string {
   // A training run's checkpoint root names its newest complete checkpoint in `latest`.
   const latest = join(path, 'latest');
   if (existsSync(latest)) {
-    const named = join(path, readFileSync(latest, 'utf8').trim());
-    if (existsSync(join(named, 'model.json'))) return named;
+    const name = readFileSync(latest, 'utf8').trim();
+    const named = join(path, name);
+    if (/^step-\d{8}$/.test(name) && existsSync(join(named, 'model.json'))) return named;
   }
   const steps = readdirSync(path).filter((d) => /^step-\d+$/.test(d) && existsSync(join(path, d, 'model.json'))).sort();
   if (!steps.length) throw new UsageError(`${path}: holds no checkpoint (no model.json, no step-* directories); train with --checkpoint-dir ${path}`);

@@ -36,6 +36,7 @@ export class CoordinatorMetrics {
   readonly round = new Gauge({ name: 'tricaps_membership_round', help: 'Membership round (changes at every join or loss)', registers: [this.registry] });
   readonly joins = new Counter({ name: 'tricaps_worker_joins_total', help: 'Workers that joined', registers: [this.registry] });
   readonly losses = new Counter({ name: 'tricaps_worker_losses_total', help: 'Workers lost, by reason', labelNames: ['reason'], registers: [this.registry] });
+  readonly rejectedUpdates = new Counter({ name: 'tricaps_rejected_updates_total', help: 'Worker results refused and never applied, by reason', labelNames: ['reason', 'worker'], registers: [this.registry] });
   readonly resumes = new Counter({ name: 'tricaps_resumes_total', help: 'Times this coordinator process resumed the run from a checkpoint', registers: [this.registry] });
   readonly checkpointDuration = new Histogram({ name: 'tricaps_checkpoint_duration_seconds', help: 'Time to write a checkpoint', buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [this.registry] });
   readonly checkpointBytes = new Gauge({ name: 'tricaps_checkpoint_size_bytes', help: 'Size of the last checkpoint', registers: [this.registry] });

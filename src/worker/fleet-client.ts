@@ -3,6 +3,7 @@
 // gRPC flow control. No training logic lives here.
 import * as grpc from '@grpc/grpc-js';
 import { FastFleetServiceDefinition } from '../shared/wire-fast.js';
+import { callMetadata, channelCredentials, type FleetSecurity } from '../shared/fleet-security.js';
 import {
   type FleetServiceClient,
   type EmbeddingHeader,
@@ -34,8 +35,14 @@ const deadline = (ms: number) => ({ deadline: Date.now() + ms });
 export class FleetClient {
   readonly client: FleetServiceClient;
 
-  constructor(readonly address: string) {
-    this.client = new FastFleetServiceClient(address, grpc.credentials.createInsecure(), {
+  private readonly token: string | undefined;
+
+  constructor(
+    readonly address: string,
+    security: FleetSecurity = {},
+  ) {
+    this.token = security.joinToken;
+    this.client = new FastFleetServiceClient(address, channelCredentials(security), {
       'grpc.max_receive_message_length': 8 << 20,
       // Reconnect quickly after a coordinator restart.
       'grpc.initial_reconnect_backoff_ms': 200,
@@ -46,17 +53,17 @@ export class FleetClient {
   }
 
   register(req: RegisterRequest, ms: number): Promise<RegisterResponse> {
-    return new Promise((resolve, reject) => this.client.register(req, new grpc.Metadata(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
+    return new Promise((resolve, reject) => this.client.register(req, this.md(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
   }
 
   heartbeat(run: RunRef, workerId: string, ms: number): Promise<HeartbeatResponse> {
-    return new Promise((resolve, reject) => this.client.heartbeat({ run, workerId }, new grpc.Metadata(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
+    return new Promise((resolve, reject) => this.client.heartbeat({ run, workerId }, this.md(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
   }
 
   /** Long poll; the signal cancels it (SIGTERM). */
   nextStep(run: RunRef, workerId: string, ms: number, signal?: AbortSignal): Promise<NextStepResponse> {
     return new Promise((resolve, reject) => {
-      const call = this.client.nextStep({ run, workerId }, new grpc.Metadata(), deadline(ms), (err, res) => {
+      const call = this.client.nextStep({ run, workerId }, this.md(), deadline(ms), (err, res) => {
         signal?.removeEventListener('abort', cancel);
         if (err) reject(err);
         else resolve(res);
@@ -67,13 +74,13 @@ export class FleetClient {
   }
 
   leave(run: RunRef, workerId: string, reason: string, ms: number): Promise<void> {
-    return new Promise((resolve, reject) => this.client.leave({ run, workerId, reason }, new grpc.Metadata(), deadline(ms), (err) => (err ? reject(err) : resolve())));
+    return new Promise((resolve, reject) => this.client.leave({ run, workerId, reason }, this.md(), deadline(ms), (err) => (err ? reject(err) : resolve())));
   }
 
   /** Downloads the current weights; every tensor is checked against the shape the model expects. */
   fetchWeights(run: RunRef, workerId: string, shapes: Map<string, number[]>, ms: number): Promise<{ version: number; values: Map<string, Float32Array> }> {
     return new Promise((resolve, reject) => {
-      const stream = this.client.fetchWeights({ run, workerId }, new grpc.Metadata(), deadline(ms));
+      const stream = this.client.fetchWeights({ run, workerId }, this.md(), deadline(ms));
       const values = new Map<string, Float32Array>();
       let pending: EncodedChunk[] = [];
       let version = -1;
@@ -113,11 +120,11 @@ export class FleetClient {
   }
 
   pushGradients(header: GradientHeader, tensors: [string, Float32Array, number[]][], dtype: WireDType, ms: number): Promise<{ accepted: boolean; reason: string }> {
-    return this.upload((cb) => this.client.pushGradients(new grpc.Metadata(), deadline(ms), cb), { header }, tensors, dtype);
+    return this.upload((cb) => this.client.pushGradients(this.md(), deadline(ms), cb), { header }, tensors, dtype);
   }
 
   pushEmbeddings(header: EmbeddingHeader, embeddings: Float32Array, shape: [number, number], ms: number): Promise<{ accepted: boolean; reason: string }> {
-    return this.upload((cb) => this.client.pushEmbeddings(new grpc.Metadata(), deadline(ms), cb), { header }, [['embeddings', embeddings, shape]], 'float32');
+    return this.upload((cb) => this.client.pushEmbeddings(this.md(), deadline(ms), cb), { header }, [['embeddings', embeddings, shape]], 'float32');
   }
 
   private upload<Req>(
@@ -156,6 +163,11 @@ export class FleetClient {
       };
       pump();
     });
+  }
+
+  /** Per-call metadata: the join token, when the run has one. */
+  private md(): grpc.Metadata {
+    return callMetadata(this.token);
   }
 
   close(): void {

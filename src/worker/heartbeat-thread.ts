@@ -6,18 +6,20 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as grpc from '@grpc/grpc-js';
 import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
 import { FleetClient, isServiceError } from './fleet-client.js';
+import type { FleetSecurity } from '../shared/fleet-security.js';
 
 export interface HeartbeatSetup {
   address: string;
   run: RunRef;
   workerId: string;
   intervalMs: number;
+  security: FleetSecurity;
 }
 
 export type HeartbeatEvent = { type: 'stop' } | { type: 'gone'; details: string };
 
 const setup = workerData as HeartbeatSetup;
-const client = new FleetClient(setup.address);
+const client = new FleetClient(setup.address, setup.security);
 
 async function beat(): Promise<void> {
   try {

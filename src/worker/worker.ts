@@ -24,6 +24,8 @@ import { FleetClient, isServiceError } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
 import { computeShardsGradient } from './shard-gradients.js';
 import type { WorkerMetrics } from '../shared/metrics.js';
+import { assertInside } from '../shared/paths.js';
+import type { FleetSecurity } from '../shared/fleet-security.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
 
 export interface WorkerOptions {
@@ -36,6 +38,9 @@ export interface WorkerOptions {
   reconnectTimeoutMs: number;
   /** Per-call deadline for uploads and downloads. */
   transferTimeoutMs: number;
+  security: FleetSecurity;
+  /** When set, the data root the coordinator names must lie inside it. */
+  dataRoot?: string;
 }
 
 /** Set by the process's SIGTERM handler. */
@@ -80,7 +85,7 @@ export class FleetWorker {
     private readonly log: Logger,
     private readonly metrics?: WorkerMetrics,
   ) {
-    this.client = new FleetClient(opts.coordinator);
+    this.client = new FleetClient(opts.coordinator, opts.security);
   }
 
   /** Runs until the run is over (0), SIGTERM (0) or the coordinator is gone for good (1). */
@@ -112,7 +117,7 @@ export class FleetWorker {
         } catch (err) {
           throw new UsageError(`the coordinator's job configuration is not one this worker understands (${err instanceof z.ZodError ? err.issues[0]?.message : (err as Error).message}); run the same tricaps version on both sides`);
         }
-        const setup: HeartbeatSetup = { address: this.opts.coordinator, run: res.run!, workerId: res.workerId, intervalMs: res.heartbeatIntervalMs };
+        const setup: HeartbeatSetup = { address: this.opts.coordinator, run: res.run!, workerId: res.workerId, intervalMs: res.heartbeatIntervalMs, security: this.opts.security };
         // Heartbeats start at once: preparing the model and data may take longer than the timeout.
         const heartbeat = new Thread(new URL('./heartbeat-thread.js', import.meta.url), { workerData: setup });
         const session: Session = { workerId: res.workerId, run: res.run!, job, gradientDtype: res.gradientDtype === WireDType.WIRE_D_TYPE_FLOAT16 ? 'float16' : 'float32', heartbeat, events: [] };
@@ -141,6 +146,9 @@ export class FleetWorker {
           this.runOver = true;
           return undefined;
         }
+        if (err.code === grpc.status.UNAUTHENTICATED || err.code === grpc.status.PERMISSION_DENIED) {
+          throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
+        }
         if (err.code === grpc.status.FAILED_PRECONDITION && this.opts.runId) {
           throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
         }
@@ -157,6 +165,7 @@ export class FleetWorker {
     if (this.loaded?.key === key) return;
     this.loaded?.model.dispose();
     this.loaded = undefined;
+    if (this.opts.dataRoot && job.train.data.root) assertInside(this.opts.dataRoot, job.train.data.root, '--data-root');
     const catalogue = await openTrainingCatalogue(job.train.data);
     assertSameCatalogue(catalogueFingerprint(catalogue), job.catalogue);
     const arch = buildArchitecture(job.train.model);
