@@ -28,9 +28,9 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function natsServer(port: number): Promise<ChildProcess> {
+async function natsServer(port: number, extra: string[] = []): Promise<ChildProcess> {
   const bin = existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
-  const p = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const p = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   servers.push(p);
   await new Promise<void>((resolve, reject) => {
     let out = '';
@@ -103,5 +103,22 @@ describe('NATS events and control', () => {
     expect(later).toContain('tricaps.nats-run.events.checkpoint_saved');
     expect(later).toContain('tricaps.nats-run.events.run_finished');
     expect(seen.some((e) => e.kind === 'checkpoint_saved' && e.body.reason === 'requested')).toBe(true);
+  });
+
+  it('authenticates with user and password from the environment; bad credentials never stop training', async () => {
+    const port = await freePort();
+    await natsServer(port, ['--user', 'tricaps', '--pass', 'hunter2-hunter2']);
+    const url = `nats://127.0.0.1:${port}`;
+    const good = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'auth-run', '--nats', url, '--nats-user', 'tricaps'], { TRICAPS_NATS_PASSWORD: 'hunter2-hunter2' });
+    fleet.worker(await listeningAddress(good), 'a');
+    await good.waitFor((l) => l.msg.startsWith('connected to NATS'), 30_000, 'the authenticated connection');
+    expect(good.raw.join('\n')).not.toContain('hunter2');
+    const bad = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'bad-auth-run', '--nats', url, '--nats-user', 'tricaps'], { TRICAPS_NATS_PASSWORD: 'wrong-password' });
+    fleet.worker(await listeningAddress(bad), 'b');
+    await bad.waitFor((l) => /^step 5 loss/.test(l.msg), 60_000, 'steps without NATS');
+    expect(bad.lines.some((l) => l.msg.startsWith('connected to NATS'))).toBe(false);
+    const missing = fleet.coordinator([...TINY, '--steps', '1', '--nats', url, '--nats-user', 'tricaps']);
+    expect((await missing.exited).code).toBe(2);
+    expect(missing.raw.join('\n')).toMatch(/--nats-user needs the password in TRICAPS_NATS_PASSWORD/);
   });
 });

@@ -135,4 +135,16 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     expect((await missing.exited).code).toBe(2);
     expect(missing.raw.join('\n')).toMatch(/--tls-cert .*nope.pem: no such file/);
   });
+
+  it('a worker with --data-root refuses data the coordinator names outside it', async () => {
+    const shop = join(dir, 'shop');
+    execFileSync(process.execPath, ['dist/cli.js', 'data', 'synth', '--out', shop, '--items', '16', '--categories', '2', '--views', '3', '--image-size', '16', '--seed', '1'], { stdio: 'pipe' });
+    const coord = fleet.coordinator([...TINY, '--data', shop, '--batch-triplets', '4', '--steps', '1']);
+    const confined = fleet.worker(await listeningAddress(coord), 'confined', ['--data-root', join(dir, 'elsewhere')]);
+    expect((await confined.exited).code).toBe(2);
+    expect(confined.raw.join('\n')).toMatch(/shop is outside --data-root .*elsewhere; refusing to use it/);
+    const allowed = fleet.worker(await listeningAddress(coord), 'allowed', ['--data-root', dir]);
+    expect((await coord.exited).code).toBe(0);
+    expect((await allowed.exited).code).toBe(0);
+  });
 });

@@ -88,6 +88,8 @@ export function addFleetOptions(cmd: Command, listenDefault: string): Command {
     .option('--keep-checkpoints <n>', 'checkpoints kept (the newest n, plus the best by validation Recall@1)', intOption(1, 10_000), 3)
     .option('--resume', 'continue from the newest good checkpoint under --checkpoint-dir (start fresh when there is none)')
     .option('--nats <url>', 'publish lifecycle events to and take control commands from this NATS server (e.g. nats://localhost:4222)')
+    .option('--nats-creds <file>', 'with --nats: NATS credentials file (JWT + nkey); or --nats-user with TRICAPS_NATS_PASSWORD, or TRICAPS_NATS_TOKEN')
+    .option('--nats-user <name>', 'with --nats: NATS user (password from TRICAPS_NATS_PASSWORD)')
     .option('--nats-control-token <token>', 'with --nats: only obey control commands that carry this token')
     .option('--nats-step-interval <n>', 'with --nats: publish a step summary every n steps', intOption(1), 10)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
@@ -139,6 +141,7 @@ export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: 
     nats: o.nats,
     natsControlToken: o.natsControlToken ?? process.env.TRICAPS_NATS_CONTROL_TOKEN,
     natsStepInterval: o.natsStepInterval,
+    natsAuth: { credsFile: o.natsCreds, user: o.natsUser, password: process.env.TRICAPS_NATS_PASSWORD, token: process.env.TRICAPS_NATS_TOKEN },
   });
 }
 
@@ -152,7 +155,7 @@ export function registerTrainCommand(program: Command): void {
     const cfg = trainConfigFrom(o, o.workers);
     if (cfg.workers === 0) {
       // Fleet flags mean nothing in a single process: say so rather than ignore them.
-      const fleetOnly = ['listen', 'minWorkers', 'maxWorkers', 'shards', 'heartbeatInterval', 'heartbeatTimeout', 'stepTimeout', 'wire', 'hardNegativeEvery', 'runId', 'evalEvery', 'metricsPort', 'maxGradientNormRatio', 'nats', 'natsControlToken', 'natsStepInterval'];
+      const fleetOnly = ['listen', 'minWorkers', 'maxWorkers', 'shards', 'heartbeatInterval', 'heartbeatTimeout', 'stepTimeout', 'wire', 'hardNegativeEvery', 'runId', 'evalEvery', 'metricsPort', 'maxGradientNormRatio', 'nats', 'natsCreds', 'natsUser', 'natsControlToken', 'natsStepInterval'];
       const given = fleetOnly.filter((k) => command.getOptionValueSource(k) === 'cli').map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
       if (given.length) throw new UsageError(`${given.join(', ')}: fleet options; train with --workers 1 or more to use them`);
       await runTraining(cfg, Boolean(o.json), o.logEvery, { every: o.checkpointEvery, keep: o.keepCheckpoints, resume: Boolean(o.resume) });

@@ -27,6 +27,8 @@ export const FleetConfigSchema = z
     evalEvery: z.number().int().min(0).default(0),
     /** NATS server for events and control; off when absent. */
     nats: z.string().regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'a NATS URL such as nats://host:4222').optional(),
+    /** NATS authentication: a .creds file, a user (password from the environment) or a token. */
+    natsAuth: z.object({ credsFile: z.string().optional(), user: z.string().optional(), password: z.string().optional(), token: z.string().optional() }).default({}),
     /** When set, control commands must carry {"token": ...}. */
     natsControlToken: z.string().min(1).optional(),
     /** Publish a step summary event every this many steps. */

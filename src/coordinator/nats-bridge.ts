@@ -4,13 +4,40 @@
 // NATS never holds training up: the connection is made and remade in the background, events
 // published while it is down are buffered by the client (at most 1000) and otherwise dropped and
 // counted (tricaps_nats_events_dropped_total).
-import { connect, type NatsConnection, type Subscription } from 'nats';
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection, type Subscription } from 'nats';
+import { UsageError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { RunControl } from './run-control.js';
 
 export const EVENT_SCHEMA = 'tricaps.event/v1';
 export const EVENT_KINDS = ['run_started', 'run_finished', 'run_failed', 'worker_joined', 'worker_lost', 'checkpoint_saved', 'evaluation_done', 'step_summary'] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
+
+/** How to authenticate to NATS (one of them, or none). Secrets come from files or the environment. */
+export interface NatsAuth {
+  credsFile?: string;
+  user?: string;
+  password?: string;
+  token?: string;
+}
+
+export function natsAuthOptions(auth: NatsAuth): Partial<ConnectionOptions> {
+  if (auth.credsFile) {
+    let creds: Uint8Array;
+    try {
+      creds = readFileSync(auth.credsFile);
+    } catch (err) {
+      throw new UsageError(`--nats-creds ${auth.credsFile}: ${(err as Error).message}`);
+    }
+    return { authenticator: credsAuthenticator(creds) };
+  }
+  if (auth.user) {
+    if (!auth.password) throw new UsageError('--nats-user needs the password in TRICAPS_NATS_PASSWORD');
+    return { user: auth.user, pass: auth.password };
+  }
+  return auth.token ? { token: auth.token } : {};
+}
 
 export interface EventSink {
   publish(kind: EventKind, data: Record<string, unknown>): void;
@@ -35,18 +62,19 @@ export class NatsBridge implements EventSink {
     private readonly control: RunControl,
     private readonly log: Logger,
     private readonly onDrop: () => void,
+    private readonly auth: Partial<ConnectionOptions>,
   ) {}
 
   /** Starts connecting in the background and returns at once. */
-  static start(url: string, runId: string, control: RunControl, log: Logger, onDrop: () => void = () => undefined): NatsBridge {
-    const bridge = new NatsBridge(url, runId, control, log, onDrop);
+  static start(url: string, runId: string, control: RunControl, log: Logger, onDrop: () => void = () => undefined, auth: NatsAuth = {}): NatsBridge {
+    const bridge = new NatsBridge(url, runId, control, log, onDrop, natsAuthOptions(auth));
     void bridge.connectLoop();
     return bridge;
   }
 
   private async connectLoop(): Promise<void> {
     try {
-      const nc = await connect({ servers: this.url, name: `tricaps-coordinator-${this.runId}`, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true });
+      const nc = await connect({ servers: this.url, name: `tricaps-coordinator-${this.runId}`, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true, ...this.auth });
       if (this.closed) {
         await nc.close();
         return;
@@ -60,8 +88,10 @@ export class NatsBridge implements EventSink {
           if (err) return;
           const name = msg.subject.slice(prefix.length);
           this.control.submit(name.includes('.') ? msg.subject : name, new TextDecoder().decode(msg.data), (reply) => {
-            if (!reply.ok) this.log.warn({ subject: msg.subject, reason: reply.reason }, `refused NATS command on ${msg.subject}: ${reply.reason}`);
-            else this.log.info({ subject: msg.subject, done: reply.done }, `NATS command ${reply.command}: ${reply.done}`);
+            // NATS does not name the sender: log what there is (reply inbox, an optional Origin header).
+            const origin = { replyTo: msg.reply ?? null, origin: msg.headers?.get('Origin') || null };
+            if (!reply.ok) this.log.warn({ subject: msg.subject, reason: reply.reason, ...origin }, `refused NATS command on ${msg.subject}: ${reply.reason}`);
+            else this.log.info({ subject: msg.subject, done: reply.done, ...origin }, `NATS command ${reply.command}: ${reply.done}`);
             if (msg.reply) msg.respond(new TextEncoder().encode(JSON.stringify(reply)));
           });
         },

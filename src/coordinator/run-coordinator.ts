@@ -165,7 +165,7 @@ async function runCoordinator(
   metrics?.info.set({ role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION }, 1);
   if (resumed) metrics?.resumes.inc();
   const control = new RunControl(fleet.natsControlToken);
-  const events: EventSink = fleet.nats ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc()) : { publish: () => undefined };
+  const events: EventSink = fleet.nats ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc(), fleet.natsAuth) : { publish: () => undefined };
   metrics?.step.set(resumed?.state.nextStep ?? 0);
   const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
   const coord = new FleetCoordinator(
