@@ -1,0 +1,34 @@
+// The Kubernetes security manifests parse, and agree with what the code serves: the gRPC and metrics
+// ports the NetworkPolicy admits are the ones the coordinator is told to use, and the Secrets carry
+// the keys the README tells the pods to mount.
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { parseAllDocuments } from 'yaml';
+
+const docs = (path: string) => parseAllDocuments(readFileSync(path, 'utf8')).map((d) => {
+  expect(d.errors, path).toEqual([]);
+  return d.toJS() as Record<string, any>;
+});
+
+describe('deploy/kubernetes/security', () => {
+  it('admits only workers to gRPC and only Prometheus to metrics, on the ports the CLI uses', () => {
+    const policies = docs('deploy/kubernetes/security/networkpolicy.yaml');
+    expect(policies.map((p) => `${p.apiVersion}/${p.kind}`)).toEqual(['networking.k8s.io/v1/NetworkPolicy', 'networking.k8s.io/v1/NetworkPolicy']);
+    const coordinator = policies.find((p) => p.spec.podSelector.matchLabels['app.kubernetes.io/component'] === 'coordinator')!;
+    const [grpcRule, metricsRule] = coordinator.spec.ingress;
+    expect(grpcRule.from[0].podSelector.matchLabels['app.kubernetes.io/component']).toBe('worker');
+    // The coordinator's default --listen port.
+    expect(readFileSync('src/cli/fleet.ts', 'utf8')).toContain(`'0.0.0.0:${grpcRule.ports[0].port}'`);
+    expect(metricsRule.from[0].namespaceSelector).toBeDefined();
+    for (const p of policies) expect(p.spec.policyTypes).toEqual(['Ingress']);
+  });
+
+  it('has the Secrets the README names, with the keys the flags expect', () => {
+    const secrets = docs('deploy/kubernetes/security/secrets.yaml');
+    const byName = new Map(secrets.map((s) => [s.metadata.name, s]));
+    expect(Object.keys(byName.get('tricaps-join-token')!.stringData)).toEqual(['token']);
+    for (const name of ['tricaps-coordinator-tls', 'tricaps-worker-tls']) expect(Object.keys(byName.get(name)!.stringData).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
+    const readme = readFileSync('README.md', 'utf8');
+    for (const name of byName.keys()) expect(readme).toContain(name);
+  });
+});
