@@ -93,6 +93,7 @@ export function addFleetOptions(cmd: Command, listenDefault: string): Command {
     .option('--nats-control-token <token>', 'with --nats: only obey control commands that carry this token')
     .option('--nats-step-interval <n>', 'with --nats: publish a step summary every n steps', intOption(1), 10)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
+    .option('--stall-seconds <s>', 'with --metrics-port: /healthz fails when no step was applied this long while workers are present (0 = never)', floatOption(0), 900)
     .option('--max-gradient-norm-ratio <x>', 'refuse a gradient whose norm is more than x times the median of recent ones (0 = off)', floatOption(0), 100)
     .option('--eval-every <n>', 'evaluate retrieval on held-out items every n steps (recorded in checkpoints; 0 = off)', intOption(0), 0);
 }
@@ -138,6 +139,7 @@ export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: 
     evalEvery: o.evalEvery,
     metricsPort: o.metricsPort,
     maxGradientNormRatio: o.maxGradientNormRatio,
+    stallSeconds: o.stallSeconds,
     nats: o.nats,
     natsControlToken: o.natsControlToken ?? process.env.TRICAPS_NATS_CONTROL_TOKEN,
     natsStepInterval: o.natsStepInterval,
@@ -155,7 +157,7 @@ export function registerTrainCommand(program: Command): void {
     const cfg = trainConfigFrom(o, o.workers);
     if (cfg.workers === 0) {
       // Fleet flags mean nothing in a single process: say so rather than ignore them.
-      const fleetOnly = ['listen', 'minWorkers', 'maxWorkers', 'shards', 'heartbeatInterval', 'heartbeatTimeout', 'stepTimeout', 'wire', 'hardNegativeEvery', 'runId', 'evalEvery', 'metricsPort', 'maxGradientNormRatio', 'nats', 'natsCreds', 'natsUser', 'natsControlToken', 'natsStepInterval'];
+      const fleetOnly = ['listen', 'minWorkers', 'maxWorkers', 'shards', 'heartbeatInterval', 'heartbeatTimeout', 'stepTimeout', 'wire', 'hardNegativeEvery', 'runId', 'evalEvery', 'metricsPort', 'maxGradientNormRatio', 'stallSeconds', 'nats', 'natsCreds', 'natsUser', 'natsControlToken', 'natsStepInterval'];
       const given = fleetOnly.filter((k) => command.getOptionValueSource(k) === 'cli').map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
       if (given.length) throw new UsageError(`${given.join(', ')}: fleet options; train with --workers 1 or more to use them`);
       await runTraining(cfg, Boolean(o.json), o.logEvery, { every: o.checkpointEvery, keep: o.keepCheckpoints, resume: Boolean(o.resume) });

@@ -26,7 +26,7 @@ interface Pending {
 
 export class RunControl {
   private readonly queue: Pending[] = [];
-  private paused = false;
+  private paused_ = false;
   private stopping = false;
   private wake: (() => void) | undefined;
 
@@ -62,6 +62,11 @@ export class RunControl {
     this.wake?.();
   }
 
+  /** Paused by an operator (a stalled-looking run that is paused on purpose is healthy). */
+  get paused(): boolean {
+    return this.paused_;
+  }
+
   get stopRequested(): boolean {
     return this.stopping;
   }
@@ -74,11 +79,11 @@ export class RunControl {
     for (;;) {
       for (const p of this.queue.splice(0)) {
         if (p.command === 'pause') {
-          this.paused = true;
+          this.paused_ = true;
           p.answer({ ok: true, command: 'pause', done: `paused before step ${nextStep}`, step: nextStep });
         } else if (p.command === 'resume') {
-          p.answer({ ok: true, command: 'resume', done: this.paused ? `resumed at step ${nextStep}` : 'was not paused', step: nextStep });
-          this.paused = false;
+          p.answer({ ok: true, command: 'resume', done: this.paused_ ? `resumed at step ${nextStep}` : 'was not paused', step: nextStep });
+          this.paused_ = false;
         } else if (p.command === 'checkpoint') {
           try {
             const dir = await checkpoint('requested');
@@ -91,7 +96,7 @@ export class RunControl {
           p.answer({ ok: true, command: 'stop', done: `stopping before step ${nextStep}; a checkpoint is written if the run has --checkpoint-dir`, step: nextStep });
         }
       }
-      if (!this.paused || this.stopping) return;
+      if (!this.paused_ || this.stopping) return;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         setTimeout(resolve, 1000);

@@ -225,6 +225,7 @@ async function runCoordinator(
   };
   let server: FleetServer | undefined;
   let metricsServer: MetricsServer | undefined;
+  let progressTick = () => undefined as unknown;
   const reports: FleetStepReport[] = [];
   let before: EvaluationResult[] = [];
   let after: EvaluationResult[] = [];
@@ -236,7 +237,14 @@ async function runCoordinator(
     server = await serveFleet(coord, fleet.listen, fleet.security, { ...DEFAULT_GUARDS, uploadTimeoutMs: fleet.uploadTimeoutMs }, log);
     coord.start();
     if (metrics) {
-      metricsServer = await serveMetrics(metrics.registry, fleet.metricsPort!);
+      // Stalled = workers present, not paused by an operator, and no step applied for --stall-seconds.
+      let lastProgress = Date.now();
+      progressTick = () => (lastProgress = Date.now());
+      metricsServer = await serveMetrics(metrics.registry, fleet.metricsPort!, '0.0.0.0', () => {
+        const idle = (Date.now() - lastProgress) / 1000;
+        if (fleet.stallSeconds > 0 && idle > fleet.stallSeconds && coord.membership.size > 0 && !control.paused) return { ok: false, reason: `no step applied for ${idle.toFixed(0)} s with ${coord.membership.size} workers present (--stall-seconds ${fleet.stallSeconds})` };
+        return { ok: true };
+      });
       log.info({ metricsPort: metricsServer.port }, `metrics at http://0.0.0.0:${metricsServer.port}/metrics`);
     }
     log.info(
@@ -328,6 +336,7 @@ async function runCoordinator(
       );
       hooks.onStep?.(report);
       if (metrics) recordStep(metrics, report, work.results);
+      progressTick();
       if ((step + 1) % fleet.natsStepInterval === 0) {
         events.publish('step_summary', { step: step + 1, epoch, loss, gradientNorm: report.gradientNorm, triplets, activeTriplets: report.activeTriplets, workers: report.workers, seconds, imagesPerSecond: report.imagesPerSecond });
       }

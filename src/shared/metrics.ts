@@ -67,9 +67,18 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** Serves GET /metrics on the port (0: chosen by the system). */
-export async function serveMetrics(registry: Registry, port: number, host = '0.0.0.0'): Promise<MetricsServer> {
+/** What /healthz reports: ok, or why not (the liveness probe restarts a stalled coordinator). */
+export type HealthCheck = () => { ok: true } | { ok: false; reason: string };
+
+/** Serves GET /metrics (and /healthz when a check is given) on the port (0: chosen by the system). */
+export async function serveMetrics(registry: Registry, port: number, host = '0.0.0.0', health?: HealthCheck): Promise<MetricsServer> {
   const server: Server = createServer((req, res) => {
+    if (req.method === 'GET' && health && req.url?.split('?')[0] === '/healthz') {
+      const h = health();
+      res.writeHead(h.ok ? 200 : 503, { 'Content-Type': 'text/plain' });
+      res.end(h.ok ? 'ok\n' : `${h.reason}\n`);
+      return;
+    }
     if (req.method === 'GET' && req.url?.split('?')[0] === '/metrics') {
       registry.metrics().then(
         (text) => {
