@@ -12,6 +12,7 @@ import { registerBenchCommands } from './cli/bench.js';
 import { registerDataCommands } from './cli/data.js';
 import { registerEvalCommands } from './cli/eval.js';
 import { registerFleetCommands } from './cli/fleet.js';
+import { registerReportCommand } from './cli/report.js';
 
 // Gradients for every tfjs op are registered by the union package (tfjs-core alone has none).
 import '@tensorflow/tfjs';
@@ -33,6 +34,7 @@ async function main(argv: string[]): Promise<number> {
   registerDataCommands(program);
   registerEvalCommands(program);
   registerFleetCommands(program);
+  registerReportCommand(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

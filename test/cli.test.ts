@@ -42,6 +42,7 @@ describe('tricaps CLI', () => {
     [['coordinator', '--heartbeat-interval', '2000', '--heartbeat-timeout', '1000'], /heartbeat timeout \(1000 ms\) must be longer than the interval \(2000 ms\)/],
     [['coordinator', '--run-id', 'bad id!'], /runId: letters, digits/],
     [['worker'], /required option '--coordinator <host:port>' not specified/],
+    [['report', '--run', '/nonexistent-tricaps', '--out', '/tmp/x.html'], /\/nonexistent-tricaps\/history.jsonl: no run history here; train with --checkpoint-dir/],
     [['train', '--resume'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
     [['train', '--nats', 'nats://x:4222', '--min-workers', '2'], /--min-workers, --nats: fleet options; train with --workers 1 or more to use them/],
     [['coordinator', '--resume', '--steps', '1'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
@@ -82,6 +83,7 @@ describe('tricaps CLI', () => {
     ['search', '--query'],
     ['coordinator', '--min-workers'],
     ['worker', '--coordinator'],
+    ['report', '--run'],
   ])('%s --help documents its flags', async (cmd, flag) => {
     const r = await tricaps(...cmd.split(' '), '--help');
     expect(r.code).toBe(0);

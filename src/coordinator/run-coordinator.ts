@@ -20,6 +20,7 @@ import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
 import { hashInts } from '../shared/rng.js';
 import { assertSameJob, CheckpointStore } from './checkpoint.js';
+import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
 import { NatsBridge, type EventSink } from './nats-bridge.js';
 import { RunControl } from './run-control.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
@@ -206,6 +207,9 @@ async function runCoordinator(
     log.info({ run: runId, checkpoint: resumed.dir, step: resumed.state.nextStep, round: resumed.state.round }, `resuming run ${runId} from ${resumed.dir} at step ${resumed.state.nextStep}`);
   }
   let lastEvaluation: { nextStep: number; recallAt1: number } | undefined;
+  // The run's history for `tricaps report` (appended across resumes).
+  const history = cfg.checkpointDir ? new RunHistory(join(cfg.checkpointDir, HISTORY_FILE)) : undefined;
+  history?.append({ type: 'run', runId, step: resumed?.state.nextStep ?? 0, resumedFrom: resumed?.dir ?? null, engine: engine.name, device: engine.device, shards: shardCount });
   let lastSaved = -1;
   const saveCheckpoint = async (nextStep: number, reason: string, loss: number | null) => {
     if (!store || lastSaved === nextStep) return undefined;
@@ -337,6 +341,18 @@ async function runCoordinator(
       hooks.onStep?.(report);
       if (metrics) recordStep(metrics, report, work.results);
       progressTick();
+      history?.append({
+        type: 'step',
+        step,
+        epoch,
+        loss,
+        gradientNorm: report.gradientNorm,
+        triplets,
+        activeTriplets: report.activeTriplets,
+        seconds,
+        phases: { data: report.workerDataSeconds, compute: report.workerComputeSeconds, exchange: report.exchangeSeconds, averaging: report.averageSeconds, optimizer: report.optimizerSeconds },
+        workers: work.results.map((r) => ({ id: r.workerId, images: r.units.reduce((n, u) => n + work.units[u].imageIds.length, 0), dataSeconds: r.result.dataSeconds, computeSeconds: r.result.computeSeconds })),
+      });
       if ((step + 1) % fleet.natsStepInterval === 0) {
         events.publish('step_summary', { step: step + 1, epoch, loss, gradientNorm: report.gradientNorm, triplets, activeTriplets: report.activeTriplets, workers: report.workers, seconds, imagesPerSecond: report.imagesPerSecond });
       }
@@ -345,6 +361,7 @@ async function runCoordinator(
         lastEvaluation = { nextStep: step + 1, recallAt1: headline.recall[1] };
         for (const [k, r] of Object.entries(headline.recall)) metrics?.recall.set({ k, mask: headline.mask }, r);
         events.publish('evaluation_done', { step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR });
+        history?.append({ type: 'evaluation', step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR });
         log.info({ step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR }, `evaluation after ${step + 1} steps: R@1 ${(headline.recall[1] * 100).toFixed(1)}% (${headline.mask})`);
       }
       if (fleet.checkpointEvery > 0 && (step + 1) % fleet.checkpointEvery === 0) await saveCheckpoint(step + 1, `every ${fleet.checkpointEvery} steps`, loss);
