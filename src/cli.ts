@@ -13,6 +13,7 @@ import { registerDataCommands } from './cli/data.js';
 import { registerEvalCommands } from './cli/eval.js';
 import { registerFleetCommands } from './cli/fleet.js';
 import { registerReportCommand } from './cli/report.js';
+import { registerHealthCommand } from './cli/health.js';
 
 // Gradients for every tfjs op are registered by the union package (tfjs-core alone has none).
 import '@tensorflow/tfjs';
@@ -35,6 +36,7 @@ async function main(argv: string[]): Promise<number> {
   registerEvalCommands(program);
   registerFleetCommands(program);
   registerReportCommand(program);
+  registerHealthCommand(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

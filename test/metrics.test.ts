@@ -46,6 +46,13 @@ describe('metrics endpoints', () => {
     expect(value(w, 'tricaps_worker_steps_total')).toBeGreaterThanOrEqual(3);
     expect(w).toMatch(/^tricaps_info\{role="worker",run="[^"]+",engine="wasm"/m);
     expect((await fetch(`http://127.0.0.1:${cPort}/other`)).status).toBe(404);
+    // The container health check / Kubernetes readiness probe.
+    const probe = spawnSync(process.execPath, ['dist/cli.js', 'health-check', '--address', address], { encoding: 'utf8' });
+    expect(probe.stdout).toBe(`${address}: SERVING\n`);
+    expect(probe.status).toBe(0);
+    const down = spawnSync(process.execPath, ['dist/cli.js', 'health-check', '--address', '127.0.0.1:1', '--timeout', '500'], { encoding: 'utf8' });
+    expect(down.status).toBe(1);
+    expect(down.stdout).toMatch(/127.0.0.1:1: unreachable/);
   });
 
   it('/healthz fails while workers are present but no step is applied for --stall-seconds', async () => {
