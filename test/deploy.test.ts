@@ -5,6 +5,7 @@
 // the README says.
 import { describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { StatefulSet } from 'kubernetes-models/apps/v1/StatefulSet';
@@ -127,6 +128,24 @@ describe('deploy/kubernetes', () => {
     const workers = find('StatefulSet', 'tricaps-worker');
     expect(workers.spec.template.spec.containers[0].args[2]).toMatch(/^--engine=/); // the index the patch replaces
     expect(gpu.patches[0].patch).toContain('nvidia.com~1gpu');
+  });
+});
+
+// kustomize itself (kubectl kustomize) where it is installed; the Debian archive has no kubectl
+// recent enough, so this one runs only where a newer kubectl is on the PATH (and says so when not).
+const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });
+describe('kustomize build', () => {
+  it.skipIf(kubectl.status !== 0).each(['cpu', 'gpu'])('overlays/%s builds, and its output passes the schemas', (overlay) => {
+    const out = spawnSync('kubectl', ['kustomize', join(ROOT, 'overlays', overlay)], { encoding: 'utf8' });
+    expect(out.status, out.stderr).toBe(0);
+    const built = parseAllDocuments(out.stdout).map((d) => d.toJS() as Obj);
+    for (const o of built) expect(() => new MODELS[o.kind](o).validate(), `${o.kind}/${o.metadata.name}`).not.toThrow();
+    const worker = built.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'tricaps-worker')!;
+    const c = worker.spec.template.spec.containers[0];
+    expect(c.image).toBe(`registry.example.com/tricaps:${overlay}`);
+    expect(c.args).toContain(overlay === 'gpu' ? '--engine=tensorflow' : '--engine=wasm');
+    expect(c.resources.limits['nvidia.com/gpu']).toBe(overlay === 'gpu' ? 1 : undefined);
+    expect(built.every((o) => o.metadata.labels?.['app.kubernetes.io/part-of'] === 'tricaps')).toBe(true);
   });
 });
 
