@@ -41,9 +41,16 @@ export async function benchEngine(o: EngineBenchOptions, log: Logger): Promise<R
   const itemIds = Array.from({ length: n }, (_, i) => Math.floor(i / o.imagesPerItem));
   const categories = itemIds.map((id) => id % arch.config.categories);
 
+  // Peak device memory: tfjs reports bytes held on the GPU for GPU backends, host bytes otherwise.
+  let peakBytes = 0;
+  const notePeak = () => {
+    const m = tf.memory() as tf.MemoryInfo & { numBytesInGPUAllocated?: number; numBytesInGPU?: number };
+    peakBytes = Math.max(peakBytes, m.numBytesInGPUAllocated ?? m.numBytesInGPU ?? m.numBytes);
+  };
   const step = (i: number) => {
     const t0 = performance.now();
     const result = computeGradients(model, { images, itemIds, categories }, { mining: o.mining, margin: 2, marginLossWeight: 0, conv: engine.conv, seed: i });
+    notePeak();
     updater.apply(result.grads, result.bnUpdates, 0);
     result.dispose();
     // A read-back fences asynchronous engines (webgpu) so the time covers the whole step.
@@ -89,5 +96,6 @@ export async function benchEngine(o: EngineBenchOptions, log: Logger): Promise<R
     tensors_alive_before: tensorsBefore,
     tensors_alive_after: tensorsAfter,
     tensor_growth: tensorsAfter - tensorsBefore,
+    peak_device_bytes: peakBytes,
   };
 }
