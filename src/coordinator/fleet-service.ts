@@ -405,7 +405,8 @@ export async function serveFleet(coord: FleetCoordinator, listen: string, securi
   const { host, port } = parseListen(listen);
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
   // Without a logger (benchmarks, tests of the service alone) the plaintext note is not written.
-  const credentials = log ? serverCredentials(security, log) : security.tlsCert ? serverCredentials(security, { info: () => undefined, warn: () => undefined } as unknown as Logger) : grpc.ServerCredentials.createInsecure();
+  const loopback = /^(127\.|localhost$|\[::1\]$)/.test(host);
+  const credentials = log ? serverCredentials(security, log, loopback) : security.tlsCert ? serverCredentials(security, { info: () => undefined, warn: () => undefined } as unknown as Logger) : grpc.ServerCredentials.createInsecure();
   server.addService(FastFleetServiceDefinition, fleetServiceImpl(coord, { ...guards, joinToken: security.joinToken, log }));
   const health = new HealthImplementation({ '': 'SERVING', [FLEET_SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);

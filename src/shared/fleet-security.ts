@@ -24,10 +24,11 @@ function readPem(path: string, flag: string): Buffer {
   return pem;
 }
 
-export function serverCredentials(s: FleetSecurity, log: Logger): grpc.ServerCredentials {
+export function serverCredentials(s: FleetSecurity, log: Logger, loopback = false): grpc.ServerCredentials {
   if (!s.tlsCert && !s.tlsKey) {
     if (s.tlsCa) throw new UsageError('--tls-ca on the coordinator checks client certificates and needs --tls-cert and --tls-key as well');
-    log.warn('serving gRPC in plaintext (no --tls-cert): use it only on a trusted network');
+    // Said once; only a warning when other machines can reach the port.
+    log[loopback ? 'info' : 'warn']('serving gRPC in plaintext (no --tls-cert): use it only on a trusted network');
     return grpc.ServerCredentials.createInsecure();
   }
   if (!s.tlsCert || !s.tlsKey) throw new UsageError('--tls-cert and --tls-key go together');
