@@ -1,5 +1,5 @@
-// Provisional checkpoint format (the checkpoint issue adds optimizer state, manifests with checksums
-// and resume): a directory with
+// The weights part of a checkpoint (coordinator/checkpoint.ts adds optimizer state, run state and the
+// manifest beside it): a directory with
 //   model.json   { format, modelConfig, step, categories, weightsManifest } (tfjs weights-manifest shape)
 //   weights.bin  every parameter and BatchNorm buffer as little-endian float32, in manifest order
 // written to a temporary directory and renamed into place, so a reader never sees half of one.
