@@ -22,6 +22,7 @@ proto: $(NPM_STAMP)
 	npx buf lint
 	rm -rf src/shared/gen
 	npx buf generate
+	node scripts/proto-postprocess.mjs src/shared/gen/tricaps/v1/fleet.ts
 
 typecheck: $(NPM_STAMP)
 	npx tsc -p tsconfig.json --noEmit

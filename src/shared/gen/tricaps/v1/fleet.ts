@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { skipUnknownField } from "../../../proto-runtime.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -333,7 +334,7 @@ export const RunRef: MessageFns<RunRef> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -496,7 +497,7 @@ export const TensorChunk: MessageFns<TensorChunk> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -636,7 +637,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -772,7 +773,7 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -888,7 +889,7 @@ export const HeartbeatRequest: MessageFns<HeartbeatRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -977,7 +978,7 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1062,7 +1063,7 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1162,7 +1163,7 @@ export const FetchWeightsResponse: MessageFns<FetchWeightsResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1262,7 +1263,7 @@ export const NextStepRequest: MessageFns<NextStepRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1390,7 +1391,7 @@ export const Shard: MessageFns<Shard> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1521,7 +1522,7 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1762,7 +1763,7 @@ export const GradientHeader: MessageFns<GradientHeader> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -1937,7 +1938,7 @@ export const PushGradientsRequest: MessageFns<PushGradientsRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -2026,7 +2027,7 @@ export const PushGradientsResponse: MessageFns<PushGradientsResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -2147,7 +2148,7 @@ export const EmbeddingHeader: MessageFns<EmbeddingHeader> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -2254,7 +2255,7 @@ export const PushEmbeddingsRequest: MessageFns<PushEmbeddingsRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -2343,7 +2344,7 @@ export const PushEmbeddingsResponse: MessageFns<PushEmbeddingsResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -2439,7 +2440,7 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
@@ -2511,7 +2512,7 @@ export const LeaveResponse: MessageFns<LeaveResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        reader.skip(tag & 7);
+        skipUnknownField(reader, tag);
       }
       return message;
     } finally {
