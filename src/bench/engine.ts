@@ -1,7 +1,7 @@
 // `tricaps bench engine`: times full training steps (forward, mining, loss, backward, Adam) on one
 // engine with synthetic pixels, and prints one JSON line. A benchmark reports numbers; it asserts
 // nothing.
-import { median } from './stats.js';
+import { median } from '../shared/stats.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine, type EngineChoice } from '../shared/engine/engine.js';
 import type { Logger } from '../shared/log.js';

@@ -2,7 +2,7 @@
 // service, decoding, validation, weighted averaging) with simulated workers on a separate thread.
 // Per step every worker downloads the new weights (float32) and uploads a P-parameter gradient.
 // Reports ms per step, bytes per step and GB/s through the coordinator for each (workers, params).
-import { median } from './stats.js';
+import { median } from '../shared/stats.js';
 import { Worker as Thread } from 'node:worker_threads';
 import { pino } from 'pino';
 import { buildArchitecture } from '../shared/model/architecture.js';

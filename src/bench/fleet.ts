@@ -2,7 +2,7 @@
 // in this process, worker processes on loopback), once with 1 worker and once with N, each worker
 // computing --batch-triplets triplets (one mining shard) per step. Reports images/s for both and how
 // each step's time splits into worker compute, data loading, exchange, averaging and optimizer.
-import { median } from './stats.js';
+import { median } from '../shared/stats.js';
 import { createLogger } from '../shared/log.js';
 import type { EngineBenchOptions } from './engine.js';
 import { TrainConfigSchema } from '../shared/train-config.js';

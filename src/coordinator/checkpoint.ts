@@ -11,10 +11,12 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { loadWeights, saveWeights, stepDirName, type SavedWeights } from '../shared/checkpoint-format.js';
+import { loadWeights, stepDirName, writeWeightsFiles, type SavedWeights } from '../shared/checkpoint-format.js';
 import type { Logger } from '../shared/log.js';
 import { UsageError } from '../shared/errors.js';
 import { isStepDirName } from '../shared/paths.js';
+import { readState, type ModelState } from '../shared/model/params.js';
+import type { ParameterUpdater } from './optimizer.js';
 
 export const MANIFEST_FORMAT = 'tricaps-checkpoint-v1';
 
@@ -80,6 +82,22 @@ function stepDirs(root: string): string[] {
     .sort();
 }
 
+/** Reads what a checkpoint holds from a live model and optimizer. */
+export async function captureCheckpoint(
+  model: ModelState,
+  updater: ParameterUpdater,
+  categories: string[],
+  state: RunState,
+  metrics: Record<string, number | null>,
+): Promise<SaveRequest> {
+  return {
+    weights: { modelConfig: model.arch.config, step: state.nextStep, categories, values: await readState(model), shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])) },
+    optimizer: await updater.state(),
+    state,
+    metrics,
+  };
+}
+
 export interface SaveRequest {
   weights: SavedWeights;
   optimizer: OptimizerState;
@@ -100,12 +118,9 @@ export class CheckpointStore {
     const name = stepDirName(req.state.nextStep);
     const dir = join(this.root, name);
     const tmp = join(this.root, `.${name}.tmp-${process.pid}`);
-    mkdirSync(this.root, { recursive: true });
     rmSync(tmp, { recursive: true, force: true });
-    saveWeights(join(tmp, 'weights'), req.weights); // writes weights/ with model.json + weights.bin
     mkdirSync(tmp, { recursive: true });
-    for (const f of ['model.json', 'weights.bin']) renameSync(join(tmp, 'weights', f), join(tmp, f));
-    rmSync(join(tmp, 'weights'), { recursive: true, force: true });
+    writeWeightsFiles(tmp, req.weights);
     const opt = req.optimizer;
     const optBytes = Buffer.alloc(opt.values.reduce((s, v) => s + v.byteLength, 0));
     let offset = 0;

@@ -5,6 +5,8 @@
 // training loop (run-coordinator.ts) drives steps with execute().
 import type { Logger } from '../shared/log.js';
 import { TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
+import { median } from '../shared/stats.js';
+import type { ShardsGradient } from '../worker/shard-gradients.js';
 import type { WireDType } from '../shared/tensor-codec.js';
 import { describeMember, FleetFullError, Membership, type Member } from './membership.js';
 import type { Assignment, StepWork } from './step-work.js';
@@ -45,17 +47,8 @@ export interface WeightSource {
   readonly statSpecs: TensorSpec[];
 }
 
-export interface TrainResult {
-  triplets: number;
-  activeTriplets: number;
-  loss: number;
-  meanPositiveDistance: number;
-  meanNegativeDistance: number;
-  shards: number;
-  grads: Map<string, Float32Array>;
-  bnStats: Map<string, Float32Array>;
-  dataSeconds: number;
-  computeSeconds: number;
+/** A worker's answer to a train assignment, as the coordinator received it. */
+export interface TrainResult extends ShardsGradient {
   /** Coordinator clock: when the worker took the assignment and when the upload was complete. */
   issuedAt: number;
   receivedAt: number;
@@ -353,9 +346,8 @@ export class FleetCoordinator {
     for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
     const norm = Math.sqrt(sq);
     if (ratio > 0 && this.recentNorms.length >= 5) {
-      const sorted = [...this.recentNorms].sort((a, b) => a - b);
-      const median = sorted[Math.floor(sorted.length / 2)];
-      if (norm > ratio * median) throw new TensorDecodeError(`gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${median.toPrecision(4)} (--max-gradient-norm-ratio)`);
+      const mid = median(this.recentNorms);
+      if (norm > ratio * mid) throw new TensorDecodeError(`gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${mid.toPrecision(4)} (--max-gradient-norm-ratio)`);
     }
     this.recentNorms.push(norm);
     if (this.recentNorms.length > 50) this.recentNorms.shift();

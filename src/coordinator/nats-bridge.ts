@@ -5,7 +5,7 @@
 // published while it is down are buffered by the client (at most 1000) and otherwise dropped and
 // counted (tricaps_nats_events_dropped_total).
 import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection, type Subscription } from 'nats';
+import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from 'nats';
 import { UsageError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { RunControl } from './run-control.js';
@@ -48,7 +48,6 @@ const MAX_BUFFERED_WHILE_DOWN = 1000;
 
 export class NatsBridge implements EventSink {
   private nc: NatsConnection | undefined;
-  private sub: Subscription | undefined;
   private closed = false;
   private down = false;
   private bufferedWhileDown = 0;
@@ -83,7 +82,7 @@ export class NatsBridge implements EventSink {
       for (const [kind, data] of this.early.splice(0)) this.publish(kind, data);
       this.log.info({ nats: this.url, subjects: `tricaps.${this.runId}.>` }, `connected to NATS at ${this.url}: events on tricaps.${this.runId}.events.*, control on tricaps.${this.runId}.control.*`);
       const prefix = `tricaps.${this.runId}.control.`;
-      this.sub = nc.subscribe(`${prefix}>`, {
+      nc.subscribe(`${prefix}>`, {
         callback: (err, msg) => {
           if (err) return;
           const name = msg.subject.slice(prefix.length);

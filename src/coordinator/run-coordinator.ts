@@ -13,13 +13,14 @@ import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluat
 import type { FleetJob } from '../shared/fleet-job.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
-import { createModelState, readState, type ModelState } from '../shared/model/params.js';
+import { createModelState, type ModelState } from '../shared/model/params.js';
 import { meanOf, weightedAverage } from '../shared/plan/average.js';
 import { confusableAffinity } from '../shared/plan/hard-negatives.js';
 import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
 import { hashInts } from '../shared/rng.js';
-import { assertSameJob, CheckpointStore } from './checkpoint.js';
+import { median } from '../shared/stats.js';
+import { assertSameJob, captureCheckpoint, CheckpointStore } from './checkpoint.js';
 import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
 import { NatsBridge, type EventSink } from './nats-bridge.js';
 import { RunControl } from './run-control.js';
@@ -213,12 +214,12 @@ async function runCoordinator(
   let lastSaved = -1;
   const saveCheckpoint = async (nextStep: number, reason: string, loss: number | null) => {
     if (!store || lastSaved === nextStep) return undefined;
-    const saved = store.save({
-      weights: { modelConfig: model.arch.config, step: nextStep, categories: catalogue.categories, values: await readState(model), shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])) },
-      optimizer: await updater.state(),
-      state: { runId, round: coord.membership.round, nextStep, epoch: Math.floor(nextStep / perEpoch), seed: cfg.seed, config: jobKey },
-      metrics: { loss, recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null },
-    });
+    const saved = store.save(
+      await captureCheckpoint(model, updater, catalogue.categories, { runId, round: coord.membership.round, nextStep, epoch: Math.floor(nextStep / perEpoch), seed: cfg.seed, config: jobKey }, {
+        loss,
+        recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null,
+      }),
+    );
     lastSaved = nextStep;
     metrics?.checkpointDuration.observe(saved.seconds);
     metrics?.checkpointBytes.set(saved.bytes);
@@ -229,7 +230,7 @@ async function runCoordinator(
   };
   let server: FleetServer | undefined;
   let metricsServer: MetricsServer | undefined;
-  let progressTick = () => undefined as unknown;
+  let progressTick: () => void = () => undefined;
   const reports: FleetStepReport[] = [];
   let before: EvaluationResult[] = [];
   let after: EvaluationResult[] = [];
@@ -438,8 +439,7 @@ function recordStep(m: CoordinatorMetrics, r: FleetStepReport, results: { worker
   m.distance.set({ pair: 'positive' }, weighted((t) => t.meanPositiveDistance));
   m.distance.set({ pair: 'negative' }, weighted((t) => t.meanNegativeDistance));
   const busy = results.map((x) => ({ worker: x.workerId, s: x.result.dataSeconds + x.result.computeSeconds }));
-  const sorted = busy.map((b) => b.s).sort((a, b) => a - b);
-  const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
+  const mid = median(busy.map((b) => b.s));
   m.workerLag.reset();
-  for (const b of busy) m.workerLag.set({ worker: b.worker }, b.s - median);
+  for (const b of busy) m.workerLag.set({ worker: b.worker }, b.s - mid);
 }

@@ -12,9 +12,9 @@ import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
 import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
-import { createModelState, readState } from '../shared/model/params.js';
+import { createModelState } from '../shared/model/params.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
-import { assertSameJob, CheckpointStore } from './checkpoint.js';
+import { assertSameJob, captureCheckpoint, CheckpointStore } from './checkpoint.js';
 import { join } from 'node:path';
 import { hashInts } from '../shared/rng.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
@@ -79,12 +79,9 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   let lastSaved = -1;
   const save = async (nextStep: number, reason: string, loss: number | null) => {
     if (!store || lastSaved === nextStep) return undefined;
-    const saved = store.save({
-      weights: { modelConfig: arch.config, step: nextStep, categories: catalogue.categories, values: await readState(model), shapes: new Map(arch.params.map((p) => [p.name, p.shape])) },
-      optimizer: await updater.state(),
-      state: { runId, round: 0, nextStep, epoch: Math.floor(nextStep / Math.max(1, perEpoch)), seed: cfg.seed, config: jobKey },
-      metrics: { loss, recall_at_1: null },
-    });
+    const saved = store.save(
+      await captureCheckpoint(model, updater, catalogue.categories, { runId, round: 0, nextStep, epoch: Math.floor(nextStep / Math.max(1, perEpoch)), seed: cfg.seed, config: jobKey }, { loss, recall_at_1: null }),
+    );
     lastSaved = nextStep;
     log.info({ checkpoint: saved.dir, step: nextStep, reason }, `checkpoint ${saved.dir} saved (${reason})`);
     return saved.dir;

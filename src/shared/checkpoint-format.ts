@@ -28,20 +28,27 @@ export interface SavedWeights {
   shapes: Map<string, number[]>;
 }
 
+/** Writes model.json and weights.bin into an existing directory. */
+export function writeWeightsFiles(dir: string, w: SavedWeights): void {
+  const names = [...w.values.keys()];
+  const total = names.reduce((s, n) => s + w.values.get(n)!.length, 0);
+  const bin = new Float32Array(total); // little-endian on every host we run on (as the format says)
+  let offset = 0;
+  for (const n of names) {
+    bin.set(w.values.get(n)!, offset);
+    offset += w.values.get(n)!.length;
+  }
+  writeFileSync(join(dir, 'weights.bin'), new Uint8Array(bin.buffer));
+  const manifest = { paths: ['weights.bin'], weights: names.map((name) => ({ name, shape: w.shapes.get(name)!, dtype: 'float32' as const })) };
+  writeFileSync(join(dir, 'model.json'), JSON.stringify({ format: CHECKPOINT_FORMAT, modelConfig: w.modelConfig, step: w.step, categories: w.categories, weightsManifest: [manifest] }, null, 1));
+}
+
+/** Weights alone, written to a temporary directory and renamed into place. */
 export function saveWeights(dir: string, w: SavedWeights): void {
   const tmp = `${dir}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
-  const names = [...w.values.keys()];
-  const total = names.reduce((s, n) => s + w.values.get(n)!.length, 0);
-  const bin = Buffer.alloc(total * 4);
-  let offset = 0;
-  for (const n of names) {
-    for (const v of w.values.get(n)!) offset = bin.writeFloatLE(v, offset);
-  }
-  writeFileSync(join(tmp, 'weights.bin'), bin);
-  const manifest = { paths: ['weights.bin'], weights: names.map((name) => ({ name, shape: w.shapes.get(name)!, dtype: 'float32' as const })) };
-  writeFileSync(join(tmp, 'model.json'), JSON.stringify({ format: CHECKPOINT_FORMAT, modelConfig: w.modelConfig, step: w.step, categories: w.categories, weightsManifest: [manifest] }, null, 1));
+  writeWeightsFiles(tmp, w);
   mkdirSync(dirname(dir), { recursive: true });
   rmSync(dir, { recursive: true, force: true });
   renameSync(tmp, dir);
