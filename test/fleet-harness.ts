@@ -16,6 +16,8 @@ export class FleetProcess {
   readonly child: ChildProcess;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private waiters: (() => void)[] = [];
+  /** Exited and its pipes read to the end (or given up on): no more lines will come. */
+  private ended = false;
 
   constructor(args: string[], env: Record<string, string> = {}) {
     this.child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TRICAPS_LOG_LEVEL: 'info', ...env } });
@@ -36,9 +38,17 @@ export class FleetProcess {
       }
     });
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => this.stdout.push(d));
+    // 'exit' can come before the last lines are read from the pipes; wait for them ('close'), but not
+    // for ever: a grandchild that inherited the pipes may hold them open after the child is gone.
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => {
-      this.wake();
-      resolve({ code, signal });
+      const done = (): void => {
+        clearTimeout(timer);
+        this.ended = true;
+        this.wake();
+        resolve({ code, signal });
+      };
+      const timer = setTimeout(done, 2000);
+      this.child.once('close', done);
     }));
   }
 
@@ -54,7 +64,7 @@ export class FleetProcess {
     for (;;) {
       const hit = this.lines.find(pred);
       if (hit) return hit;
-      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`process exited before ${what}; last lines:\n${this.raw.slice(-15).join('\n')}`);
+      if (this.ended) throw new Error(`process exited before ${what}; last lines:\n${this.raw.slice(-15).join('\n')}`);
       const left = until - Date.now();
       if (left <= 0) throw new Error(`no ${what} within ${timeoutMs} ms; last lines:\n${this.raw.slice(-15).join('\n')}`);
       await new Promise<void>((resolve) => {

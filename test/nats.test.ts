@@ -77,9 +77,11 @@ describe('NATS events and control', () => {
     // Pause: no steps while paused; resume: steps again; checkpoint now.
     const paused = await ask('pause', '{"token":"sesame"}');
     expect(paused).toMatchObject({ ok: true, command: 'pause', done: expect.stringMatching(/^paused before step \d+$/) });
-    const stepsAtPause = coord.steps().length;
+    // The reply (NATS) can overtake the last step's log line (stdout pipe): wait for that line, then
+    // check that no later step is logged while paused.
+    await coord.waitFor((l) => /^step \d+ loss/.test(l.msg) && l.step === paused.step - 1, 30_000, 'the step before the pause');
     await new Promise((r) => setTimeout(r, 1500));
-    expect(coord.steps().length).toBe(stepsAtPause);
+    expect(coord.steps().map((l) => l.step as number).filter((s) => s >= paused.step)).toEqual([]);
     const checkpoint = await ask('checkpoint', '{"token":"sesame"}');
     expect(checkpoint).toMatchObject({ ok: true, command: 'checkpoint', step: paused.step, checkpoint: join(dir, `step-${String(paused.step).padStart(8, '0')}`) });
     expect(await ask('resume', '{"token":"sesame"}')).toMatchObject({ ok: true, done: `resumed at step ${paused.step}` });
