@@ -96,19 +96,22 @@ describe('the coordinator refuses bad messages and keeps training', () => {
   });
 
   it('a worker that arrives after the run is over is told so and exits 0', async () => {
-    const coord = fleet.coordinator([...TINY, '--steps', '3', '--min-workers', '1', '--heartbeat-timeout', '20000', '--run-id', 'short-run']);
+    // A long --finish-timeout and heartbeat timeout: the late worker may take many seconds to start.
+    const coord = fleet.coordinator([...TINY, '--steps', '10', '--min-workers', '1', '--heartbeat-timeout', '120000', '--finish-timeout', '120000', '--run-id', 'short-run']);
     const address = await listeningAddress(coord);
     fleet.worker(address, 'honest');
     await coord.waitFor((l) => l.msg.includes('joined') && l.name === 'honest', 60_000, 'the worker joining');
-    // A member that never asks for work keeps the coordinator waiting (up to 5 s) to tell it the
-    // run is over: the window in which the late worker arrives.
+    // A member that never asks for work keeps the coordinator waiting (up to --finish-timeout) to
+    // tell it the run is over: the window in which the late worker arrives.
     const raw = new FleetServiceClient(address, grpc.credentials.createInsecure());
     clients.push(raw);
-    await call(raw.register, raw, { workerName: 'idle', engine: 'none', device: 'none', runId: '' });
-    await coord.waitFor((l) => /complete after 3 steps; telling the workers/.test(l.msg), 60_000, 'the run completing');
+    const idle = await call(raw.register, raw, { workerName: 'idle', engine: 'none', device: 'none', runId: '' });
+    await coord.waitFor((l) => /complete after 10 steps; telling the workers/.test(l.msg), 60_000, 'the run completing');
     const late = fleet.worker(address, 'late');
     expect((await late.exited).code).toBe(0);
     expect(late.raw.join('\n')).toMatch(/run short-run is over; nothing to do/);
+    // The idle member asks for work at last, hears that the run is over, and the coordinator exits.
+    expect((await call(raw.nextStep, raw, { run: idle.run, workerId: idle.workerId })).action).toBe(StepAction.STEP_ACTION_FINISH);
     expect((await coord.exited).code).toBe(0);
   });
 

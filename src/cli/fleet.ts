@@ -16,9 +16,10 @@ export function registerFleetCommands(program: Command): void {
     .description('serve a training run to workers over gRPC: shard each step, average their gradients, step the optimizer; exits 0 when the run completes');
   addSecurityOptions(addFleetOptions(addTrainingOptions(coordinator), '0.0.0.0:7070'), 'coordinator')
     .option('--upload-timeout <ms>', 'cut gradient uploads that have not finished by then', intOption(100, 3_600_000), 120_000)
+    .option('--finish-timeout <ms>', 'when the run is over, wait this long for every worker to be told before exiting', intOption(0, 3_600_000), 5000)
     .action(async (o) => {
     const cfg = trainConfigFrom(o, 0);
-    const fleet = FleetConfigSchema.parse({ ...fleetConfigFrom(o, { minWorkers: 1 }), security: securityFrom(o), uploadTimeoutMs: o.uploadTimeout });
+    const fleet = FleetConfigSchema.parse({ ...fleetConfigFrom(o, { minWorkers: 1 }), security: securityFrom(o), uploadTimeoutMs: o.uploadTimeout, finishTimeoutMs: o.finishTimeout });
     const log = createLogger('coordinator');
     const run = startCoordinator(cfg, fleet, log);
     const stop = (signal: string) => {

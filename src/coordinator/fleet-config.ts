@@ -39,6 +39,8 @@ export const FleetConfigSchema = z
     maxGradientNormRatio: z.number().min(0).default(100),
     /** An upload stream not finished by then is cut. */
     uploadTimeoutMs: z.number().int().min(100).default(120_000),
+    /** When the run is over, how long to wait for every worker to hear so before exiting. */
+    finishTimeoutMs: z.number().int().min(0).default(5000),
     /** /healthz fails when no step was applied for this long while workers are present (0: never). */
     stallSeconds: z.number().min(0).default(900),
     /** Serve Prometheus metrics on this port (0: chosen at start); off when absent. */

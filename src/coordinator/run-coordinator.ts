@@ -379,7 +379,7 @@ async function runCoordinator(
   } finally {
     if (!stopped) {
       log.info({ run: runId, steps: reports.length }, `run ${runId} ${operatorStop ? 'stopped' : 'complete'} after ${reports.length} steps; telling the workers`);
-      await coord.finish(5000).catch(() => undefined);
+      await coord.finish(fleet.finishTimeoutMs).catch(() => undefined);
     }
     coord.close();
     await server?.shutdown();
