@@ -190,6 +190,23 @@ describe('tricaps CLI', () => {
     expect(out.images_per_s).toBeGreaterThan(0);
   });
 
+  it('bench exchange reports each configuration through the real coordinator, and the loopback TCP ceiling', async () => {
+    const r = await tricaps('bench', 'exchange', '--workers', '1,2', '--params', '300000', '--steps', '2', '--wire', 'fp16');
+    expect(r.code, r.stderr).toBe(0);
+    const out = lastJsonLine(r.stdout);
+    expect(out).toMatchObject({ bench: 'exchange', wire: 'float16', steps: 2 });
+    expect(out.rows.map((row: { workers: number }) => row.workers)).toEqual([1, 2]);
+    for (const row of out.rows) {
+      expect(row).toMatchObject({ params: '300000', parameter_count: 300_000, wire: 'float16' });
+      expect(row.gradient_bytes_per_step).toBe(row.workers * 300_000 * 2); // float16 up
+      expect(row.weight_bytes_per_step).toBe(row.workers * 300_000 * 4); // float32 down
+      expect(row.ms_per_step_median).toBeGreaterThan(0);
+      expect(row.total_share_of_loopback_tcp).toBeCloseTo(row.total_gb_per_s / out.loopback_tcp.gb_per_s, 9);
+    }
+    expect(out.loopback_tcp).toMatchObject({ bytes_per_round: 10_000_000, rounds: 20 });
+    expect(out.loopback_tcp.gb_per_s).toBeGreaterThan(0);
+  });
+
   it('bench profile lists kernels of one step, largest first', async () => {
     const r = await tricaps('bench', 'profile', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--top', '5');
     expect(r.code, r.stderr).toBe(0);

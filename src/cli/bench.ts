@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { benchEngine } from '../bench/engine.js';
 import { benchExchangeOne } from '../bench/exchange.js';
+import { loopbackBaseline } from '../bench/loopback-baseline.js';
 import { benchFleet } from '../bench/fleet.js';
 import { InvalidArgumentError } from 'commander';
 import { profileStep } from '../bench/profile-step.js';
@@ -55,7 +56,10 @@ export function registerBenchCommands(program: Command): void {
       const wire = o.wire === 'fp16' || o.wire === 'float16' ? 'float16' : 'float32';
       const rows = [];
       for (const params of o.params) for (const workers of o.workers) rows.push(await benchExchangeOne(workers, params, wire, o.steps));
-      console.log(JSON.stringify({ bench: 'exchange', wire, steps: o.steps, cpus: (await import('node:os')).cpus().length, rows }));
+      // The machine's own ceiling, measured now: plain TCP between two threads, no gRPC.
+      const loopback = await loopbackBaseline();
+      const withShare = rows.map((r) => ({ ...r, total_share_of_loopback_tcp: r.total_gb_per_s / loopback.gb_per_s }));
+      console.log(JSON.stringify({ bench: 'exchange', wire, steps: o.steps, cpus: (await import('node:os')).cpus().length, loopback_tcp: loopback, rows: withShare }));
     });
   stepOptions(bench.command('profile').description('time every kernel of one training step (tf.profile) and list the largest'))
     .option('--top <n>', 'kernels to list', intOption(1, 1000), 25)
