@@ -15,7 +15,7 @@ import {
 import { decodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
 import { fromProtoChunk, toProtoChunk, toProtoDType } from '../shared/wire.js';
 import { UsageError } from '../shared/errors.js';
-import { FastFleetServiceDefinition } from '../shared/wire-fast.js';
+import { FastFleetServiceDefinition, PreSerialized, serializeFetchWeights } from '../shared/wire-fast.js';
 import { serverCredentials, tokenProblem, type FleetSecurity } from '../shared/fleet-security.js';
 import type { Logger } from '../shared/log.js';
 import { FleetError, type FleetCoordinator, type FleetErrorCode, type RunRefLike, type TensorSpec } from './fleet-coordinator.js';
@@ -283,11 +283,12 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         call.emit('error', toServiceError(err));
         return;
       }
-      const names = new Set(snapshot.chunks.map((c) => c.name));
+      const messages = weightMessages(snapshot);
       let i = 0;
       const pump = () => {
-        while (i < snapshot.chunks.length) {
-          const more = call.write(FetchWeightsResponse.fromPartial({ weightsVersion: snapshot.version, tensorCount: names.size, chunk: toProtoChunk(snapshot.chunks[i++]) }));
+        while (i < messages.length) {
+          // PreSerialized stands in for the message; the service's serializer passes it through.
+          const more = call.write(messages[i++] as unknown as FetchWeightsResponse);
           if (!more) {
             call.once('drain', pump);
             return;
@@ -371,6 +372,19 @@ export function parseListen(value: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(value.trim());
   if (!m || Number(m[2]) > 65_535) throw new UsageError(`--listen ${value}: expected HOST:PORT, e.g. 0.0.0.0:7070 or 127.0.0.1:0 (port chosen at start)`);
   return { host: m[1], port: Number(m[2]) };
+}
+
+/** The FetchWeights messages of one weights version, serialized once (keyed by its chunk list). */
+const serializedWeights = new WeakMap<EncodedChunk[], PreSerialized[]>();
+
+function weightMessages(snapshot: { version: number; chunks: EncodedChunk[] }): PreSerialized[] {
+  let messages = serializedWeights.get(snapshot.chunks);
+  if (!messages) {
+    const tensorCount = new Set(snapshot.chunks.map((c) => c.name)).size;
+    messages = snapshot.chunks.map((c) => new PreSerialized(serializeFetchWeights({ weightsVersion: snapshot.version, tensorCount, chunk: toProtoChunk(c) })));
+    serializedWeights.set(snapshot.chunks, messages);
+  }
+  return messages;
 }
 
 /** HTTP/2 flow-control window for gradient uploads (the protocol default is 64 KB). */

@@ -62,7 +62,17 @@ export function serializePushEmbeddings(m: PushEmbeddingsRequest): Buffer {
   return m.chunk ? encodeWithChunk(new Uint8Array(0), 2, m.chunk) : Buffer.from(PushEmbeddingsRequest.encode(m).finish());
 }
 
-export function serializeFetchWeights(m: FetchWeightsResponse): Buffer {
+/**
+ * A message serialized ahead of time: every download of one weights version sends the same bytes,
+ * so they are encoded once per version instead of once per worker. grpc-js copies a message into
+ * its frame as it is written, so one buffer serves any number of calls; nobody may change it.
+ */
+export class PreSerialized {
+  constructor(readonly bytes: Buffer) {}
+}
+
+export function serializeFetchWeights(m: FetchWeightsResponse | PreSerialized): Buffer {
+  if (m instanceof PreSerialized) return m.bytes;
   if (!m.chunk) return Buffer.from(FetchWeightsResponse.encode(m).finish());
   return encodeWithChunk(FetchWeightsResponse.encode({ ...m, chunk: undefined }).finish(), 3, m.chunk);
 }

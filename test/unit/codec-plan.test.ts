@@ -124,6 +124,16 @@ describe('fast bulk serializers', () => {
     expect(Buffer.compare(serializePushGradients(header), Buffer.from(PushGradientsRequest.encode(header).finish()))).toBe(0);
   });
 
+  it('pass a pre-serialized weights message through unchanged (one encoding per version serves every worker)', async () => {
+    const { PreSerialized, serializeFetchWeights } = await import('../../src/shared/wire-fast.js');
+    const { toProtoChunk } = await import('../../src/shared/wire.js');
+    const [c] = encodeTensor('w', Float32Array.of(1, 2, 3), [3]);
+    const bytes = serializeFetchWeights({ weightsVersion: 5, tensorCount: 1, chunk: toProtoChunk(c) });
+    const once = new PreSerialized(bytes);
+    expect(serializeFetchWeights(once)).toBe(bytes);
+    expect(serializeFetchWeights(once)).toBe(bytes);
+  });
+
   it('finds the first non-finite value, or none', async () => {
     const { firstNonFinite } = await import('../../src/shared/tensor-codec.js');
     const v = Float32Array.from({ length: 1000 }, (_, i) => i - 500);
