@@ -85,7 +85,7 @@ describe('the coordinator refuses bad messages and keeps training', () => {
         stream.on('end', resolve);
       }),
     ).rejects.toEqual(status(grpc.status.NOT_FOUND, /not a member of run proto-test-run \(removed: sent an unusable result/));
-    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(Date.now() - t0).toBeLessThan(10_000); // refused at once, not left to the 15 s deadline (wide margin for a loaded machine)
 
     // The run completes: every step once, every step with both shards.
     expect((await coord.exited).code).toBe(0);
