@@ -107,6 +107,26 @@ describe('NATS events and control', () => {
     expect(seen.some((e) => e.kind === 'checkpoint_saved' && e.body.reason === 'requested')).toBe(true);
   });
 
+  it('SIGTERM while paused by an operator stops the coordinator at once with a checkpoint', async () => {
+    const port = await freePort();
+    await natsServer(port);
+    const url = `nats://127.0.0.1:${port}`;
+    const nc = await connect({ servers: url });
+    connections.push(nc);
+    const dir = mkdtempSync(join(tmpdir(), 'tricaps-nats-'));
+    dirs.push(dir);
+    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'paused-run', '--nats', url, '--checkpoint-dir', dir]);
+    fleet.worker(await listeningAddress(coord), 'w');
+    await coord.waitFor((l) => l.msg.startsWith('connected to NATS'), 30_000, 'the NATS connection');
+    await coord.waitFor((l) => /^step 2 loss/.test(l.msg), 60_000, 'step 2');
+    const paused = JSON.parse(new TextDecoder().decode((await nc.request('tricaps.paused-run.control.pause', new TextEncoder().encode('{}'), { timeout: 20_000 })).data));
+    expect(paused).toMatchObject({ ok: true, command: 'pause' });
+    coord.kill('SIGTERM');
+    expect((await coord.exited).code).toBe(0);
+    expect(coord.raw.join('\n')).toMatch(/stopped at step \d+ \(the step in progress was not applied\)/);
+    expect(existsSync(join(dir, `step-${String(paused.step).padStart(8, '0')}`, 'state.json'))).toBe(true);
+  });
+
   it('authenticates with user and password from the environment; bad credentials never stop training', async () => {
     const port = await freePort();
     await natsServer(port, ['--user', 'tricaps', '--pass', 'hunter2-hunter2']);

@@ -23,7 +23,7 @@ export function registerFleetCommands(program: Command): void {
     const log = createLogger('coordinator');
     const run = startCoordinator(cfg, fleet, log);
     const stop = (signal: string) => {
-      log.warn({ signal }, `${signal}: stopping after the step in progress`);
+      log.warn({ signal }, `${signal}: stopping now (the step in progress is not applied)`);
       run.stop();
     };
     process.once('SIGTERM', () => stop('SIGTERM'));

@@ -27,6 +27,7 @@ interface Pending {
 export class RunControl {
   private readonly queue: Pending[] = [];
   private paused_ = false;
+  private interrupted_ = false;
   private stopping = false;
   private wake: (() => void) | undefined;
 
@@ -56,10 +57,17 @@ export class RunControl {
     this.wake?.();
   }
 
-  /** A stop that does not come through a command (SIGTERM). */
-  requestStop(): void {
-    this.stopping = true;
+  /**
+   * SIGTERM: unlike the `stop` command it does not end the run for the workers (they keep retrying
+   * for a restarted coordinator), but like it, it ends a pause.
+   */
+  interrupt(): void {
+    this.interrupted_ = true;
     this.wake?.();
+  }
+
+  get interrupted(): boolean {
+    return this.interrupted_;
   }
 
   /** Paused by an operator (a stalled-looking run that is paused on purpose is healthy). */
@@ -96,7 +104,7 @@ export class RunControl {
           p.answer({ ok: true, command: 'stop', done: `stopping before step ${nextStep}; a checkpoint is written if the run has --checkpoint-dir`, step: nextStep });
         }
       }
-      if (!this.paused_ || this.stopping) return;
+      if (!this.paused_ || this.stopping || this.interrupted_) return;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         setTimeout(resolve, 1000);

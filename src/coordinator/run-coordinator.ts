@@ -107,22 +107,22 @@ export interface CoordinatorResult {
 }
 
 export interface CoordinatorRun {
-  /** Stops the run after the step in progress (SIGTERM). */
+  /** Stops the run now (SIGTERM): the step in progress is not applied; a paused run stops too. */
   stop(): void;
   done: Promise<CoordinatorResult>;
 }
 
 export function startCoordinator(cfg: TrainConfig, fleet: FleetConfig, log: Logger, hooks: CoordinatorHooks = {}, opts: { evaluate?: boolean } = {}): CoordinatorRun {
   let coordinator: FleetCoordinator | undefined;
-  let stopRequested = false;
-  const done = runCoordinator(cfg, fleet, log, hooks, opts, (c) => {
+  const control = new RunControl(fleet.natsControlToken);
+  const done = runCoordinator(cfg, fleet, log, hooks, opts, control, (c) => {
     coordinator = c;
-    if (stopRequested) c.close();
+    if (control.interrupted) c.close();
   });
   return {
     stop() {
-      stopRequested = true;
-      coordinator?.close();
+      control.interrupt(); // ends a pause (the loop waits in the control, not in the fleet)
+      coordinator?.close(); // ends a step in progress
     },
     done,
   };
@@ -134,6 +134,7 @@ async function runCoordinator(
   log: Logger,
   hooks: CoordinatorHooks,
   opts: { evaluate?: boolean },
+  control: RunControl,
   expose: (c: FleetCoordinator) => void,
 ): Promise<CoordinatorResult> {
   const catalogue: Catalogue = await openTrainingCatalogue(cfg.data);
@@ -166,7 +167,6 @@ async function runCoordinator(
   const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
   metrics?.info.set({ role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION }, 1);
   if (resumed) metrics?.resumes.inc();
-  const control = new RunControl(fleet.natsControlToken);
   const events: EventSink = fleet.nats ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc(), fleet.natsAuth) : { publish: () => undefined };
   metrics?.step.set(resumed?.state.nextStep ?? 0);
   const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
@@ -269,6 +269,7 @@ async function runCoordinator(
       const abort = hooks.abortReason?.();
       if (abort) throw new Error(abort);
       await control.atStepBoundary(step, (reason) => saveCheckpoint(step, reason, reports.at(-1)?.loss ?? null));
+      if (control.interrupted) throw new StoppedError();
       if (control.stopRequested) {
         log.warn({ step }, `stopping before step ${step} as asked`);
         operatorStop = true;

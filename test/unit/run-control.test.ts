@@ -27,6 +27,20 @@ describe('run control', () => {
     expect(replies.pop()).toMatchObject({ ok: true, command: 'stop' });
   });
 
+  it('SIGTERM (interrupt) ends a pause without turning into a stop command', async () => {
+    const c = new RunControl();
+    const replies: ControlReply[] = [];
+    c.submit('pause', '', (r) => replies.push(r));
+    let returned = false;
+    const boundary = c.atStepBoundary(3, async () => 'x').then(() => (returned = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(returned).toBe(false); // paused: waiting at the boundary
+    c.interrupt();
+    await boundary;
+    expect(c.interrupted).toBe(true);
+    expect(c.stopRequested).toBe(false);
+  });
+
   it('refuses unknown commands, malformed payloads and missing tokens', () => {
     const c = new RunControl('t0k');
     const replies: ControlReply[] = [];
