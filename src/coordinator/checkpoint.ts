@@ -78,7 +78,7 @@ const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('h
 function stepDirs(root: string): string[] {
   if (!existsSync(root)) return [];
   return readdirSync(root)
-    .filter((d) => /^step-\d{8}$/.test(d))
+    .filter(isStepDirName)
     .sort();
 }
 
@@ -146,7 +146,7 @@ export class CheckpointStore {
     renameSync(tmp, dir);
     fsyncPath(this.root);
     this.pointLatest(name);
-    this.prune();
+    this.prune(name);
     return { dir, bytes, seconds: (performance.now() - t0) / 1000 };
   }
 
@@ -157,10 +157,14 @@ export class CheckpointStore {
     fsyncPath(this.root);
   }
 
-  /** Keeps the newest keepLast checkpoints and the one with the best validation Recall@1. */
-  private prune(): void {
+  /**
+   * Keeps the newest keepLast checkpoints, the one with the best validation Recall@1, and the one
+   * just written (older folders in the root may carry higher step numbers: another run's, or ones
+   * a resume skipped as corrupt).
+   */
+  private prune(justWritten: string): void {
     const dirs = stepDirs(this.root);
-    const keep = new Set(dirs.slice(-this.keepLast));
+    const keep = new Set([...dirs.slice(-this.keepLast), justWritten]);
     let best: { dir: string; recall: number } | undefined;
     for (const d of dirs) {
       const recall = this.readManifest(join(this.root, d))?.metrics['recall_at_1'];

@@ -3,10 +3,11 @@
 //   model.json   { format, modelConfig, step, categories, weightsManifest } (tfjs weights-manifest shape)
 //   weights.bin  every parameter and BatchNorm buffer as little-endian float32, in manifest order
 // written to a temporary directory and renamed into place, so a reader never sees half of one.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { UsageError } from './errors.js';
+import { isStepDirName } from './paths.js';
 import { ModelConfigSchema, type ModelConfig } from './model/config.js';
 
 export const CHECKPOINT_FORMAT = 'tricaps-weights-v1';
@@ -41,17 +42,6 @@ export function writeWeightsFiles(dir: string, w: SavedWeights): void {
   writeFileSync(join(dir, 'weights.bin'), new Uint8Array(bin.buffer));
   const manifest = { paths: ['weights.bin'], weights: names.map((name) => ({ name, shape: w.shapes.get(name)!, dtype: 'float32' as const })) };
   writeFileSync(join(dir, 'model.json'), JSON.stringify({ format: CHECKPOINT_FORMAT, modelConfig: w.modelConfig, step: w.step, categories: w.categories, weightsManifest: [manifest] }, null, 1));
-}
-
-/** Weights alone, written to a temporary directory and renamed into place. */
-export function saveWeights(dir: string, w: SavedWeights): void {
-  const tmp = `${dir}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-  writeWeightsFiles(tmp, w);
-  mkdirSync(dirname(dir), { recursive: true });
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(tmp, dir);
 }
 
 export function loadWeights(dir: string): SavedWeights {
@@ -96,7 +86,7 @@ export function resolveCheckpoint(path: string): string {
   if (existsSync(latest)) {
     const name = readFileSync(latest, 'utf8').trim();
     const named = join(path, name);
-    if (/^step-\d{8}$/.test(name) && existsSync(join(named, 'model.json'))) return named;
+    if (isStepDirName(name) && existsSync(join(named, 'model.json'))) return named;
   }
   const steps = readdirSync(path).filter((d) => /^step-\d+$/.test(d) && existsSync(join(path, d, 'model.json'))).sort();
   if (!steps.length) throw new UsageError(`${path}: holds no checkpoint (no model.json, no step-* directories); train with --checkpoint-dir ${path}`);

@@ -54,6 +54,21 @@ describe('checkpoint store', () => {
     }
   });
 
+  it('never prunes the checkpoint it has just written, even below higher-numbered folders', () => {
+    const root = mkdtempSync(join(tmpdir(), 'tricaps-store-'));
+    try {
+      const earlier = new CheckpointStore(root, 1, log);
+      earlier.save(request(300, null)); // an earlier run's checkpoint in the same root
+      const store = new CheckpointStore(root, 1, log);
+      const { dir } = store.save(request(10, null));
+      expect(dir).toBe(join(root, 'step-00000010'));
+      expect(existsSync(join(dir, 'manifest.json'))).toBe(true);
+      expect(store.loadLatest()?.state.nextStep).toBe(10);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('round-trips Adam exactly: a restored optimizer takes the same next step', async () => {
     await useBackend('cpu');
     const grads = (m: ReturnType<typeof tinyModel>, k: number) => new Map([...m.trainable].map(([n, v]) => [n, tf.fill(v.shape, 0.01 * k + 0.001)]));
