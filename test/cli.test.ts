@@ -51,6 +51,7 @@ describe('tricaps CLI', () => {
     [['train', '--items', '8', '--steps', '1'], /4 train items; a batch of 16 triplets needs 16/],
     [['bench', 'engine', '--steps', '0'], /0 is outside 1..10000/],
     [['nonsense'], /unknown command 'nonsense'/],
+    [['health-check', '--address', '127.0.0.1:1', '--timeout', 'soon'], /"soon" is not an integer/],
     [['data', 'inspect', '--root', '/nonexistent-tricaps'], /\/nonexistent-tricaps: no such directory/],
     [['train', '--data', '/nonexistent-tricaps'], /\/nonexistent-tricaps: no such directory/],
     [['data', 'synth'], /required option '--out <dir>' not specified/],
@@ -163,6 +164,15 @@ describe('tricaps CLI', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('train --epochs (no --steps) shows the steps the epochs come to in its progress bar', async () => {
+    const r = await tricaps('train', '--engine', 'wasm', '--epochs', '1', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--width', '0.25', '--no-augment', '--eval-mask', 'oracle');
+    expect(r.code, r.stderr).toBe(0);
+    const steps = Number(/Trained (\d+) steps/.exec(r.stdout)![1]);
+    expect(steps).toBeGreaterThan(0);
+    const totals = new Set([...r.stderr.matchAll(/step \d+\/(\d+)/g)].map((m) => Number(m[1])));
+    expect([...totals]).toEqual([steps]);
   });
 
   it('train --workers 0 --resume continues from a checkpoint and ends with the weights of an uninterrupted run', async () => {

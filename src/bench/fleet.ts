@@ -8,7 +8,7 @@ import type { EngineBenchOptions } from './engine.js';
 import { TrainConfigSchema } from '../shared/train-config.js';
 import { FleetConfigSchema } from '../coordinator/fleet-config.js';
 import { runLocalFleet } from '../coordinator/local-fleet.js';
-import type { FleetStepReport } from '../coordinator/run-coordinator.js';
+import { outsideComputeShare, type FleetStepReport } from '../coordinator/run-coordinator.js';
 
 export interface FleetBenchOptions extends EngineBenchOptions {
   workers: number;
@@ -46,7 +46,7 @@ async function fleetRun(o: FleetBenchOptions, workers: number): Promise<Record<s
     exchange_s_median: pick((r) => r.exchangeSeconds),
     average_s_median: pick((r) => r.averageSeconds),
     optimizer_s_median: pick((r) => r.optimizerSeconds),
-    outside_compute_share: pick((r) => (r.seconds - r.workerComputeSeconds) / r.seconds),
+    outside_compute_share: pick(outsideComputeShare),
     exchange_average_optimizer_share: pick((r) => (r.exchangeSeconds + r.averageSeconds + r.optimizerSeconds) / r.seconds),
   };
 }

@@ -6,6 +6,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { protoPath } from 'grpc-health-check';
 import { channelCredentials } from '../shared/fleet-security.js';
 import { FLEET_SERVICE_NAME } from '../coordinator/fleet-service.js';
+import { intOption } from './options.js';
 
 interface HealthClient extends grpc.Client {
   check(req: { service: string }, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { status: string }) => void): void;
@@ -19,7 +20,7 @@ export function registerHealthCommand(program: Command): void {
     .option('--tls-ca <pem>', 'CA of the coordinator certificate (TLS)')
     .option('--tls-cert <pem>', 'client certificate (mutual TLS)')
     .option('--tls-key <pem>', 'its key')
-    .option('--timeout <ms>', 'give up after this long', (v) => Number(v), 3000)
+    .option('--timeout <ms>', 'give up after this long', intOption(1, 600_000), 3000)
     .action(async (o) => {
       const def = grpc.loadPackageDefinition(protoLoader.loadSync(protoPath, { enums: String })) as unknown as { grpc: { health: { v1: { Health: new (a: string, c: grpc.ChannelCredentials) => HealthClient } } } };
       const client = new def.grpc.health.v1.Health(o.address, channelCredentials({ tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey }));

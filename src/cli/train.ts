@@ -11,6 +11,7 @@ import { TrainConfigSchema, type TrainConfig } from '../shared/train-config.js';
 import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import { trainLocal, type LocalCheckpointing } from '../coordinator/train-local.js';
 import { runLocalFleet } from '../coordinator/local-fleet.js';
+import { outsideComputeShare } from '../coordinator/run-coordinator.js';
 import { FleetConfigSchema, type FleetConfig } from '../coordinator/fleet-config.js';
 import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
 import { UsageError } from '../shared/errors.js';
@@ -174,19 +175,14 @@ export function recallLine(label: string, r: EvaluationResult): string {
 
 async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number, ckpt: LocalCheckpointing): Promise<void> {
   const log = createLogger('train');
-  const bar = new cliProgress.SingleBar(
-    {
-      format: 'train |{bar}| step {value}/{total} | loss {loss} | active {active}% | {ips} img/s | data wait {wait} ms | eta {eta_formatted}',
-      stream: process.stderr,
-      noTTYOutput: true,
-      notTTYSchedule: 15_000,
-      hideCursor: true,
-    },
-    cliProgress.Presets.shades_classic,
-  );
+  const bar = progressBar('train |{bar}| step {value}/{total} | loss {loss} | active {active}% | {ips} img/s | data wait {wait} ms | eta {eta_formatted}');
+  let total = cfg.steps;
   const result = await trainLocal(cfg, log, {
+    onPlanned: (steps) => {
+      total = steps;
+    },
     onEvaluation: (phase) => {
-      if (phase === 'before') bar.start(cfg.steps, 0, { loss: '-', active: '-', ips: '-', wait: '-' });
+      if (phase === 'before') bar.start(total, 0, { loss: '-', active: '-', ips: '-', wait: '-' });
       else bar.stop();
     },
     onStep: (s) => {
@@ -252,7 +248,7 @@ async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: bool
               `step ${s.step} loss ${s.loss.toFixed(4)}`,
             );
           }
-          bar.update(s.step + 1, { loss: s.loss.toFixed(4), workers: s.workers, ips: s.imagesPerSecond.toFixed(1), outside: ((100 * (s.seconds - s.workerComputeSeconds)) / s.seconds).toFixed(0) });
+          bar.update(s.step + 1, { loss: s.loss.toFixed(4), workers: s.workers, ips: s.imagesPerSecond.toFixed(1), outside: (100 * outsideComputeShare(s)).toFixed(0) });
         },
       },
       { evaluate: true, signal: abort.signal },
@@ -261,7 +257,7 @@ async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: bool
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
     const first = result.losses.slice(0, 10);
     const last = result.losses.slice(-10);
-    const outside = mean(result.reports.map((r) => (r.seconds - r.workerComputeSeconds - r.workerDataSeconds) / r.seconds));
+    const outside = mean(result.reports.map(outsideComputeShare));
     if (json) {
       console.log(JSON.stringify({ run: result.runId, workers: cfg.workers, steps: result.stepsRun, seconds: result.seconds, loss_first10: mean(first), loss_last10: mean(last), images_per_s_mean: mean(result.reports.map((r) => r.imagesPerSecond)), outside_compute_share_mean: outside, lost: result.lost, before: result.before, after: result.after, checkpoint: result.checkpoint ?? null }));
       return;

@@ -70,8 +70,9 @@ export interface FleetStepReport {
   round: number;
   /** Wall time of the step at the coordinator: plan to optimizer done. */
   seconds: number;
-  /** Slowest worker's data loading + gradient computation (the step's compute critical path). */
+  /** The slowest worker's gradient computation (the step's critical path, with its data loading). */
   workerComputeSeconds: number;
+  /** That worker's data loading. */
   workerDataSeconds: number;
   averageSeconds: number;
   optimizerSeconds: number;
@@ -104,6 +105,11 @@ export interface CoordinatorResult {
   checkpoint?: string;
   lost: FleetCoordinator['lost'];
   stopped: boolean;
+}
+
+/** Share of a step spent outside the slowest worker's data loading and compute. */
+export function outsideComputeShare(r: FleetStepReport): number {
+  return (r.seconds - r.workerComputeSeconds - r.workerDataSeconds) / r.seconds;
 }
 
 export interface CoordinatorRun {

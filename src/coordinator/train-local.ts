@@ -5,8 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initEngine, type Engine } from '../shared/engine/engine.js';
 import { trainItems, type Catalogue } from '../shared/data/catalogue.js';
 import { openTrainingCatalogue } from '../shared/data/open-catalogue.js';
-import { loadImages } from '../shared/data/batch.js';
-import { applyAugmentation, augmentParams } from '../shared/data/augment.js';
+import { loadTrainingImages } from '../shared/data/batch.js';
 import { Prefetcher } from '../shared/data/prefetch.js';
 import { samplePkBatch, stepsPerEpoch } from '../shared/data/pk-sampler.js';
 import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
@@ -33,6 +32,8 @@ export interface StepReport extends StepStats {
 }
 
 export interface TrainHooks {
+  /** The number of steps the run will take (--steps, or what --epochs comes to). */
+  onPlanned?(totalSteps: number): void;
   onStep?(report: StepReport): void;
   onEvaluation?(phase: 'before' | 'after', results: EvaluationResult[]): void;
 }
@@ -92,6 +93,8 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   if (perEpoch === 0) throw new UsageError(`${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`);
   log.info({ catalogue: catalogue.name, params: arch.params.length, stepsPerEpoch: perEpoch, itemsPerBatch: P }, 'training in this process');
 
+  const totalSteps = plannedSteps(cfg, perEpoch);
+  hooks.onPlanned?.(totalSteps);
   const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
   const before = await evaluateRetrieval(model, catalogue, evalOpts);
   hooks.onEvaluation?.('before', before);
@@ -101,13 +104,7 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
     const epoch = Math.floor(s / perEpoch);
     const plan = samplePkBatch({ seed: cfg.seed, epoch, step: s % perEpoch, itemsPerBatch: P, imagesPerItem: cfg.imagesPerItem, items });
     const size = arch.config.imageSize;
-    const pixels = await loadImages(catalogue, plan.imageIds, size);
-    if (cfg.augment.enabled) {
-      for (let i = 0; i < plan.imageIds.length; i++) {
-        const view = pixels.subarray(i * size * size * 3, (i + 1) * size * size * 3);
-        view.set(applyAugmentation(view, size, augmentParams(cfg.augment, { seed: cfg.seed, epoch, step: s, worker: 0, sample: i })));
-      }
-    }
+    const pixels = await loadTrainingImages(catalogue, plan.imageIds, size, cfg.augment, { seed: cfg.seed, epoch, step: s, worker: 0 });
     return { epoch, plan, pixels };
   };
   const prefetcher = new Prefetcher(loadStep);
@@ -116,7 +113,6 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const losses: number[] = [];
   const waits: number[] = [];
   let step = resumed?.state.nextStep ?? 0;
-  const totalSteps = plannedSteps(cfg, perEpoch);
   for (; step < totalSteps; step++) {
     if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
       log.warn({ step, maxMinutes: cfg.maxMinutes }, `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`);

@@ -4,8 +4,7 @@
 // over shards whatever the number of workers. No network: the worker process and tests call it.
 import * as tf from '@tensorflow/tfjs-core';
 import type { Catalogue } from '../shared/data/catalogue.js';
-import { loadImages } from '../shared/data/batch.js';
-import { applyAugmentation, augmentParams } from '../shared/data/augment.js';
+import { loadTrainingImages } from '../shared/data/batch.js';
 import type { ConvFn } from '../shared/engine/engine.js';
 import type { ModelState } from '../shared/model/params.js';
 import type { PlannedShard } from '../shared/plan/step-plan.js';
@@ -54,13 +53,7 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
   let computeSeconds = 0;
   for (const shard of shards) {
     const t0 = performance.now();
-    const pixels = await loadImages(ctx.catalogue, shard.imageIds, size);
-    if (ctx.cfg.augment.enabled) {
-      for (let i = 0; i < shard.imageIds.length; i++) {
-        const view = pixels.subarray(i * size * size * 3, (i + 1) * size * size * 3);
-        view.set(applyAugmentation(view, size, augmentParams(ctx.cfg.augment, { seed: ctx.cfg.seed, epoch: ctx.epoch, step: ctx.step, worker: shard.index, sample: i })));
-      }
-    }
+    const pixels = await loadTrainingImages(ctx.catalogue, shard.imageIds, size, ctx.cfg.augment, { seed: ctx.cfg.seed, epoch: ctx.epoch, step: ctx.step, worker: shard.index });
     const t1 = performance.now();
     const images = tf.tensor4d(pixels, [shard.imageIds.length, size, size, 3]);
     const result = computeGradients(
