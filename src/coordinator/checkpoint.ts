@@ -249,3 +249,23 @@ export function assertSameJob(saved: unknown, now: Record<string, unknown>, dir:
     throw new UsageError(`${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`);
   }
 }
+
+/**
+ * The checkpoint root of a training run (both training loops): checks the flags that need one,
+ * and with --resume loads the newest good checkpoint, refusing one written for another job.
+ */
+export function openCheckpoints(
+  dir: string | undefined,
+  opts: { resume: boolean; every: number; keep: number },
+  jobKey: Record<string, unknown>,
+  log: Logger,
+): { store?: CheckpointStore; resumed?: Checkpoint } {
+  if ((opts.resume || opts.every > 0) && !dir) throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
+  if (!dir) return {};
+  const store = new CheckpointStore(dir, opts.keep, log);
+  if (!opts.resume) return { store };
+  const resumed = store.loadLatest();
+  if (!resumed) log.info({ checkpointDir: dir }, `no checkpoint under ${dir} to resume from; starting a new run`);
+  else assertSameJob(resumed.state.config, jobKey, resumed.dir);
+  return { store, resumed };
+}

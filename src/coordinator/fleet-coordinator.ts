@@ -48,15 +48,10 @@ export interface WeightSource {
 }
 
 /** A worker's answer to a train assignment, as the coordinator received it. */
-export interface TrainResult extends ShardsGradient {
-  /** Coordinator clock: when the worker took the assignment and when the upload was complete. */
-  issuedAt: number;
-  receivedAt: number;
-}
+export type TrainResult = ShardsGradient;
 
 export interface EmbedResult {
-  imageIds: number[];
-  /** [imageIds.length, dim] row-major. */
+  /** [images of the assignment's units, dim] row-major (the upload's shape was checked). */
   embeddings: Float32Array;
   dim: number;
 }
@@ -284,25 +279,18 @@ export class FleetCoordinator {
     if (weightsVersion !== this.weights.version) throw new FleetError('stale', `computed with weights version ${weightsVersion}, the current version is ${this.weights.version}`);
   }
 
-  acceptTrain(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: Omit<TrainResult, 'issuedAt' | 'receivedAt'>): void {
+  // The header checks (which also count as a sign of life) run again: the work may have moved on
+  // while the upload streamed.
+  acceptTrain(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: TrainResult): void {
     this.checkResultHeader('train', workerId, run, units, weightsVersion);
     this.checkNorm(result.grads);
-    const work = this.work as StepWork<TrainResult>;
-    const issuedAt = work.take(workerId, this.now())?.issuedAt ?? this.now();
-    work.accept(workerId, { step: run.step, round: run.round, units }, { ...result, issuedAt, receivedAt: this.now() });
-    this.membership.touch(workerId, this.now());
+    (this.work as StepWork<TrainResult>).accept(workerId, { step: run.step, round: run.round, units }, result);
     this.notify();
   }
 
   acceptEmbeddings(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: EmbedResult): void {
     this.checkResultHeader('embed', workerId, run, units, weightsVersion);
-    const work = this.work as StepWork<EmbedResult>;
-    const expected = units.flatMap((u) => work.units[u].imageIds);
-    if (expected.length !== result.imageIds.length || expected.some((id, i) => id !== result.imageIds[i])) {
-      throw new FleetError('invalid-argument', `embeddings for ${result.imageIds.length} images, the assignment has ${expected.length}`);
-    }
-    work.accept(workerId, { step: run.step, round: run.round, units }, result);
-    this.membership.touch(workerId, this.now());
+    (this.work as StepWork<EmbedResult>).accept(workerId, { step: run.step, round: run.round, units }, result);
     this.notify();
   }
 
@@ -462,11 +450,9 @@ export class FleetCoordinator {
     if (run.runId !== this.opts.runId) throw new FleetError('wrong-run', `message for run ${run.runId}; this coordinator runs ${this.opts.runId}`);
   }
 
-  private memberOrThrow(workerId: string): Member {
-    const m = this.membership.get(workerId);
-    if (!m) throw this.notMember(workerId);
-    m.lastSeen = this.now();
-    return m;
+  /** Any message from a member is a sign of life. */
+  private memberOrThrow(workerId: string): void {
+    if (!this.membership.touch(workerId, this.now())) throw this.notMember(workerId);
   }
 
   private notMember(workerId: string): FleetError {

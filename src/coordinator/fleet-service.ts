@@ -129,7 +129,7 @@ export class UploadReader {
   private bytes = 0;
 
   constructor(
-    private readonly specOf: (name: string, first: EncodedChunk) => TensorSpec | undefined,
+    private readonly specOf: (name: string) => TensorSpec | undefined,
     /** Where decoded tensors go (recycled arrays save the page faults of fresh ones). */
     private readonly allocate: (size: number) => Float32Array = (size) => new Float32Array(size),
   ) {}
@@ -139,7 +139,7 @@ export class UploadReader {
     const c = fromProtoChunk(chunk);
     if (this.pending.length === 0) {
       // The first chunk of a tensor: check it against what is expected before buffering anything.
-      const spec = this.specOf(c.name, c);
+      const spec = this.specOf(c.name);
       if (!spec) throw new TensorDecodeError(`tensor ${c.name}: not expected in this upload`);
       if (this.tensors.has(spec.name)) throw new TensorDecodeError(`tensor ${spec.name}: sent twice`);
       if (c.shape.length !== spec.shape.length || c.shape.some((d, i) => d !== spec.shape[i])) throw new TensorDecodeError(`tensor ${c.name}: shape [${c.shape}] where [${spec.shape}] was expected`);
@@ -241,7 +241,9 @@ function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
 
 export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards = DEFAULT_GUARDS): FleetServiceServer {
   const gate = new Gate(guards);
-  const trainSpecs = () => new Map(coord.expectedTrainTensors().map((s) => [s.name, s]));
+  // What a train upload must carry is fixed by the model for the whole run.
+  const trainSpecs = new Map(coord.expectedTrainTensors().map((s) => [s.name, s]));
+  const trainNames = [...trainSpecs.keys()];
   return {
     register: unary(gate, (req) => {
       const { member, run } = coord.register({ workerName: req.workerName, engine: req.engine, device: req.device, runId: req.runId });
@@ -307,18 +309,13 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         (h) => {
           coord.checkResultHeader('train', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
           if (!Number.isFinite(h.loss)) throw new TensorDecodeError(`loss is ${h.loss}`);
-          const specs = trainSpecs();
           return new UploadReader(
-            (name) => specs.get(name),
+            (name) => trainSpecs.get(name),
             (size) => coord.buffers.take(size),
           );
         },
         (h, reader) => {
-          const specs = coord.expectedTrainTensors();
-          const tensors = reader.finish(
-            specs.map((s) => s.name),
-            h.tensorCount,
-          );
+          const tensors = reader.finish(trainNames, h.tensorCount);
           const { grads, bnStats } = coord.splitTrainTensors(tensors);
           coord.acceptTrain(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, {
             triplets: h.contributingTriplets,
@@ -348,10 +345,8 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
           return new UploadReader((name) => (name === 'embeddings' && dim > 0 ? { name, shape: [images.length, dim] } : undefined));
         },
         (h, reader) => {
-          const tensors = reader.finish(['embeddings'], 1);
-          const images = coord.embedImagesOf(h.shardIndexes);
-          const embeddings = tensors.get('embeddings')!;
-          coord.acceptEmbeddings(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, { imageIds: images, embeddings, dim: embeddings.length / Math.max(1, images.length) });
+          const embeddings = reader.finish(['embeddings'], 1).get('embeddings')!;
+          coord.acceptEmbeddings(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, { embeddings, dim: coord.opts.embeddingDim! });
         },
         (h, reason) => coord.rejectResult(h.workerId, reason),
       ),

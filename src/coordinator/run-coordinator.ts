@@ -14,13 +14,13 @@ import type { FleetJob } from '../shared/fleet-job.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, type ModelState } from '../shared/model/params.js';
-import { meanOf, weightedAverage } from '../shared/plan/average.js';
+import { weightedAverage } from '../shared/plan/average.js';
 import { confusableAffinity } from '../shared/plan/hard-negatives.js';
 import { planShards, type PlannedShard } from '../shared/plan/step-plan.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
 import { hashInts } from '../shared/rng.js';
 import { median } from '../shared/stats.js';
-import { assertSameJob, captureCheckpoint, CheckpointStore } from './checkpoint.js';
+import { captureCheckpoint, openCheckpoints } from './checkpoint.js';
 import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
 import { NatsBridge, type EventSink } from './nats-bridge.js';
 import { RunControl } from './run-control.js';
@@ -154,14 +154,10 @@ async function runCoordinator(
   }
   const totalSteps = plannedSteps(cfg, perEpoch);
   hooks.onPlanned?.(totalSteps);
-  if ((fleet.resume || fleet.checkpointEvery > 0) && !cfg.checkpointDir) throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
-  const store = cfg.checkpointDir ? new CheckpointStore(cfg.checkpointDir, fleet.keepCheckpoints, log) : undefined;
   const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
   // What must not change across a resume (the sampler cursor means nothing for another batch or data).
   const jobKey = { model: arch.config, seed: cfg.seed, batchTriplets: cfg.batchTriplets, imagesPerItem: cfg.imagesPerItem, data: cfg.data, shards: shardCount, mining: cfg.mining };
-  const resumed = fleet.resume ? store!.loadLatest() : undefined;
-  if (fleet.resume && !resumed) log.info({ checkpointDir: cfg.checkpointDir }, `no checkpoint under ${cfg.checkpointDir} to resume from; starting a new run`);
-  if (resumed) assertSameJob(resumed.state.config, jobKey, resumed.dir);
+  const { store, resumed } = openCheckpoints(cfg.checkpointDir, { resume: fleet.resume, every: fleet.checkpointEvery, keep: fleet.keepCheckpoints }, jobKey, log);
   if (resumed && fleet.runId && fleet.runId !== resumed.state.runId) throw new UsageError(`--run-id ${fleet.runId}, but ${resumed.dir} belongs to run ${resumed.state.runId}; drop --run-id to continue that run`);
   const engine = await initEngine(cfg.engine, log);
   const model = createModelState(arch, cfg.seed, resumed?.weights.values);
@@ -296,8 +292,12 @@ async function runCoordinator(
       const results = work.results.map((r) => r.result);
       const triplets = results.reduce((s, r) => s + r.triplets, 0);
       const loss = triplets ? results.reduce((s, r) => s + r.loss * r.triplets, 0) / triplets : Number.NaN;
+      const releaseBuffers = () => {
+        for (const r of results) coord.buffers.release([...r.grads.values(), ...r.bnStats.values()]);
+      };
       if (triplets === 0) {
         log.warn({ step }, `step ${step}: no shard found a triplet; no update`);
+        releaseBuffers();
         continue;
       }
       // Shard order, not arrival order: the same fleet gives bit-identical averages every run.
@@ -306,18 +306,16 @@ async function runCoordinator(
       averaged = avg.grads;
       let sq = 0;
       for (const g of avg.grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
-      const stats = new Map<string, Float32Array>();
-      for (const spec of weights.statSpecs) {
-        // Each result holds the mean over its shards: weight it by its shard count.
-        stats.set(spec.name, meanOf(ordered.flatMap((r) => Array.from({ length: r.shards }, () => r.bnStats.get(spec.name)!))));
-      }
+      // Each result's statistics are the mean over its shards: weight it by its shard count. Fresh
+      // arrays (they are small): the BatchNorm buffers are assigned tensors that may keep them.
+      const stats = weightedAverage(ordered.map((r) => ({ triplets: r.shards, grads: r.bnStats }))).grads;
       const t2 = performance.now();
       const gradTensors = new Map([...avg.grads].map(([n, g]) => [n, tf.tensor(g, model.trainable.get(n)!.shape)]));
       const statTensors = new Map([...stats].map(([n, s]) => [n, tf.tensor(s, model.buffers.get(n)!.shape)]));
       updater.apply(gradTensors, statTensors, epoch);
       tf.dispose([...gradTensors.values(), ...statTensors.values()]);
       weights.version += 1;
-      for (const r of results) coord.buffers.release([...r.grads.values(), ...r.bnStats.values()]);
+      releaseBuffers();
       const t3 = performance.now();
       const slowest = results.reduce((m, r) => (r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m), results[0]);
       const seconds = (t3 - t0) / 1000;

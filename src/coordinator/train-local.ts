@@ -13,7 +13,7 @@ import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState } from '../shared/model/params.js';
 import { stepDirName } from '../shared/checkpoint-format.js';
-import { assertSameJob, captureCheckpoint, CheckpointStore } from './checkpoint.js';
+import { captureCheckpoint, openCheckpoints } from './checkpoint.js';
 import { join } from 'node:path';
 import { hashInts } from '../shared/rng.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
@@ -63,13 +63,9 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
   const catalogue: Catalogue = await openTrainingCatalogue(cfg.data);
   const engine = await initEngine(cfg.engine, log);
   const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
-  if ((ckpt.resume || ckpt.every > 0) && !cfg.checkpointDir) throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
-  const store = cfg.checkpointDir ? new CheckpointStore(cfg.checkpointDir, ckpt.keep, log) : undefined;
   // Single-process batches are not sharded: a checkpoint of this mode resumes only in this mode.
   const jobKey = { model: arch.config, seed: cfg.seed, batchTriplets: cfg.batchTriplets, imagesPerItem: cfg.imagesPerItem, data: cfg.data, shards: 'single-process', mining: cfg.mining };
-  const resumed = ckpt.resume ? store!.loadLatest() : undefined;
-  if (ckpt.resume && !resumed) log.info({ checkpointDir: cfg.checkpointDir }, `no checkpoint under ${cfg.checkpointDir} to resume from; starting a new run`);
-  if (resumed) assertSameJob(resumed.state.config, jobKey, resumed.dir);
+  const { store, resumed } = openCheckpoints(cfg.checkpointDir, ckpt, jobKey, log);
   const model = createModelState(arch, cfg.seed, resumed?.weights.values);
   const updater = new ParameterUpdater(model, cfg.optimizer);
   if (resumed) {

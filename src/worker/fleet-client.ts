@@ -17,7 +17,6 @@ import {
 import { DEFAULT_CHUNK_BYTES, decodeTensor, encodeTensor, type EncodedChunk, type WireDType } from '../shared/tensor-codec.js';
 import { fromProtoChunk, toProtoChunk } from '../shared/wire.js';
 
-export type ClientError = grpc.ServiceError;
 
 export function isServiceError(err: unknown): err is grpc.ServiceError {
   return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'number' && 'details' in err;

@@ -8,6 +8,7 @@ import { loadTrainingImages } from '../shared/data/batch.js';
 import type { ConvFn } from '../shared/engine/engine.js';
 import type { ModelState } from '../shared/model/params.js';
 import type { PlannedShard } from '../shared/plan/step-plan.js';
+import { weightedAverage, type ShardGradient } from '../shared/plan/average.js';
 import { hashInts } from '../shared/rng.js';
 import type { TrainConfig } from '../shared/train-config.js';
 import { computeGradients } from './trainer.js';
@@ -42,8 +43,8 @@ export interface ShardContext {
 export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardContext): Promise<ShardsGradient> {
   if (shards.length === 0) throw new Error('computeShardsGradient: no shards');
   const size = ctx.model.arch.config.imageSize;
-  const grads = new Map<string, Float32Array>();
-  const bnStats = new Map<string, Float32Array>();
+  const shardGrads: ShardGradient[] = [];
+  const shardStats: ShardGradient[] = [];
   let triplets = 0;
   let active = 0;
   let lossSum = 0;
@@ -69,21 +70,29 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
       lossSum += w * result.stats.loss;
       dapSum += w * result.stats.meanPositiveDistance;
       danSum += w * result.stats.meanNegativeDistance;
-      for (const [name, g] of result.grads) accumulate(grads, name, g.dataSync() as Float32Array, w);
-      for (const [name, s] of result.bnUpdates) accumulate(bnStats, name, s.dataSync() as Float32Array, 1 / shards.length);
+      shardGrads.push({ triplets: w, grads: hostValues(result.grads) });
+      shardStats.push({ triplets: 1, grads: hostValues(result.bnUpdates) }); // plain mean over shards
     } finally {
       result.dispose();
     }
     dataSeconds += (t1 - t0) / 1000;
     computeSeconds += (performance.now() - t1) / 1000;
   }
-  if (triplets > 0) for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] /= triplets;
   const mean = (x: number) => (triplets > 0 ? x / triplets : 0);
+  // One shard (the usual case) is its own average: no multi-megabyte copy.
+  const only = (s: ShardGradient[]) => (s.length === 1 ? s[0].grads : undefined);
+  const contributing = shardGrads.filter((s) => s.triplets > 0);
+  const grads = contributing.length === 0 ? zerosLike(shardGrads[0].grads) : (only(contributing) ?? weightedAverage(contributing).grads);
+  const bnStats = only(shardStats) ?? weightedAverage(shardStats).grads;
   return { triplets, activeTriplets: active, loss: mean(lossSum), meanPositiveDistance: mean(dapSum), meanNegativeDistance: mean(danSum), grads, bnStats, shards: shards.length, dataSeconds, computeSeconds };
 }
 
-function accumulate(into: Map<string, Float32Array>, name: string, values: Float32Array, weight: number): void {
-  let acc = into.get(name);
-  if (!acc) into.set(name, (acc = new Float32Array(values.length)));
-  for (let i = 0; i < values.length; i++) acc[i] += weight * values[i];
+/** Tensor values read to the host (the tensors are disposed next; the arrays are ours). */
+function hostValues(tensors: Map<string, tf.Tensor>): Map<string, Float32Array> {
+  return new Map([...tensors].map(([name, t]) => [name, t.dataSync() as Float32Array]));
+}
+
+/** No shard found a triplet: a zero gradient of weight 0 still answers the assignment. */
+function zerosLike(grads: Map<string, Float32Array>): Map<string, Float32Array> {
+  return new Map([...grads].map(([name, g]) => [name, new Float32Array(g.length)]));
 }

@@ -11,14 +11,12 @@ import { z } from 'zod';
 import { initEngine, type Engine, type EngineChoice } from '../shared/engine/engine.js';
 import { catalogueFingerprint, openTrainingCatalogue } from '../shared/data/open-catalogue.js';
 import type { Catalogue } from '../shared/data/catalogue.js';
-import { loadBatchTensor } from '../shared/data/batch.js';
+import { unitCapsules } from '../shared/eval/evaluate.js';
 import { FleetJobSchema, type FleetJob } from '../shared/fleet-job.js';
 import { StepAction, WireDType, type NextStepResponse, type RunRef } from '../shared/gen/tricaps/v1/fleet.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, type ModelState } from '../shared/model/params.js';
-import { l2Normalize } from '../shared/model/squash.js';
-import { forward } from '../shared/model/tricapsnet.js';
 import { UsageError } from '../shared/errors.js';
 import { FleetClient, isServiceError } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
@@ -276,18 +274,9 @@ export class FleetWorker {
   }
 
   private async embed(imageIds: number[]): Promise<{ values: Float32Array; dim: number }> {
-    const loaded = this.loaded!;
-    const [categories, capsDim] = loaded.model.arch.outputShape;
-    const dim = categories * capsDim;
-    const out = new Float32Array(imageIds.length * dim);
-    for (let start = 0; start < imageIds.length; start += 32) {
-      const ids = imageIds.slice(start, start + 32);
-      const images = await loadBatchTensor(loaded.catalogue, ids, loaded.model.arch.config.imageSize);
-      const unit = tf.tidy(() => l2Normalize(forward(loaded.model, images, { training: false, conv: this.engine.conv }).capsules));
-      out.set(unit.dataSync(), start * dim);
-      tf.dispose([images, unit]);
-    }
-    return { values: out, dim };
+    const { model, catalogue } = this.loaded!;
+    const u = await unitCapsules(model, catalogue, imageIds.map((id) => catalogue.images[id]), { batchSize: 32, conv: this.engine.conv });
+    return { values: u.unit, dim: u.categories * u.dim };
   }
 
   private async leave(s: Session, reason: string): Promise<void> {

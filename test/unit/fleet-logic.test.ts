@@ -100,7 +100,7 @@ describe('fleet coordinator (no transport)', () => {
   const make = (over: Partial<ConstructorParameters<typeof FleetCoordinator>[0]> = {}) =>
     new FleetCoordinator({ runId: 'r1', minWorkers: 1, maxWorkers: 4, heartbeatIntervalMs: 50, heartbeatTimeoutMs: 300, assignmentTimeoutMs: 10_000, longPollMs: 200, gradientDtype: 'float32', configJson: '{}', ...over }, weights, silent);
   const run = { runId: 'r1', round: 0, step: 0 };
-  const result = (): Omit<TrainResult, 'issuedAt' | 'receivedAt'> => ({ triplets: 3, activeTriplets: 1, loss: 1, shards: 1, grads: new Map([['g', new Float32Array(2)]]), bnStats: new Map(), dataSeconds: 0, computeSeconds: 0, meanPositiveDistance: 0, meanNegativeDistance: 0 });
+  const result = (): TrainResult => ({ triplets: 3, activeTriplets: 1, loss: 1, shards: 1, grads: new Map([['g', new Float32Array(2)]]), bnStats: new Map(), dataSeconds: 0, computeSeconds: 0, meanPositiveDistance: 0, meanNegativeDistance: 0 });
 
   it('answers WAIT when there is no work, then the assignment, and completes the step', async () => {
     const c = make();
