@@ -15,11 +15,16 @@ describe('deploy/kubernetes/security', () => {
     const policies = docs('deploy/kubernetes/security/networkpolicy.yaml');
     expect(policies.map((p) => `${p.apiVersion}/${p.kind}`)).toEqual(['networking.k8s.io/v1/NetworkPolicy', 'networking.k8s.io/v1/NetworkPolicy']);
     const coordinator = policies.find((p) => p.spec.podSelector.matchLabels['app.kubernetes.io/component'] === 'coordinator')!;
+    const worker = policies.find((p) => p.spec.podSelector.matchLabels['app.kubernetes.io/component'] === 'worker')!;
+    expect(coordinator.spec.ingress).toHaveLength(2);
     const [grpcRule, metricsRule] = coordinator.spec.ingress;
-    expect(grpcRule.from[0].podSelector.matchLabels['app.kubernetes.io/component']).toBe('worker');
+    expect(grpcRule.from).toEqual([{ podSelector: { matchLabels: expect.objectContaining({ 'app.kubernetes.io/component': 'worker' }) } }]);
     // The coordinator's default --listen port.
     expect(readFileSync('src/cli/fleet.ts', 'utf8')).toContain(`'0.0.0.0:${grpcRule.ports[0].port}'`);
-    expect(metricsRule.from[0].namespaceSelector).toBeDefined();
+    // Metrics: the monitoring namespace only (an empty selector would admit every namespace).
+    const prometheusOnly = [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }];
+    expect(metricsRule.from).toEqual(prometheusOnly);
+    expect(worker.spec.ingress).toEqual([{ from: prometheusOnly, ports: [{ protocol: 'TCP', port: 9464 }] }]);
     for (const p of policies) expect(p.spec.policyTypes).toEqual(['Ingress']);
   });
 

@@ -21,8 +21,12 @@ describe('augmentation', () => {
       const p = augmentParams(cfg, { seed: 1, epoch: 0, step: 0, worker: 0, sample });
       expect(Math.abs(p.angle)).toBeLessThanOrEqual((30 * Math.PI) / 180);
       expect(Math.abs(p.tx)).toBeLessThanOrEqual(0.1);
-      expect(p.zx).toBeGreaterThanOrEqual(0.9);
-      expect(p.zx).toBeLessThanOrEqual(1.1);
+      expect(Math.abs(p.ty)).toBeLessThanOrEqual(0.1);
+      for (const z of [p.zx, p.zy]) {
+        expect(z).toBeGreaterThanOrEqual(0.9);
+        expect(z).toBeLessThanOrEqual(1.1);
+      }
+      expect(Math.abs(p.shear)).toBeLessThanOrEqual((0.1 * Math.PI) / 180);
       expect(p.brightness).toBeGreaterThanOrEqual(0.5);
       expect(p.brightness).toBeLessThanOrEqual(1.5);
     }

@@ -22,6 +22,11 @@ describe('tensor codec', () => {
     const back = decodeTensor(chunks, { name: 'w', shape: [1000] }, limits);
     back.forEach((v, i) => expect(Math.abs(v - values[i])).toBeLessThanOrEqual(Math.abs(values[i]) * 1e-3 + 1e-6));
     for (const x of [0, 1, -2.5, 65504, 6.1e-5, 1e-7]) expect(fromHalf(toHalf(x))).toBeCloseTo(x, 3);
+    // Subnormals, exactly: steps of 2^-24, rounded to nearest.
+    expect(toHalf(6.1e-5)).toBe(0x03ff);
+    expect(toHalf(1e-7)).toBe(0x0002);
+    expect(fromHalf(0x03ff)).toBe(1023 * 2 ** -24);
+    expect(fromHalf(0x8002)).toBe(-2 * 2 ** -24);
     expect(fromHalf(toHalf(1e6))).toBe(Infinity);
   });
 

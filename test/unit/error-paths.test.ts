@@ -63,6 +63,9 @@ describe('error paths', () => {
     writeFileSync(join(fake, 'model.json'), '{ broken');
     expect(() => loadWeights(fake)).toThrow(/not a tricaps checkpoint/);
     expect(() => loadWeights(dir)).toThrow(/no model.json/);
+    const empty = join(dir, 'empty-root');
+    mkdirSync(empty);
+    expect(() => resolveCheckpoint(empty)).toThrow(/empty-root: holds no checkpoint \(no model.json, no step-\* directories\)/);
   });
 
   it('a bounding-box crop needs the bbox file', async () => {

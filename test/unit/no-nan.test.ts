@@ -49,6 +49,7 @@ describe('embedding masks', () => {
     for (const mode of ['predicted', 'oracle', 'none'] as const) {
       const host = maskedEmbeddings({ unit, categories: 4, dim: 3, predicted }, mode, labels);
       const tensor = embed(capsules, mode, labels).dataSync();
+      expect(host.length).toBe(tensor.length);
       Array.from(tensor).forEach((v, i) => expect(host[i]).toBeCloseTo(v, 6));
     }
   });
