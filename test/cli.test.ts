@@ -200,7 +200,7 @@ describe('tricaps CLI', () => {
     expect(out.images_per_s).toBeGreaterThan(0);
   });
 
-  it('bench exchange reports each configuration through the real coordinator, and the loopback TCP ceiling', async () => {
+  it('bench exchange reports each configuration through the real coordinator, and the loopback TCP and HTTP/2 ceilings', async () => {
     const r = await tricaps('bench', 'exchange', '--workers', '1,2', '--params', '300000', '--steps', '2', '--wire', 'fp16');
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
@@ -212,9 +212,12 @@ describe('tricaps CLI', () => {
       expect(row.weight_bytes_per_step).toBe(row.workers * 300_000 * 4); // float32 down
       expect(row.ms_per_step_median).toBeGreaterThan(0);
       expect(row.total_share_of_loopback_tcp).toBeCloseTo(row.total_gb_per_s / out.loopback_tcp.gb_per_s, 9);
+      expect(row.total_share_of_loopback_http2).toBeCloseTo(row.total_gb_per_s / out.loopback_http2.gb_per_s, 9);
     }
-    expect(out.loopback_tcp).toMatchObject({ bytes_per_round: 10_000_000, rounds: 20 });
-    expect(out.loopback_tcp.gb_per_s).toBeGreaterThan(0);
+    for (const ceiling of [out.loopback_tcp, out.loopback_http2]) {
+      expect(ceiling).toMatchObject({ bytes_per_round: 10_000_000, rounds: 20 });
+      expect(ceiling.gb_per_s).toBeGreaterThan(0);
+    }
   });
 
   it('bench profile lists kernels of one step, largest first', async () => {

@@ -56,10 +56,12 @@ export function registerBenchCommands(program: Command): void {
       const wire = o.wire === 'fp16' || o.wire === 'float16' ? 'float16' : 'float32';
       const rows = [];
       for (const params of o.params) for (const workers of o.workers) rows.push(await benchExchangeOne(workers, params, wire, o.steps));
-      // The machine's own ceiling, measured now: plain TCP between two threads, no gRPC.
-      const loopback = await loopbackBaseline();
-      const withShare = rows.map((r) => ({ ...r, total_share_of_loopback_tcp: r.total_gb_per_s / loopback.gb_per_s }));
-      console.log(JSON.stringify({ bench: 'exchange', wire, steps: o.steps, cpus: (await import('node:os')).cpus().length, loopback_tcp: loopback, rows: withShare }));
+      // The machine's own ceilings, measured now between two threads with no gRPC: plain TCP, and
+      // Node's HTTP/2 (which grpc-js cannot outrun).
+      const tcp = await loopbackBaseline(10_000_000, 20, 'tcp');
+      const http2 = await loopbackBaseline(10_000_000, 20, 'http2');
+      const withShare = rows.map((r) => ({ ...r, total_share_of_loopback_tcp: r.total_gb_per_s / tcp.gb_per_s, total_share_of_loopback_http2: r.total_gb_per_s / http2.gb_per_s }));
+      console.log(JSON.stringify({ bench: 'exchange', wire, steps: o.steps, cpus: (await import('node:os')).cpus().length, loopback_tcp: tcp, loopback_http2: http2, rows: withShare }));
     });
   stepOptions(bench.command('profile').description('time every kernel of one training step (tf.profile) and list the largest'))
     .option('--top <n>', 'kernels to list', intOption(1, 1000), 25)
