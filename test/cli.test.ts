@@ -226,8 +226,14 @@ describe('tricaps CLI', () => {
     const out = lastJsonLine(r.stdout);
     expect(out).toMatchObject({ bench: 'profile', engine: 'wasm' });
     expect(out.top).toHaveLength(5);
-    expect(out.top[0].kernel).toMatch(/^Conv2D/);
+    // Which kernel comes first is timing (a GC pause can put a tiny Add on top): assert the
+    // structure, not the ranking.
+    for (const t of out.top) expect(t).toMatchObject({ kernel: expect.stringMatching(/^\w+ \[/), calls: expect.any(Number) });
     const ms = out.top.map((t: { ms: number }) => t.ms);
     expect(ms).toEqual([...ms].sort((a: number, b: number) => b - a));
+    // The step's convolutions were profiled (forward and the gradients written for wasm).
+    expect(Object.keys(out.by_op)).toContain('Conv2D');
+    expect(out.kernels).toBeGreaterThan(out.top.length);
+    expect(out.total_kernel_ms).toBeGreaterThan(0);
   });
 });
