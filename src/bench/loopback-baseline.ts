@@ -8,7 +8,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { createServer as createHttp2Server } from 'node:http2';
 import { Worker as Thread } from 'node:worker_threads';
 import { median } from '../shared/stats.js';
-import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE } from '../coordinator/fleet-service.js';
+import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, widenSession } from '../coordinator/fleet-service.js';
 
 export type LoopbackProtocol = 'tcp' | 'http2';
 
@@ -74,7 +74,7 @@ session.on('connect', async () => {
 };
 
 /** Starts the receiving end on this thread; resolves to its port and a function that stops it. */
-async function listen(protocol: LoopbackProtocol, bytes: number): Promise<{ port: number; close: () => Promise<void> }> {
+export async function listenForRounds(protocol: LoopbackProtocol, bytes: number): Promise<{ port: number; close: () => Promise<void> }> {
   if (protocol === 'tcp') {
     const server = createServer((socket) => {
       socket.setNoDelay(true);
@@ -97,8 +97,7 @@ async function listen(protocol: LoopbackProtocol, bytes: number): Promise<{ port
     sessions.add(session);
     session.on('close', () => sessions.delete(session));
     session.on('error', () => undefined);
-    session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW, maxFrameSize: MAX_FRAME_SIZE });
-    session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
+    widenSession(session);
   });
   server.on('stream', (stream) => {
     let received = 0;
@@ -122,7 +121,7 @@ async function listen(protocol: LoopbackProtocol, bytes: number): Promise<{ port
 }
 
 export async function loopbackBaseline(bytes = 10_000_000, rounds = 20, protocol: LoopbackProtocol = 'tcp'): Promise<LoopbackBaseline> {
-  const server = await listen(protocol, bytes);
+  const server = await listenForRounds(protocol, bytes);
   try {
     const times = await sendRounds(server.port, bytes, rounds, protocol);
     const ms = median(times);

@@ -387,6 +387,12 @@ export const FLOW_CONTROL_WINDOW = 16 << 20;
 /** Largest HTTP/2 frame peers may send us (the default, 16 KB, means 64 frames per 1 MB chunk). */
 export const MAX_FRAME_SIZE = (1 << 24) - 1;
 
+/** Gives an accepted HTTP/2 session the wide connection and per-stream receive windows. */
+export function widenSession(session: import('node:http2').ServerHttp2Session): void {
+  session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW, maxFrameSize: MAX_FRAME_SIZE });
+  session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
+}
+
 /**
  * grpc-js lets clients widen their receive window ('grpc-node.flow_control_window') but has no
  * server option, so uploads crawl at HTTP/2's 64 KB default, one window update per 64 KB. Every
@@ -401,8 +407,7 @@ function widenFlowControlWindows(server: grpc.Server): void {
     h2.on('session', (session) => {
       session.on('connect', () => undefined);
       try {
-        session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW, maxFrameSize: MAX_FRAME_SIZE });
-        session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
+        widenSession(session);
       } catch {
         // the session closed before we could widen it
       }
