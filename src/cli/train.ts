@@ -15,6 +15,7 @@ import { outsideComputeShare } from '../coordinator/run-coordinator.js';
 import { FleetConfigSchema, type FleetConfig } from '../coordinator/fleet-config.js';
 import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
 import { UsageError } from '../shared/errors.js';
+import { mean } from '../shared/stats.js';
 
 export function addModelOptions(cmd: Command): Command {
   return cmd
@@ -176,15 +177,8 @@ export function recallLine(label: string, r: EvaluationResult): string {
 async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number, ckpt: LocalCheckpointing): Promise<void> {
   const log = createLogger('train');
   const bar = progressBar('train |{bar}| step {value}/{total} | loss {loss} | active {active}% | {ips} img/s | data wait {wait} ms | eta {eta_formatted}');
-  let total = cfg.steps;
   const result = await trainLocal(cfg, log, {
-    onPlanned: (steps) => {
-      total = steps;
-    },
-    onEvaluation: (phase) => {
-      if (phase === 'before') bar.start(total, 0, { loss: '-', active: '-', ips: '-', wait: '-' });
-      else bar.stop();
-    },
+    ...barAroundTraining(bar, cfg.steps, { loss: '-', active: '-', ips: '-', wait: '-' }),
     onStep: (s) => {
       if (logEvery > 0 && s.step % logEvery === 0) {
         log.info(
@@ -197,7 +191,6 @@ async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number, ck
   }, ckpt);
   const first = result.losses.slice(0, 10);
   const last = result.losses.slice(-10);
-  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   if (json) {
     console.log(JSON.stringify({ engine: result.engine.name, steps: result.stepsRun, seconds: result.seconds, data_wait_seconds_mean: mean(result.dataWaitSeconds), loss_first10: mean(first), loss_last10: mean(last), before: result.before, after: result.after, checkpoint: result.checkpoint ?? null }));
     return;
@@ -212,6 +205,23 @@ async function runTraining(cfg: TrainConfig, json: boolean, logEvery: number, ck
   console.log(`category accuracy (longest capsule): before ${(result.before[0].categoryAccuracy * 100).toFixed(1)}% -> after ${(head.categoryAccuracy * 100).toFixed(1)}%`);
 }
 
+/**
+ * Hooks that show `bar` between the evaluations before and after training, sized to the steps the
+ * run planned (`--epochs` decides them only once the data is read; until then `steps`).
+ */
+function barAroundTraining(bar: cliProgress.SingleBar, steps: number, idle: Record<string, string>) {
+  let total = steps;
+  return {
+    onPlanned: (planned: number) => {
+      total = planned;
+    },
+    onEvaluation: (phase: 'before' | 'after') => {
+      if (phase === 'before') bar.start(total, 0, idle);
+      else bar.stop();
+    },
+  };
+}
+
 function progressBar(format: string): cliProgress.SingleBar {
   return new cliProgress.SingleBar({ format, stream: process.stderr, noTTYOutput: true, notTTYSchedule: 15_000, hideCursor: true }, cliProgress.Presets.shades_classic);
 }
@@ -222,7 +232,6 @@ async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: bool
   const log = createLogger('coordinator', process.env.TRICAPS_LOG_LEVEL ?? 'warn');
   const stepLog = createLogger('train');
   const bar = progressBar('train |{bar}| step {value}/{total} | loss {loss} | {workers} workers | {ips} img/s | outside compute {outside}% | eta {eta_formatted}');
-  let total = cfg.steps;
   const abort = new AbortController();
   const onSignal = () => abort.abort();
   process.once('SIGTERM', onSignal);
@@ -234,13 +243,7 @@ async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: bool
       cfg.engine,
       log,
       {
-        onPlanned: (steps) => {
-          total = steps;
-        },
-        onEvaluation: (phase) => {
-          if (phase === 'before') bar.start(total, 0, { loss: '-', workers: '-', ips: '-', outside: '-' });
-          else bar.stop();
-        },
+        ...barAroundTraining(bar, cfg.steps, { loss: '-', workers: '-', ips: '-', outside: '-' }),
         onStep: (s) => {
           if (logEvery > 0 && s.step % logEvery === 0) {
             stepLog.info(
@@ -254,8 +257,7 @@ async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: bool
       { evaluate: true, signal: abort.signal },
     );
     bar.stop();
-    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-    const first = result.losses.slice(0, 10);
+      const first = result.losses.slice(0, 10);
     const last = result.losses.slice(-10);
     const outside = mean(result.reports.map(outsideComputeShare));
     if (json) {
