@@ -47,27 +47,31 @@ export async function benchEngine(o: EngineBenchOptions, log: Logger): Promise<R
     const m = tf.memory() as tf.MemoryInfo & { numBytesInGPUAllocated?: number; numBytesInGPU?: number };
     peakBytes = Math.max(peakBytes, m.numBytesInGPUAllocated ?? m.numBytesInGPU ?? m.numBytes);
   };
-  const step = (i: number) => {
+  // The first parameter is small (the stem's kernel); reading it waits for the optimizer's update.
+  const fence = model.trainable.values().next().value!;
+  const step = async (i: number) => {
     const t0 = performance.now();
     const result = computeGradients(model, { images, itemIds, categories }, { mining: o.mining, margin: 2, marginLossWeight: 0, conv: engine.conv, seed: i });
     notePeak();
+    // As the local training loop: the statistics (loss checked finite there) before the update.
+    await result.readStats();
     updater.apply(result.grads, result.bnUpdates, 0);
     result.dispose();
-    // A read-back fences asynchronous engines (webgpu) so the time covers the whole step.
-    model.trainable.values().next().value!.dataSync();
+    // An awaited read fences asynchronous engines (webgpu) so the time covers the whole step.
+    await fence.data();
     return performance.now() - t0;
   };
-  for (let i = 0; i < o.warmup; i++) step(-1 - i);
+  for (let i = 0; i < o.warmup; i++) await step(-1 - i);
   const tensorsBefore = tf.memory().numTensors;
   const times: number[] = [];
-  for (let i = 0; i < o.steps; i++) times.push(step(i));
+  for (let i = 0; i < o.steps; i++) times.push(await step(i));
   const tensorsAfter = tf.memory().numTensors;
 
   const forwardTimes: number[] = [];
   for (let i = 0; i < Math.min(3, o.steps); i++) {
     const t0 = performance.now();
     const { capsules } = forward(model, images, { training: false, conv: engine.conv });
-    capsules.dataSync();
+    await capsules.data();
     capsules.dispose();
     forwardTimes.push(performance.now() - t0);
   }

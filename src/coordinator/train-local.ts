@@ -124,17 +124,19 @@ export async function trainLocal(cfg: TrainConfig, log: Logger, hooks: TrainHook
       { mining: cfg.mining, margin: cfg.margin, marginLossWeight: cfg.marginLossWeight, conv: engine.conv, seed: hashInts(cfg.seed, epoch, step) },
     );
     images.dispose();
+    let stats: StepStats;
     try {
-      assertFiniteLoss(result.stats, step); // before the optimizer step: never apply a non-finite update
+      stats = await result.readStats(); // the step's one read-back, awaited
+      assertFiniteLoss(stats, step); // before the optimizer step: never apply a non-finite update
       updater.apply(result.grads, result.bnUpdates, epoch);
     } finally {
       result.dispose();
     }
-    losses.push(result.stats.loss);
+    losses.push(stats.loss);
     waits.push(waitSeconds);
     const seconds = (performance.now() - stepStart) / 1000;
-    hooks.onStep?.({ ...result.stats, step, epoch, seconds, dataWaitSeconds: waitSeconds, imagesPerSecond: plan.imageIds.length / seconds, learningRate: updater.learningRateAt(epoch) });
-    if (ckpt.every > 0 && (step + 1) % ckpt.every === 0) await save(step + 1, `every ${ckpt.every} steps`, result.stats.loss);
+    hooks.onStep?.({ ...stats, step, epoch, seconds, dataWaitSeconds: waitSeconds, imagesPerSecond: plan.imageIds.length / seconds, learningRate: updater.learningRateAt(epoch) });
+    if (ckpt.every > 0 && (step + 1) % ckpt.every === 0) await save(step + 1, `every ${ckpt.every} steps`, stats.loss);
     // Compute is synchronous: yield to the event loop so timers (progress bar, signals) run.
     await new Promise((resolve) => setImmediate(resolve));
   }

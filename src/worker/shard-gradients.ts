@@ -64,14 +64,16 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
     );
     images.dispose();
     try {
-      const w = result.stats.triplets;
+      // One awaited read per shard: statistics, gradients and BN statistics together.
+      const host = await result.readAll();
+      const w = host.stats.triplets;
       triplets += w;
-      active += result.stats.activeTriplets;
-      lossSum += w * result.stats.loss;
-      dapSum += w * result.stats.meanPositiveDistance;
-      danSum += w * result.stats.meanNegativeDistance;
-      shardGrads.push({ triplets: w, grads: hostValues(result.grads) });
-      shardStats.push({ triplets: 1, grads: hostValues(result.bnUpdates) }); // plain mean over shards
+      active += host.stats.activeTriplets;
+      lossSum += w * host.stats.loss;
+      dapSum += w * host.stats.meanPositiveDistance;
+      danSum += w * host.stats.meanNegativeDistance;
+      shardGrads.push({ triplets: w, grads: host.grads });
+      shardStats.push({ triplets: 1, grads: host.bnUpdates }); // plain mean over shards
     } finally {
       result.dispose();
     }
@@ -85,11 +87,6 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
   const grads = contributing.length === 0 ? zerosLike(shardGrads[0].grads) : (only(contributing) ?? weightedAverage(contributing).grads);
   const bnStats = only(shardStats) ?? weightedAverage(shardStats).grads;
   return { triplets, activeTriplets: active, loss: mean(lossSum), meanPositiveDistance: mean(dapSum), meanNegativeDistance: mean(danSum), grads, bnStats, shards: shards.length, dataSeconds, computeSeconds };
-}
-
-/** Tensor values read to the host (the tensors are disposed next; the arrays are ours). */
-function hostValues(tensors: Map<string, tf.Tensor>): Map<string, Float32Array> {
-  return new Map([...tensors].map(([name, t]) => [name, t.dataSync() as Float32Array]));
 }
 
 /** No shard found a triplet: a zero gradient of weight 0 still answers the assignment. */

@@ -1,12 +1,13 @@
 // Computes gradients for one batch (a worker's shard) on the current engine. No network, no
 // optimizer: the result is handed to whoever applies it (the local loop or, later, the coordinator).
-// Data flow: images -> forward -> unit capsules -> anchor-masked distances -> in-batch mining -> loss
-// -> grads.
+// Data flow: images -> forward -> unit capsules -> anchor-masked distances -> in-batch mining (on the
+// device) -> loss -> grads; nothing is read back until the caller asks (readStats / readAll).
 import * as tf from '@tensorflow/tfjs-core';
 import type { ConvFn } from '../shared/engine/engine.js';
-import { anchorMaskedDistances, capsuleMarginLoss, tripletLoss } from '../shared/model/loss.js';
+import { deviceTripletLoss } from '../shared/model/device-mining.js';
+import { anchorMaskedDistances, capsuleMarginLoss } from '../shared/model/loss.js';
 import { l2Normalize } from '../shared/model/squash.js';
-import { mineTriplets, type MiningStrategy } from '../shared/model/mining.js';
+import type { MiningStrategy } from '../shared/model/mining.js';
 import type { ModelState } from '../shared/model/params.js';
 import { paramName } from '../shared/model/params.js';
 import { forward } from '../shared/model/tricapsnet.js';
@@ -38,14 +39,28 @@ export interface StepStats {
 }
 
 export interface GradientResult {
-  stats: StepStats;
-  /** Gradient per trainable parameter name. */
+  /** Gradient per trainable parameter name (on the engine's device). */
   grads: Map<string, tf.Tensor>;
-  /** New BatchNorm moving statistics per buffer name. */
+  /** New BatchNorm moving statistics per buffer name (on the engine's device). */
   bnUpdates: Map<string, tf.Tensor>;
+  /** The step's statistics: one awaited read of a 6-float tensor. */
+  readStats(): Promise<StepStats>;
+  /** Statistics, gradients and BN statistics in one awaited read (the fleet worker's upload). */
+  readAll(): Promise<HostGradients>;
   dispose(): void;
 }
 
+export interface HostGradients {
+  stats: StepStats;
+  grads: Map<string, Float32Array>;
+  bnUpdates: Map<string, Float32Array>;
+}
+
+/**
+ * Records the whole step (forward, mining, loss, backward) without reading anything back: mining
+ * runs on the device (device-mining.ts), so an asynchronous engine (webgpu) queues the step in one
+ * go and the caller reads the results once, awaited.
+ */
 export function computeGradients(
   model: ModelState,
   batch: TrainBatch,
@@ -55,39 +70,59 @@ export function computeGradients(
     throw new Error(`batch: ${batch.images.shape[0]} images, ${batch.itemIds.length} item ids, ${batch.categories.length} categories`);
   }
   let bnUpdates = new Map<string, tf.Tensor>();
-  let statsTensor: tf.Tensor | undefined;
-  let mined = { triplets: 0, skippedAnchors: 0 };
+  let statsTensor: tf.Tensor1D | undefined;
+  let skippedAnchors = 0;
   const variables = [...model.trainable.values()];
   const { value, grads } = tf.variableGrads(() => {
     const out = forward(model, batch.images, { training: true, conv: opts.conv, dropoutSeed: opts.seed });
     bnUpdates = out.bnUpdates;
-    // Masked with the anchor's category (reference); the miner reads the same distances.
+    // Masked with the anchor's category (reference); mining reads the same distances.
     const distances = anchorMaskedDistances(l2Normalize(out.capsules) as tf.Tensor3D, batch.categories);
-    // Mining reads values only: the choice of triplets carries no gradient.
-    const mining = mineTriplets(opts.mining, { distances: distances.dataSync(), labels: batch.itemIds, margin: opts.margin, seed: opts.seed });
-    mined = { triplets: mining.triplets.length, skippedAnchors: mining.skippedAnchors };
-    const triplet = tripletLoss(distances, mining.triplets, opts.margin);
-    let loss = triplet.loss;
+    const triplet = deviceTripletLoss(distances, batch.itemIds, opts.mining, opts.margin, opts.seed);
+    skippedAnchors = triplet.skippedAnchors;
+    let loss: tf.Scalar = triplet.loss;
     if (opts.marginLossWeight > 0) loss = tf.add(loss, tf.mul(capsuleMarginLoss(out.capsules, batch.categories), opts.marginLossWeight));
-    if (mining.triplets.length > 0) {
-      statsTensor = tf.keep(
-        tf.stack([tf.sum(tf.cast(tf.greater(triplet.hinge, 0), 'float32')), tf.mean(triplet.positiveDistances), tf.mean(triplet.negativeDistances)]),
-      );
-    }
-    return loss as tf.Scalar;
+    // [loss, triplets, active, sum d(a,p), sum d(a,n)]: kept, read once by the caller.
+    statsTensor = tf.keep(tf.concat([tf.reshape(loss, [1]), triplet.stats]) as tf.Tensor1D);
+    return loss;
   }, variables);
-  const [active, dap, dan] = statsTensor ? Array.from(statsTensor.dataSync()) : [0, 0, 0];
-  statsTensor?.dispose();
-  const loss = value.dataSync()[0];
   value.dispose();
   const named = new Map<string, tf.Tensor>();
   for (const [variableName, g] of Object.entries(grads)) named.set(paramName(variableName), g);
+  const stats = statsTensor!;
+  const toStats = (v: ArrayLike<number>): StepStats => {
+    const triplets = v[1];
+    return {
+      loss: v[0],
+      triplets,
+      activeTriplets: v[2],
+      meanPositiveDistance: triplets > 0 ? v[3] / triplets : 0,
+      meanNegativeDistance: triplets > 0 ? v[4] / triplets : 0,
+      skippedAnchors,
+    };
+  };
   return {
-    stats: { loss, triplets: mined.triplets, activeTriplets: active, meanPositiveDistance: dap, meanNegativeDistance: dan, skippedAnchors: mined.skippedAnchors },
     grads: named,
     bnUpdates,
+    async readStats() {
+      return toStats(await stats.data());
+    },
+    async readAll() {
+      // One read: the statistics, every gradient and every BN statistic, concatenated on the device.
+      const order = [...named, ...bnUpdates];
+      const flat = tf.tidy(() => tf.concat([stats, ...order.map(([, t]) => tf.reshape(t, [-1]))]));
+      const host = (await flat.data()) as Float32Array;
+      flat.dispose();
+      const out: HostGradients = { stats: toStats(host), grads: new Map(), bnUpdates: new Map() };
+      let offset = stats.size;
+      for (const [name, t] of order) {
+        (named.has(name) ? out.grads : out.bnUpdates).set(name, host.subarray(offset, offset + t.size));
+        offset += t.size;
+      }
+      return out;
+    },
     dispose() {
-      for (const t of [...named.values(), ...bnUpdates.values()]) t.dispose();
+      for (const t of [...named.values(), ...bnUpdates.values(), stats]) t.dispose();
     },
   };
 }

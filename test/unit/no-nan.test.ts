@@ -4,7 +4,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { l2Normalize, safeNorm, squash } from '../../src/shared/model/squash.js';
 import { embed } from '../../src/shared/model/embedding.js';
-import { anchorMaskedDistances, capsuleMarginLoss, tripletLoss } from '../../src/shared/model/loss.js';
+import { anchorMaskedDistances, capsuleMarginLoss } from '../../src/shared/model/loss.js';
+import { tripletLossOf as tripletLoss } from '../../src/shared/model/device-mining.js';
 import { pairwiseSquaredDistances, useBackend } from '../helpers.js';
 
 const allFinite = (t: tf.Tensor) => Array.from(t.dataSync()).every(Number.isFinite);

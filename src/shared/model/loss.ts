@@ -1,8 +1,6 @@
-// Losses on embeddings and capsules.
-//   triplet loss: mean over triplets of max(0, |a-p|^2 - |a-n|^2 + margin)   (squared L2)
+// Distances and losses on embeddings and capsules (the triplet loss with its mining: device-mining.ts).
 //   capsule margin loss: sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2
 import * as tf from '@tensorflow/tfjs-core';
-import type { Triplet } from './mining.js';
 import { capsuleLengths } from './embedding.js';
 
 /**
@@ -22,36 +20,6 @@ export function anchorMaskedDistances(unitCapsules: tf.Tensor3D, categories: num
     const others = tf.reshape(tf.matMul(mask, byClass), [n, n, dim]); // [a, x]: U[x, cat(a)]
     return tf.sum(tf.square(tf.sub(tf.expandDims(own, 1), others)), -1) as tf.Tensor2D;
   });
-}
-
-export interface TripletLossResult {
-  loss: tf.Scalar;
-  /** Per-triplet hinge values (for statistics). */
-  hinge: tf.Tensor1D;
-  positiveDistances: tf.Tensor1D;
-  negativeDistances: tf.Tensor1D;
-}
-
-/**
- * Triplet loss from a (differentiable) distance matrix and mined triplets; 0 without triplets.
- * Entries are picked by a matMul with one-hot rows: gather's gradient needs UnsortedSegmentSum,
- * which the wasm backend lacks.
- */
-export function tripletLoss(distances: tf.Tensor2D, triplets: Triplet[], margin: number): TripletLossResult {
-  const n = distances.shape[0];
-  if (triplets.length === 0) {
-    return { loss: tf.scalar(0), hinge: tf.zeros([0]) as tf.Tensor1D, positiveDistances: tf.zeros([0]) as tf.Tensor1D, negativeDistances: tf.zeros([0]) as tf.Tensor1D };
-  }
-  const flat = tf.reshape(distances, [n * n, 1]);
-  const pick = (index: (t: Triplet) => number): tf.Tensor1D => {
-    const rows = new Float32Array(triplets.length * n * n);
-    triplets.forEach((t, i) => (rows[i * n * n + index(t)] = 1));
-    return tf.reshape(tf.matMul(tf.tensor2d(rows, [triplets.length, n * n]), flat), [triplets.length]) as tf.Tensor1D;
-  };
-  const positiveDistances = pick((t) => t.anchor * n + t.positive);
-  const negativeDistances = pick((t) => t.anchor * n + t.negative);
-  const hinge = tf.relu(tf.add(tf.sub(positiveDistances, negativeDistances), margin)) as tf.Tensor1D;
-  return { loss: tf.mean(hinge) as tf.Scalar, hinge, positiveDistances, negativeDistances };
 }
 
 export interface MarginLossOptions {

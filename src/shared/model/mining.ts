@@ -12,8 +12,8 @@ export interface Triplet {
 }
 
 export interface MiningInput {
-  /** Row-major [n, n] squared distances. */
-  distances: ArrayLike<number>;
+  /** Row-major [n, n] squared distances (not read by `random`). */
+  distances?: ArrayLike<number>;
   /** Item id per row: same id = positive pair. */
   labels: ArrayLike<number>;
   margin: number;
@@ -53,7 +53,7 @@ function mineRandom({ labels, seed = 0 }: MiningInput): MiningResult {
 }
 
 /** One triplet per anchor: its farthest positive and closest negative. Ties go to the lower index. */
-function mineBatchHard({ distances, labels }: MiningInput): MiningResult {
+function mineBatchHard({ distances = [], labels }: MiningInput): MiningResult {
   const n = labels.length;
   const triplets: Triplet[] = [];
   let skippedAnchors = 0;
@@ -77,7 +77,7 @@ function mineBatchHard({ distances, labels }: MiningInput): MiningResult {
  * For every (anchor, positive) pair, the hardest semi-hard negative: the closest n with
  * d(a,p) < d(a,n) <= d(a,p) + margin. Pairs without one contribute no triplet (FaceNet).
  */
-function mineSemiHard({ distances, labels, margin }: MiningInput): MiningResult {
+function mineSemiHard({ distances = [], labels, margin }: MiningInput): MiningResult {
   const n = labels.length;
   const triplets: Triplet[] = [];
   let skippedAnchors = 0;
@@ -102,7 +102,8 @@ function mineSemiHard({ distances, labels, margin }: MiningInput): MiningResult 
 
 export function mineTriplets(strategy: MiningStrategy, input: MiningInput): MiningResult {
   const n = input.labels.length;
-  if (input.distances.length !== n * n) throw new Error(`mining: distance matrix has ${input.distances.length} entries for ${n} labels`);
+  const entries = input.distances?.length ?? 0;
+  if (strategy !== 'random' && entries !== n * n) throw new Error(`mining: distance matrix has ${entries} entries for ${n} labels`);
   switch (strategy) {
     case 'random':
       return mineRandom(input);
