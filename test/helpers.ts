@@ -6,10 +6,49 @@ import { installSharedIdentityForWasm } from '../src/shared/engine/wasm-identity
 
 tf.env().set('PROD', true); // no "install tfjs-node" banner in test output
 
-export async function useBackend(name: 'cpu' | 'wasm'): Promise<void> {
+export async function useBackend(name: 'cpu' | 'wasm' | 'webgpu'): Promise<void> {
+  if (name === 'webgpu') {
+    const reason = await webgpuUnavailable();
+    if (reason) throw new Error(`webgpu: ${reason}`);
+  }
   if (name === 'wasm') installSharedIdentityForWasm(); // as the wasm engine runs it
   await tf.setBackend(name);
   await tf.ready();
+}
+
+let webgpuProbe: Promise<string | null> | undefined;
+
+/**
+ * Null when the webgpu engine starts here (Dawn finds an adapter, lavapipe included), else why not.
+ * Starts it once per test process (through the engine's own probe) and leaves cpu current.
+ */
+export function webgpuUnavailable(): Promise<string | null> {
+  webgpuProbe ??= (async () => {
+    const { initEngine } = await import('../src/shared/engine/engine.js');
+    try {
+      await initEngine('webgpu');
+      return null;
+    } catch (err) {
+      return (err as Error).message;
+    } finally {
+      await tf.setBackend('cpu');
+    }
+  })();
+  return webgpuProbe;
+}
+
+/**
+ * The webgpu tests run wherever `make test` could install lavapipe (Debian bookworm: the Makefile sets
+ * TRICAPS_REQUIRE_WEBGPU=1), and fail there if the engine does not start; elsewhere they skip and say
+ * why. Returns the reason to skip, or null to run.
+ */
+export async function webgpuSkipReason(): Promise<string | null> {
+  const reason = await webgpuUnavailable();
+  if (reason && process.env.TRICAPS_REQUIRE_WEBGPU === '1') {
+    throw new Error(`TRICAPS_REQUIRE_WEBGPU=1 but the webgpu engine does not start: ${reason}`);
+  }
+  if (reason) console.warn(`skipping webgpu tests: ${reason}`);
+  return reason;
 }
 
 /** max |a - b| / max(|b|, tiny): a scale-aware relative error. */

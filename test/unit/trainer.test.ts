@@ -21,9 +21,10 @@ describe('training step', () => {
       const r = computeGradients(model, batch, { mining: 'random', margin: 2, marginLossWeight: 0.5, conv: fastGradConv, seed: 1 });
       expect(r.grads.size).toBe(model.trainable.size);
       expect(r.bnUpdates.size).toBe(model.buffers.size);
+      const stats = await r.readStats();
       updater.apply(r.grads, r.bnUpdates, 0);
       r.dispose();
-      losses.push(r.stats.loss);
+      losses.push(stats.loss);
       tensorCounts.push(tf.memory().numTensors);
     }
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

@@ -41,7 +41,32 @@ function vulkanLoaderPresent(): boolean {
   return dirs.some((d) => existsSync(join(d, 'libvulkan.so.1')));
 }
 
-type Probe = () => Promise<{ device: string } | { unavailable: string }>;
+/** `auto` asks for an engine worth using; a named engine is used when it runs at all. */
+type Probe = (mode: { auto: boolean }) => Promise<{ device: string; note?: string } | { unavailable: string }>;
+
+export interface AdapterFacts {
+  vendor?: string;
+  architecture?: string;
+  device?: string;
+  description?: string;
+  isFallbackAdapter?: boolean;
+}
+
+function pick(info: AdapterFacts | undefined): AdapterFacts {
+  return { vendor: info?.vendor, architecture: info?.architecture, device: info?.device, description: info?.description };
+}
+
+/**
+ * Why an adapter is a software renderer (CPU rasteriser behind Vulkan: Mesa's llvmpipe/lavapipe,
+ * SwiftShader), or null for hardware. Such an adapter runs WebGPU correctly but slower than wasm.
+ */
+export function softwareAdapterReason(info: AdapterFacts): string | null {
+  const name = info.description || info.device || info.vendor || 'unnamed adapter';
+  if (info.isFallbackAdapter) return `${name} is a fallback (software) adapter`;
+  if (info.architecture === 'software') return `${name} reports a software architecture`;
+  if (/llvmpipe|lavapipe|swiftshader|software rasterizer/i.test(name)) return `${name} is a software renderer`;
+  return null;
+}
 
 async function importOptional(name: string): Promise<unknown> {
   // A variable specifier keeps bundlers and tsc from resolving packages that are not installed.
@@ -64,7 +89,7 @@ const probes: Record<EngineName, Probe> = {
         'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (install one with `npm install @tensorflow/tfjs-node-gpu@4.22.0` on a machine that can download libtensorflow; the GPU build needs CUDA 11.2 and cuDNN 8.1)',
     };
   },
-  async webgpu() {
+  async webgpu({ auto }) {
     const g = globalThis as { navigator?: { gpu?: unknown } };
     if (!g.navigator?.gpu && !vulkanLoaderPresent()) {
       // Dawn would print a native warning and find nothing: say so without loading it.
@@ -78,14 +103,17 @@ const probes: Record<EngineName, Probe> = {
         if (!g.navigator) Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
         else Object.assign(g.navigator, { gpu });
       }
-      const gpu = g.navigator!.gpu as { requestAdapter: (o?: object) => Promise<{ info?: { description?: string; vendor?: string; device?: string } } | null> };
+      const gpu = g.navigator!.gpu as { requestAdapter: (o?: object) => Promise<{ info?: AdapterFacts; isFallbackAdapter?: boolean } | null> };
       const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
       if (!adapter) return { unavailable: 'Dawn found no GPU adapter (no Vulkan-capable GPU or Vulkan loader on this machine)' };
+      // GPUAdapterInfo's fields are prototype getters: read them one by one (a spread copies none).
+      const facts: AdapterFacts = { ...pick(adapter.info), isFallbackAdapter: adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter };
+      const software = softwareAdapterReason(facts);
+      if (software && auto) return { unavailable: `${software}, slower than wasm (--engine webgpu uses it anyway)` };
       // The backend registers itself only if navigator.gpu exists when it is imported: import it now.
       await import('@tensorflow/tfjs-backend-webgpu');
       if (!(await tf.setBackend('webgpu'))) return { unavailable: 'the tfjs webgpu backend failed to initialise' };
-      const info = adapter.info ?? {};
-      return { device: info.description || info.device || info.vendor || 'webgpu adapter' };
+      return { device: facts.description || facts.device || facts.vendor || 'webgpu adapter', note: software ? `${software}: correct but slow; asked for by --engine webgpu` : undefined };
     } catch (err) {
       return { unavailable: `the webgpu package could not start Dawn (${(err as Error).message})` };
     }
@@ -118,14 +146,15 @@ export async function initEngine(choice: EngineChoice, log?: Logger): Promise<En
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const passedOver: Engine['passedOver'] = [];
   for (const name of candidates) {
-    const result = await probes[name]();
+    const result = await probes[name]({ auto: choice === 'auto' });
     if ('unavailable' in result) {
       passedOver.push({ engine: name, reason: result.unavailable });
       continue;
     }
     await tf.ready();
     const engine: Engine = { name, backend: tf.getBackend(), device: result.device, conv: FAST_GRAD_ENGINES.has(name) ? fastGradConv : stockConv, passedOver };
-    log?.info({ engine: name, device: engine.device, passedOver }, `engine ${name} on ${engine.device}${choice === 'auto' ? ' (auto)' : ''}`);
+    const why = choice === 'auto' ? ` (auto${passedOver.length ? `; passed over ${passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ')}` : ''})` : '';
+    log?.info({ engine: name, device: engine.device, passedOver, note: result.note }, `engine ${name} on ${engine.device}${why}${result.note ? ` (${result.note})` : ''}`);
     return engine;
   }
   const why = passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ');

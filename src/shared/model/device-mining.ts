@@ -55,7 +55,7 @@ const FAR = 1e6;
 function reduceHinge(dap: tf.Tensor, dan: tf.Tensor, valid: tf.Tensor, count: tf.Scalar, margin: number): Omit<DeviceTripletLoss, 'skippedAnchors'> {
   const hinge = tf.mul(tf.relu(tf.add(tf.sub(dap, dan), margin)), valid);
   const loss = tf.div(tf.sum(hinge), tf.maximum(count, 1)) as tf.Scalar;
-  const active = tf.sum(tf.mul(tf.cast(tf.greater(hinge, 0), 'float32'), valid));
+  const active = tf.sum(tf.mul(tf.step(hinge), valid));
   const stats = tf.stack([count, active, tf.sum(tf.mul(dap, valid)), tf.sum(tf.mul(dan, valid))]) as tf.Tensor1D;
   return { loss, stats };
 }
@@ -111,10 +111,11 @@ export function deviceTripletLoss(distances: tf.Tensor2D, labels: ArrayLike<numb
   // semi-hard: candidates [a, p, j] = negative(a, j) and d(a,p) < d(a,j) <= d(a,p) + margin.
   const dAP = tf.expandDims(distances, 2); // [a, p, 1]
   const dAJ = tf.expandDims(distances, 1); // [a, 1, j]
-  const candidate = tf.mul(
-    tf.expandDims(negative, 1),
-    tf.mul(tf.cast(tf.greater(dAJ, dAP), 'float32'), tf.cast(tf.lessEqual(dAJ, tf.add(dAP, margin)), 'float32')),
-  ); // [a, p, j]
+  // tf.step, not greater/lessEqual: the masks sit on the gradient's path (their gradient is zero,
+  // but every op there needs one registered).
+  const beyondPositive = tf.step(tf.sub(dAJ, dAP)); // d(a,j) > d(a,p)
+  const withinMargin = tf.sub(1, tf.step(tf.sub(dAJ, tf.add(dAP, margin)))); // d(a,j) <= d(a,p) + margin
+  const candidate = tf.mul(tf.expandDims(negative, 1), tf.mul(beyondPositive, withinMargin)); // [a, p, j]
   const closest = tf.argMin(tf.add(tf.mul(dAJ, candidate), tf.mul(tf.sub(1, candidate), FAR)), 2); // [a, p]
   const valid = tf.mul(positive, tf.max(candidate, 2)); // [a, p]: a positive pair with a semi-hard negative
   const dan = tf.squeeze(tf.matMul(tf.oneHot(closest as tf.Tensor2D, n), tf.expandDims(distances, 2)), [2]); // [a, p]
