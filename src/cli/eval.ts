@@ -85,10 +85,12 @@ export function registerEvalCommands(program: Command): void {
       const queryCategory = own >= 0 ? catalogue.images[own].category : 0;
       const gallery = imagesOf(catalogue, 'gallery');
       const g = await unitCapsules(model, catalogue, gallery, { batchSize: 64, conv: engine.conv });
-      const q = tf.tidy(() => {
+      const [unitT, predictedT] = tf.tidy(() => {
         const { capsules } = forward(model, tf.tensor4d(queryPixels, [1, size, size, 3]), { training: false, conv: engine.conv });
-        return { unit: l2Normalize(capsules).dataSync() as Float32Array, predicted: tf.argMax(tf.sum(tf.square(capsules), -1), 1).dataSync()[0] };
+        return [l2Normalize(capsules), tf.argMax(tf.sum(tf.square(capsules), -1), 1)];
       });
+      const q = { unit: (await unitT.data()) as Float32Array, predicted: (await predictedT.data())[0] };
+      tf.dispose([unitT, predictedT]);
       const qc = { unit: q.unit, categories: g.categories, dim: g.dim, predicted: Int32Array.from([q.predicted]) };
       const dim = g.categories * g.dim;
       const hits = rankGallery(maskedEmbeddings(qc, o.mask, [queryCategory]), maskedEmbeddings(g, o.mask, gallery.map((r) => r.category)), dim, o.top);

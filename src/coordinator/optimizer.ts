@@ -60,8 +60,8 @@ export class ParameterUpdater {
     const acc = this.optimizer as unknown as { accBeta1: tf.Variable; accBeta2: tf.Variable };
     const names = ['iter', 'accBeta1', 'accBeta2', ...weights.slice(1).map((w) => w.name)];
     const shapes = [[1], [1], [1], ...weights.slice(1).map((w) => w.tensor.shape)];
-    const values = [Float32Array.of((await weights[0].tensor.data())[0]), Float32Array.from(acc.accBeta1.dataSync()), Float32Array.from(acc.accBeta2.dataSync())];
-    for (const w of weights.slice(1)) values.push(Float32Array.from(w.tensor.dataSync() as Float32Array));
+    const values = [Float32Array.of((await weights[0].tensor.data())[0]), Float32Array.from(await acc.accBeta1.data()), Float32Array.from(await acc.accBeta2.data())];
+    for (const w of weights.slice(1)) values.push(Float32Array.from((await w.tensor.data()) as Float32Array));
     weights[0].tensor.dispose();
     return { names, shapes, values };
   }

@@ -41,21 +41,36 @@ export class ModelWeightSource implements WeightSource {
   version = 0;
   readonly gradientSpecs: TensorSpec[];
   readonly statSpecs: TensorSpec[];
-  private cache: { version: number; chunks: EncodedChunk[] } | undefined;
+  private published: { version: number; chunks: EncodedChunk[] } | undefined;
 
   constructor(private readonly model: ModelState) {
     this.gradientSpecs = model.arch.params.filter((p) => p.trainable).map((p) => ({ name: p.name, shape: p.shape }));
     this.statSpecs = model.arch.params.filter((p) => !p.trainable).map((p) => ({ name: p.name, shape: p.shape }));
   }
 
-  chunks(): EncodedChunk[] {
-    if (this.cache?.version !== this.version) {
-      const chunks: EncodedChunk[] = [];
-      // One copy we own (on the cpu backend dataSync returns its own storage); chunks are views of it.
-      for (const [name, v] of [...this.model.trainable, ...this.model.buffers]) chunks.push(...encodeTensor(name, Float32Array.from(v.dataSync() as Float32Array), v.shape, 'float32', undefined, { copy: false }));
-      this.cache = { version: this.version, chunks };
+  /**
+   * Reads the model's current values (one awaited read of all of them, concatenated on the device:
+   * no synchronous read, so the coordinator may run on any engine) and makes them `version`.
+   */
+  async publish(version: number): Promise<void> {
+    const entries = [...this.model.trainable, ...this.model.buffers];
+    const flat = tf.tidy(() => tf.concat(entries.map(([, v]) => tf.reshape(v, [-1]))));
+    // The array is ours: the tensor it came from is disposed now, and no backend reuses its storage.
+    const host = (await flat.data()) as Float32Array;
+    flat.dispose();
+    const chunks: EncodedChunk[] = [];
+    let offset = 0;
+    for (const [name, v] of entries) {
+      chunks.push(...encodeTensor(name, host.subarray(offset, offset + v.size), v.shape, 'float32', undefined, { copy: false }));
+      offset += v.size;
     }
-    return this.cache.chunks;
+    this.published = { version, chunks };
+    this.version = version;
+  }
+
+  chunks(): EncodedChunk[] {
+    if (this.published?.version !== this.version) throw new Error(`weights version ${this.version} was not published`);
+    return this.published.chunks;
   }
 }
 
@@ -164,7 +179,7 @@ async function runCoordinator(
   const updater = new ParameterUpdater(model, cfg.optimizer);
   if (resumed) await updater.restore(resumed.optimizer);
   const weights = new ModelWeightSource(model);
-  weights.version = resumed?.state.nextStep ?? 0;
+  await weights.publish(resumed?.state.nextStep ?? 0);
   const runId = resumed?.state.runId ?? fleet.runId ?? newRunId();
   const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
   metrics?.info.set({ role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION }, 1);
@@ -314,7 +329,7 @@ async function runCoordinator(
       const statTensors = new Map([...stats].map(([n, s]) => [n, tf.tensor(s, model.buffers.get(n)!.shape)]));
       updater.apply(gradTensors, statTensors, epoch);
       tf.dispose([...gradTensors.values(), ...statTensors.values()]);
-      weights.version += 1;
+      await weights.publish(weights.version + 1);
       releaseBuffers();
       const t3 = performance.now();
       const slowest = results.reduce((m, r) => (r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m), results[0]);
