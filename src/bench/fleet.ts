@@ -32,7 +32,7 @@ async function fleetRun(o: FleetBenchOptions, workers: number): Promise<Record<s
     data: { items: Math.max(240, 2 * itemsPerStep * (o.warmup + o.steps + 1)), categories, views: 4, seed: 7 },
   });
   const fleet = FleetConfigSchema.parse({ listen: '127.0.0.1:0', minWorkers: workers, maxWorkers: workers, shards: workers });
-  const result = await runLocalFleet(cfg, fleet, o.engine, createLogger('bench', process.env.TRICAPS_LOG_LEVEL ?? 'warn'));
+  const result = await runLocalFleet(cfg, fleet, [o.engine], createLogger('bench', process.env.TRICAPS_LOG_LEVEL ?? 'warn'));
   const timed: FleetStepReport[] = result.reports.slice(o.warmup);
   const pick = (f: (r: FleetStepReport) => number) => median(timed.map(f));
   const step = pick((r) => r.seconds);

@@ -2,7 +2,7 @@
 // retrieval Recall@K on held-out items before and after training.
 import { Command, InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
-import { ENGINE_NAMES } from '../shared/engine/engine.js';
+import { ENGINE_NAMES, type EngineChoice } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
 import { ROUTING_POOLS, ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
 import { MASK_MODES } from '../shared/model/embedding.js';
@@ -153,6 +153,7 @@ export function registerTrainCommand(program: Command): void {
   const cmd = program.command('train').description('train TriCapsNet on an In-shop catalogue (--data) or the built-in synthetic one: in this process (--workers 0) or with a local fleet of worker processes');
   addTrainingOptions(cmd)
     .option('--workers <n>', 'worker processes on loopback (0 = train in this process)', intOption(0, 256), 0)
+    .option('--worker-engines <list>', `with --workers: the local workers' engines, comma-separated and taken in turn, e.g. webgpu,wasm (default: --engine for all)`, engineList)
     .option('--log-every <n>', 'also log one structured line every n steps (loss, triplets, data wait, images/s); 0 = off', intOption(0), 0)
     .option('--json', 'print the final result as one JSON line');
   addFleetOptions(cmd, '127.0.0.1:0').action(async (o, command: Command) => {
@@ -161,10 +162,11 @@ export function registerTrainCommand(program: Command): void {
       // Fleet flags mean nothing in a single process: say so rather than ignore them.
       const fleetOnly = ['listen', 'minWorkers', 'maxWorkers', 'shards', 'heartbeatInterval', 'heartbeatTimeout', 'stepTimeout', 'wire', 'hardNegativeEvery', 'runId', 'evalEvery', 'metricsPort', 'maxGradientNormRatio', 'stallSeconds', 'nats', 'natsCreds', 'natsUser', 'natsControlToken', 'natsStepInterval'];
       const given = fleetOnly.filter((k) => command.getOptionValueSource(k) === 'cli').map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+      if (command.getOptionValueSource('workerEngines') === 'cli') given.push('--worker-engines');
       if (given.length) throw new UsageError(`${given.join(', ')}: fleet options; train with --workers 1 or more to use them`);
       await runTraining(cfg, Boolean(o.json), o.logEvery, { every: o.checkpointEvery, keep: o.keepCheckpoints, resume: Boolean(o.resume) });
     } else {
-      await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), Boolean(o.json), o.logEvery);
+      await runFleetTraining(cfg, fleetConfigFrom(o, { minWorkers: cfg.workers }), o.workerEngines ?? [cfg.engine], Boolean(o.json), o.logEvery);
     }
   });
 }
@@ -226,7 +228,13 @@ function progressBar(format: string): cliProgress.SingleBar {
   return new cliProgress.SingleBar({ format, stream: process.stderr, noTTYOutput: true, notTTYSchedule: 15_000, hideCursor: true }, cliProgress.Presets.shades_classic);
 }
 
-async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: boolean, logEvery: number): Promise<void> {
+/** `--worker-engines webgpu,wasm`: engine names, each checked. */
+function engineList(value: string): EngineChoice[] {
+  const one = choiceOption(ENGINE_NAMES);
+  return value.split(',').map((v) => one(v.trim()));
+}
+
+async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, workerEngines: EngineChoice[], json: boolean, logEvery: number): Promise<void> {
   // The coordinator's own per-step lines are for `tricaps coordinator`; here a progress bar shows
   // the steps (and --log-every N the structured lines), warnings (a lost worker) still print.
   const log = createLogger('coordinator', process.env.TRICAPS_LOG_LEVEL ?? 'warn');
@@ -240,7 +248,7 @@ async function runFleetTraining(cfg: TrainConfig, fleet: FleetConfig, json: bool
     const result = await runLocalFleet(
       cfg,
       fleet,
-      cfg.engine,
+      workerEngines,
       log,
       {
         ...barAroundTraining(bar, cfg.steps, { loss: '-', workers: '-', ips: '-', outside: '-' }),

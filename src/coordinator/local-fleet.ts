@@ -18,7 +18,8 @@ export function cliPath(): string {
 export async function runLocalFleet(
   cfg: TrainConfig,
   fleet: FleetConfig,
-  workerEngine: EngineChoice,
+  /** Engines of the workers, taken in turn (one entry: every worker's). */
+  workerEngines: EngineChoice[],
   log: Logger,
   hooks: CoordinatorHooks = {},
   opts: { evaluate?: boolean; signal?: AbortSignal } = {},
@@ -43,7 +44,8 @@ export async function runLocalFleet(
       ...hooks,
       onListening: async (address, runId) => {
         for (let i = 0; i < cfg.workers; i++) {
-          const child = spawn(process.execPath, [cliPath(), 'worker', '--coordinator', address, '--engine', workerEngine, '--run-id', runId, '--name', `local-${i + 1}`], {
+          const engine = workerEngines[i % workerEngines.length];
+          const child = spawn(process.execPath, [cliPath(), 'worker', '--coordinator', address, '--engine', engine, '--run-id', runId, '--name', `local-${i + 1}`], {
             stdio: ['ignore', 'inherit', 'inherit'],
             env: { ...process.env, TRICAPS_LOG_LEVEL: process.env.TRICAPS_WORKER_LOG_LEVEL ?? 'warn', TRICAPS_JOIN_TOKEN: joinToken },
           });
@@ -55,7 +57,8 @@ export async function runLocalFleet(
           });
           children.push(child);
         }
-        log.info({ workers: cfg.workers, engine: workerEngine }, `started ${cfg.workers} local worker processes`);
+        const engines = Array.from({ length: cfg.workers }, (_, i) => workerEngines[i % workerEngines.length]);
+        log.info({ workers: cfg.workers, engines }, `started ${cfg.workers} local worker processes (${engines.join(', ')})`);
         await hooks.onListening?.(address, runId);
       },
       abortReason: () => brokenFleet() ?? hooks.abortReason?.(),
