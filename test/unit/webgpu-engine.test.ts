@@ -13,6 +13,7 @@ import { DeviceCounters } from '../../src/shared/engine/device-counters.js';
 import { fastGradConv, initEngine, softwareAdapterReason, stockConv } from '../../src/shared/engine/engine.js';
 import { conv2dFastGrad } from '../../src/shared/engine/fast-conv.js';
 import { embed } from '../../src/shared/model/embedding.js';
+import { squash } from '../../src/shared/model/squash.js';
 import { MINING_STRATEGIES, type MiningStrategy } from '../../src/shared/model/mining.js';
 import { forward } from '../../src/shared/model/tricapsnet.js';
 import { computeGradients } from '../../src/worker/trainer.js';
@@ -118,6 +119,35 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
       expectClose(gpu.grads, cpu.grads, `${variant} ${mining} gradient`);
       expectClose(gpu.bn, cpu.bn, `${variant} BN statistic`);
     }
+  });
+
+  it('the fused squash kernel and its gradient equal the plain ops on the cpu backend (zero, tiny and long capsules)', async () => {
+    const run = async (backend: 'cpu' | 'webgpu') => {
+      await useBackend(backend);
+      expect(tf.getKernel('TricapsSquash', backend) !== undefined).toBe(backend === 'webgpu');
+      const scales = tf.tensor([0, 1e-4, 0.05, 1, 30], [5, 1, 1]);
+      const s = tf.mul(seededNormal([5, 7, 16], 5), scales); // a zero capsule row, tiny ones, long ones
+      const probe = seededNormal([5, 7, 16], 6);
+      const value = squash(s);
+      const [grad] = tf.grads((x: tf.Tensor) => tf.sum(tf.mul(squash(x), probe)))([s]);
+      const out = { value: Array.from(await value.data()), grad: Array.from(await grad.data()) };
+      tf.dispose([scales, s, probe, value, grad]);
+      return out;
+    };
+    const cpu = await run('cpu');
+    const gpu = await run('webgpu');
+    expect(relativeError(gpu.value, cpu.value)).toBeLessThan(1e-5);
+    expect(relativeError(gpu.grad, cpu.grad)).toBeLessThan(1e-4);
+    expect(gpu.grad.slice(0, 7 * 16).every((g) => g === 0)).toBe(true); // zero capsules: zero gradient
+    // The fused path is what the model runs: one dispatch forward.
+    await useBackend('webgpu');
+    const counters = DeviceCounters.install();
+    const x = tf.add(seededNormal([64, 16, 8], 7), 0);
+    counters.reset();
+    squash(x).dispose();
+    expect(counters.snapshot().dispatches).toBe(1);
+    counters.uninstall();
+    x.dispose();
   });
 
   it('mines on the device as the host miner does (every strategy)', async () => {

@@ -112,6 +112,7 @@ const probes: Record<EngineName, Probe> = {
       if (software && auto) return { unavailable: `${software}, slower than wasm (--engine webgpu uses it anyway)` };
       // The backend registers itself only if navigator.gpu exists when it is imported: import it now.
       await import('@tensorflow/tfjs-backend-webgpu');
+      (await import('./webgpu-kernels.js')).registerWebGpuKernels();
       if (!(await tf.setBackend('webgpu'))) return { unavailable: 'the tfjs webgpu backend failed to initialise' };
       return { device: facts.description || facts.device || facts.vendor || 'webgpu adapter', note: software ? `${software}: correct but slow; asked for by --engine webgpu` : undefined };
     } catch (err) {

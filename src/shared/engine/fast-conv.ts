@@ -79,12 +79,35 @@ function padOrCrop(t: tf.Tensor4D, axis: 1 | 2, before: number, after: number): 
 /** Taps of stride phase r of a kernel: ceil((K - r) / stride), possibly 0. */
 const phaseTaps = (kernel: number, stride: number, r: number) => Math.ceil((kernel - r) / stride);
 
+/** Flat-filter indices of phase (rh, rw)'s sub-filter, [th*tw*Cout*Cin] int32; uploaded once per shape. */
+const phaseIndexCache = new Map<string, tf.Tensor1D>();
+function phaseIndex(kernel: number, cin: number, cout: number, stride: number, rh: number, rw: number): tf.Tensor1D {
+  const key = `${tf.getBackend()} ${kernel} ${cin} ${cout} ${stride} ${rh} ${rw}`;
+  let index = phaseIndexCache.get(key);
+  if (!index || index.isDisposed) {
+    const th = phaseTaps(kernel, stride, rh);
+    const tw = phaseTaps(kernel, stride, rw);
+    const values = new Int32Array(th * tw * cout * cin);
+    let k = 0;
+    for (let u = 0; u < th; u++) {
+      for (let v = 0; v < tw; v++) {
+        const tap = ((stride * (th - 1 - u) + rh) * kernel + (stride * (tw - 1 - v) + rw)) * cin * cout;
+        for (let o = 0; o < cout; o++) for (let i = 0; i < cin; i++) values[k++] = tap + i * cout + o;
+      }
+    }
+    // Kept outside any tidy scope: it lives as long as the process (a few per convolution shape).
+    index = tf.keep(tf.tensor1d(values, 'int32'));
+    phaseIndexCache.set(key, index);
+  }
+  return index;
+}
+
 /**
  * The flipped, channel-swapped sub-filter of every stride phase, [phaseH][phaseW] -> [th, tw, Cout, Cin]
  * (null where a phase has no taps): G_r[u][v][o][i] = w[stride*(th-1-u) + rh][stride*(tw-1-v) + rw][i][o].
  * Filters are small: on CPU backends they are rearranged on the host (wasm's StridedSlice, Reverse
- * and Gather kernels were slower than a host copy); on GPU backends with two gathers, which keeps
- * the data on the device.
+ * and Gather kernels were slower than a host copy); on GPU backends with one gather per phase from
+ * the flat filter (indices cached per shape), which keeps the data on the device in one dispatch.
  */
 export function phaseFilters(filter: tf.Tensor4D, stride: number, onHost = tf.getBackend() === 'wasm' || tf.getBackend() === 'cpu'): (tf.Tensor4D | null)[][] {
   const [kernel, , cin, cout] = filter.shape;
@@ -114,8 +137,9 @@ export function phaseFilters(filter: tf.Tensor4D, stride: number, onHost = tf.ge
         }
         row.push(tf.tensor4d(out, [th, tw, cout, cin]));
       } else {
-        const idx = (taps: number, r: number) => tf.tensor1d(Array.from({ length: taps }, (_, u) => stride * (taps - 1 - u) + r), 'int32');
-        row.push(tf.transpose(tf.gather(tf.gather(filter, idx(th, rh), 0), idx(tw, rw), 1), [0, 1, 3, 2]) as tf.Tensor4D);
+        // One gather from the flat filter per phase (flip, phase pick and channel swap at once).
+        const flat = tf.reshape(filter, [-1]);
+        row.push(tf.reshape(tf.gather(flat, phaseIndex(kernel, cin, cout, stride, rh, rw)), [th, tw, cout, cin]) as tf.Tensor4D);
       }
     }
     result.push(row);
