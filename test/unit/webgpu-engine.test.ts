@@ -12,6 +12,7 @@ import { ParameterUpdater, OptimizerConfigSchema } from '../../src/coordinator/o
 import { DeviceCounters } from '../../src/shared/engine/device-counters.js';
 import { fastGradConv, initEngine, softwareAdapterReason, stockConv } from '../../src/shared/engine/engine.js';
 import { conv2dFastGrad } from '../../src/shared/engine/fast-conv.js';
+import { batchNormTraining } from '../../src/shared/model/batch-norm.js';
 import { embed } from '../../src/shared/model/embedding.js';
 import { squash } from '../../src/shared/model/squash.js';
 import { MINING_STRATEGIES, type MiningStrategy } from '../../src/shared/model/mining.js';
@@ -148,6 +149,31 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
     expect(counters.snapshot().dispatches).toBe(1);
     counters.uninstall();
     x.dispose();
+  });
+
+  it('the fused BatchNorm kernels equal the plain ops on the cpu backend (values, statistics, gradients)', async () => {
+    const run = async (backend: 'cpu' | 'webgpu') => {
+      await useBackend(backend);
+      const x = tf.add(tf.mul(seededNormal([3, 5, 4, 6], 1), 3), 1) as tf.Tensor4D;
+      const gamma = seededNormal([6], 2);
+      const beta = seededNormal([6], 3);
+      const probe = seededNormal([3, 5, 4, 6], 4);
+      const r = batchNormTraining(x, gamma, beta, 1e-3);
+      const grads = tf.grads((xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+        const t = batchNormTraining(xi as tf.Tensor4D, g, b, 1e-3);
+        tf.dispose([t.mean, t.variance]);
+        return tf.sum(tf.mul(t.y, probe));
+      })([x, gamma, beta]);
+      const read = async (t: tf.Tensor) => Array.from(await t.data());
+      const out = { y: await read(r.y), mean: await read(r.mean), variance: await read(r.variance), grads: await Promise.all(grads.map(read)) };
+      tf.dispose([x, gamma, beta, probe, r.y, r.mean, r.variance, ...grads]);
+      return out;
+    };
+    const cpu = await run('cpu');
+    const gpu = await run('webgpu');
+    for (const k of ['y', 'mean', 'variance'] as const) expect(relativeError(gpu[k], cpu[k]), k).toBeLessThan(1e-5);
+    for (let i = 0; i < 3; i++) expect(relativeError(gpu.grads[i], cpu.grads[i]), ['dx', 'dgamma', 'dbeta'][i]).toBeLessThan(1e-4);
+    expect(tf.getKernel('TricapsBnApply', 'webgpu')).toBeDefined();
   });
 
   it('mines on the device as the host miner does (every strategy)', async () => {

@@ -58,20 +58,19 @@ export function conv2dFilterGrad(x: tf.Tensor4D, dy: tf.Tensor4D, kernel: number
   });
 }
 
-/** Zero-pads (positive) or crops (negative) one spatial axis (1 = H, 2 = W) of an NHWC tensor. */
-function padOrCrop(t: tf.Tensor4D, axis: 1 | 2, before: number, after: number): tf.Tensor4D {
+/**
+ * Zero-pads (positive) or crops (negative) the spatial axes of an NHWC tensor by [before, after]
+ * for H and for W: at most one slice and one pad, whatever the axes need (each is a dispatch on GPUs).
+ */
+function padOrCrop(t: tf.Tensor4D, h: [number, number], w: [number, number]): tf.Tensor4D {
   let out = t;
-  if (before < 0 || after < 0) {
-    const begin = [0, 0, 0, 0];
-    const size = [-1, -1, -1, -1];
-    begin[axis] = Math.max(-before, 0);
-    size[axis] = t.shape[axis] - Math.max(-before, 0) - Math.max(-after, 0);
-    out = tf.slice(out, begin, size);
+  const crop = (v: number) => Math.max(-v, 0);
+  if (Math.min(...h, ...w) < 0) {
+    out = tf.slice(out, [0, crop(h[0]), crop(w[0]), 0], [-1, t.shape[1] - crop(h[0]) - crop(h[1]), t.shape[2] - crop(w[0]) - crop(w[1]), -1]);
   }
-  if (before > 0 || after > 0) {
-    const pads: [number, number][] = [[0, 0], [0, 0], [0, 0], [0, 0]];
-    pads[axis] = [Math.max(before, 0), Math.max(after, 0)];
-    out = tf.pad(out, pads);
+  if (Math.max(...h, ...w) > 0) {
+    const grow = (v: number) => Math.max(v, 0);
+    out = tf.pad(out, [[0, 0], [grow(h[0]), grow(h[1])], [grow(w[0]), grow(w[1])], [0, 0]]);
   }
   return out;
 }
@@ -177,7 +176,7 @@ export function conv2dInputGrad(
         if (!sub) return tf.zeros([n, hiH - loH, hiW - loW, cin]) as tf.Tensor4D;
         const [th, tw] = sub.shape;
         // Output row m of a valid correlation over dy padded by (th-1-lo) on top is dy-row m+lo-(th-1).
-        const padded = padOrCrop(padOrCrop(dy, 1, th - 1 - loH, hiH - ho), 2, tw - 1 - loW, hiW - wo);
+        const padded = padOrCrop(dy, [th - 1 - loH, hiH - ho], [tw - 1 - loW, hiW - wo]);
         return tf.conv2d(padded, sub, 1, 'valid');
       }),
     );

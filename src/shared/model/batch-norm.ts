@@ -11,7 +11,38 @@ export interface BatchNormTrainingResult {
   variance: tf.Tensor1D;
 }
 
+/** Fused kernels of the webgpu engine (engine/webgpu-kernels.ts), when the current engine has them. */
+const fusedKernels = () => tf.getKernel('TricapsBnApply', tf.getBackend()) !== undefined;
+const run = (kernel: string, inputs: Record<string, tf.Tensor>) => tf.engine().runKernel(kernel, inputs as tf.NamedTensorMap) as tf.Tensor;
+
 export function batchNormTraining(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
+  return fusedKernels() && x.dtype === 'float32' ? batchNormTrainingFused(x, gamma, beta, epsilon) : batchNormTrainingOps(x, gamma, beta, epsilon);
+}
+
+/** The same computation with the normalisation and dx each one fused pass (x-hat never stored). */
+function batchNormTrainingFused(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
+  let stats: [tf.Tensor1D, tf.Tensor1D] | undefined;
+  const op = tf.customGrad(((xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const { mean, variance } = tf.moments(xIn, [0, 1, 2]);
+    const rstd = tf.rsqrt(tf.add(variance, epsilon));
+    stats = [tf.keep(mean) as tf.Tensor1D, tf.keep(variance) as tf.Tensor1D];
+    save([xIn, mean, rstd, g]);
+    return {
+      value: run('TricapsBnApply', { x: xIn, mean, rstd, gamma: g, beta: b }),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, m, rs, gs] = saved;
+        const dbeta = tf.sum(dy, [0, 1, 2]);
+        const dgamma = tf.sum(run('TricapsBnDyXhat', { dy, x: xs, mean: m, rstd: rs }), [0, 1, 2]);
+        return [run('TricapsBnGrad', { dy, x: xs, mean: m, rstd: rs, gamma: gs, dbeta, dgamma }), dgamma, dbeta];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const y = op(x, gamma, beta) as tf.Tensor4D;
+  return { y, mean: stats![0], variance: stats![1] };
+}
+
+/** BatchNorm training with plain tfjs ops (every engine; the reference for the fused kernels). */
+export function batchNormTrainingOps(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
   let stats: [tf.Tensor1D, tf.Tensor1D] | undefined;
   const op = tf.customGrad(((xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     const { mean, variance } = tf.moments(xIn, [0, 1, 2]);
