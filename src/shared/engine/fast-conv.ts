@@ -173,7 +173,7 @@ export function conv2dInputGrad(
     const filters = phaseFilters(filter, stride);
     const phaseRows: tf.Tensor4D[][] = filters.map((row) =>
       row.map((sub) => {
-        if (!sub) return tf.zeros([n, hiH - loH, hiW - loW, cin]) as tf.Tensor4D;
+        if (!sub) return tf.fill([n, hiH - loH, hiW - loW, cin], 0) as tf.Tensor4D; // made on the device, not uploaded
         const [th, tw] = sub.shape;
         // Output row m of a valid correlation over dy padded by (th-1-lo) on top is dy-row m+lo-(th-1).
         const padded = padOrCrop(dy, [th - 1 - loH, hiH - ho], [tw - 1 - loW, hiW - wo]);

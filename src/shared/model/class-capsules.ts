@@ -74,7 +74,8 @@ export function classCapsules(u: tf.Tensor3D, weight: tf.Tensor2D, cfg: ClassCap
     const classes = cfg.categories;
     const outDim = cfg.classCapsuleDim;
     const transform = perClassTransform(weight, classes, inDim, outDim, blockDiagonal ?? classes * inDim * classes * outDim <= BLOCK_DIAGONAL_MAX_ELEMENTS);
-    let logits: tf.Tensor = tf.zeros([batch, inCaps, classes]);
+    // tf.fill runs on the device; tf.zeros makes the values on the host and uploads them.
+    let logits: tf.Tensor = tf.fill([batch, inCaps, classes], 0);
     let v: tf.Tensor3D | undefined;
     for (let iteration = 0; iteration < cfg.routingIterations; iteration++) {
       const coupling = tf.softmax(logits) as tf.Tensor3D; // [batch, inCaps, classes], over classes
