@@ -58,6 +58,9 @@ describe('tricaps CLI', () => {
     [['train', '--aug-brightness', '2,1'], /"2,1" is not a range "lo,hi" with 0 <= lo <= hi/],
     [['train', '--eval-mask', 'predicted', 'psychic'], /"psychic" is not one of predicted, oracle, none/],
     [['bench', 'profile', '--engine', 'tpu'], /"tpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
+    [['bench', 'engine', '--engine', 'cpu', '--width', '0.1'], /51 channels \(512 x --width\) are not divisible by the capsule dim 16/],
+    [['train', '--worker-engines', 'webgpu,wasm', '--steps', '1'], /--worker-engines: fleet options; train with --workers 1 or more/],
+    [['train', '--workers', '2', '--worker-engines', 'webgpu,gpu'], /"gpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
   ])('%j fails with a clear message and exit code 2', async (args, message) => {
     const r = await tricaps(...args);
     expect(r.code).toBe(2);

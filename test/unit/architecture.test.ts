@@ -42,7 +42,7 @@ describe('TriCapsNet architecture', () => {
   });
 
   it('rejects primary channels that are not whole capsules', () => {
-    expect(() => buildArchitecture(modelConfig({ primaryCapsuleDim: 24 }))).toThrow(/not divisible by capsule dim 24/);
+    expect(() => buildArchitecture(modelConfig({ primaryCapsuleDim: 24 }))).toThrow(/not divisible by the capsule dim 24/);
   });
 
   it('computes output shapes without tensors', () => {

@@ -3,6 +3,7 @@
 // `tricaps model summary` all read this one description, so they cannot disagree.
 //
 // Shapes are NHWC without the batch dimension. SC/RC tables: ../shared/reference/tricapsnet.md.
+import { UsageError } from '../errors.js';
 import type { ModelConfig } from './config.js';
 
 export type Padding = 'same' | 'valid';
@@ -208,7 +209,7 @@ export function buildArchitecture(cfg: ModelConfig): Architecture {
         macs = k.macs;
       }
       if (c % layer.dim !== 0) {
-        throw new Error(`primary capsules: ${c} channels are not divisible by capsule dim ${layer.dim}`);
+        throw new UsageError(`primary capsules: ${c} channels (512 x --width) are not divisible by the capsule dim ${layer.dim}; choose a --width or capsule dim that divides them (e.g. --width 0.125, 0.25, 0.5 or 1)`);
       }
       primaryCapsules = (h * w * c) / layer.dim;
       out = [primaryCapsules, layer.dim];
