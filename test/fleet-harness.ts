@@ -2,6 +2,9 @@
 // on loopback ports chosen at run time, their JSON log lines collected, waited on with deadlines,
 // and killed when a test ends (passing or failing).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export interface LogLine {
   level: number;
@@ -118,3 +121,20 @@ export async function listeningAddress(c: FleetProcess): Promise<string> {
 
 /** Tiny model and data: steps of a fraction of a second on wasm. */
 export const TINY = ['--variant', 'sc', '--image-size', '32', '--width', '0.25', '--batch-triplets', '8', '--items', '64', '--categories', '4', '--engine', 'wasm', '--no-augment', '--routing-pool', 'mean', '--bn-momentum', '0.9'];
+
+/** Temporary directories of one test file, removed by cleanup() (call it in afterEach). */
+export class TempDirs {
+  private readonly dirs: string[] = [];
+
+  constructor(private readonly prefix: string) {}
+
+  make(): string {
+    const d = mkdtempSync(join(tmpdir(), this.prefix));
+    this.dirs.push(d);
+    return d;
+  }
+
+  cleanup(): void {
+    for (const d of this.dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  }
+}

@@ -1,24 +1,18 @@
 // The fleet as users run it: a real coordinator process and real worker processes talking gRPC on
 // loopback ports chosen at run time. Every test kills what it started, also when it fails.
 import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Fleet, FleetProcess, listeningAddress, TINY } from './fleet-harness.js';
+import { Fleet, FleetProcess, listeningAddress, TempDirs, TINY } from './fleet-harness.js';
 
 const fleet = new Fleet();
-const dirs: string[] = [];
+const temp = new TempDirs('tricaps-fleet-');
 afterEach(async () => {
   await fleet.cleanup();
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  temp.cleanup();
 });
-
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'tricaps-fleet-'));
-  dirs.push(d);
-  return d;
-}
+const tempDir = () => temp.make();
 
 function floats(path: string): Float32Array {
   const b = readFileSync(path);

@@ -3,25 +3,18 @@
 // test installs it); skips elsewhere with the reason.
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Fleet, FleetProcess, TINY } from './fleet-harness.js';
+import { Fleet, FleetProcess, TempDirs, TINY } from './fleet-harness.js';
 import { webgpuSkipReason } from './helpers.js';
 
 const skip = await webgpuSkipReason();
 const fleet = new Fleet();
-const dirs: string[] = [];
+const temp = new TempDirs('tricaps-webgpu-');
 afterEach(async () => {
   await fleet.cleanup();
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  temp.cleanup();
 });
-
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'tricaps-webgpu-'));
-  dirs.push(d);
-  return d;
-}
+const tempDir = () => temp.make();
 
 function tricaps(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {

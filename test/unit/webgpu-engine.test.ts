@@ -18,7 +18,7 @@ import { squash } from '../../src/shared/model/squash.js';
 import { MINING_STRATEGIES, type MiningStrategy } from '../../src/shared/model/mining.js';
 import { forward } from '../../src/shared/model/tricapsnet.js';
 import { computeGradients } from '../../src/worker/trainer.js';
-import { relativeError, seededNormal, useBackend, webgpuSkipReason } from '../helpers.js';
+import { expectTensorsClose, relativeError, seededNormal, useBackend, webgpuSkipReason } from '../helpers.js';
 import { tinyBatch, tinyModel } from '../tiny-model.js';
 import { deviceResult, hostReference, randomBatch } from '../mining-fixtures.js';
 
@@ -53,13 +53,7 @@ async function runModel(backend: 'cpu' | 'webgpu', variant: 'sc' | 'rc', mining:
 
 function expectClose(actual: Map<string, number[]>, expected: Map<string, number[]>, what: string): void {
   expect([...actual.keys()]).toEqual([...expected.keys()]);
-  const globalScale = Math.max(...[...expected.values()].map((g) => Math.max(...g.map(Math.abs))));
-  for (const [name, e] of expected) {
-    const own = Math.max(...e.map(Math.abs));
-    const tolerance = own < 1e-4 * globalScale ? 1e-4 * globalScale : 1e-3 * own;
-    const diff = Math.max(...e.map((v, i) => Math.abs(v - actual.get(name)![i])));
-    expect(diff, `${what} ${name}`).toBeLessThan(tolerance);
-  }
+  expectTensorsClose(actual, expected, what, (diff, tolerance, name) => expect(diff, name).toBeLessThan(tolerance));
 }
 
 describe.skipIf(skip !== null)('webgpu engine', () => {
