@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM_STAMP := node_modules/.tricaps-installed
 
-.PHONY: all install build test demo bench typecheck clean proto services
+.PHONY: all install build test demo bench typecheck clean proto services format format-check
 
 all: build
 
@@ -17,15 +17,22 @@ build: $(NPM_STAMP)
 	npx tsc -p tsconfig.json
 	@chmod +x dist/cli.js
 
-# TypeScript for proto/ (buf + ts-proto, grpc-js services); the output is committed.
+# TypeScript for proto/ (buf + ts-proto, grpc-js services); the output is committed, never edited.
 proto: $(NPM_STAMP)
 	npx buf lint
 	rm -rf src/shared/gen
 	npx buf generate
-	node scripts/proto-postprocess.mjs src/shared/gen/tricaps/v1/fleet.ts
 
 typecheck: $(NPM_STAMP)
 	npx tsc -p tsconfig.json --noEmit
+
+# prettier (.prettierrc.json); generated code is left as ts-proto writes it (.prettierignore).
+FORMATTED := "src/**/*.ts" "test/**/*.ts"
+format: $(NPM_STAMP)
+	npx prettier --write $(FORMATTED)
+
+format-check: $(NPM_STAMP)
+	@npx prettier --check --log-level warn $(FORMATTED) || { echo "format-check: run 'make format' and commit" >&2; exit 1; }
 
 # Tests run against real services: promtool (prometheus) and nats-server, installed from Debian
 # when missing, and Mesa's lavapipe (a Vulkan driver on the CPU) so the webgpu engine's tests run
@@ -37,7 +44,7 @@ services:
 # engine does not start); elsewhere they skip and say why.
 REQUIRE_WEBGPU := $(shell grep -qs 'VERSION_CODENAME=bookworm' /etc/os-release && echo 1)
 
-test: build services
+test: build services format-check
 	PATH="$$PATH:/usr/sbin" TRICAPS_REQUIRE_WEBGPU=$(REQUIRE_WEBGPU) npx vitest run
 
 # The main job on the embedded default: SC TriCapsNet on the synthetic catalogue, trained by a local

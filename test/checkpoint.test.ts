@@ -19,7 +19,19 @@ const tempDir = () => {
   return d;
 };
 const step = (n: number) => `step-${String(n).padStart(8, '0')}`;
-const common = [...TINY, '--steps', '8', '--checkpoint-every', '2', '--seed', '9', '--min-workers', '1', '--keep-checkpoints', '10'];
+const common = [
+  ...TINY,
+  '--steps',
+  '8',
+  '--checkpoint-every',
+  '2',
+  '--seed',
+  '9',
+  '--min-workers',
+  '1',
+  '--keep-checkpoints',
+  '10',
+];
 const batches = (lines: LogLine[]) => new Map(lines.map((l) => [l.step as number, l.batch as number]));
 
 async function straightRun(dir: string): Promise<FleetProcess> {
@@ -43,14 +55,17 @@ describe('checkpoints (real processes)', () => {
     await first.exited;
     const latest = readFileSync(join(b, 'latest'), 'utf8').trim();
     // The restarted coordinator listens where the first did; the worker finds it by itself.
-    const second = fleet.track(new FleetProcess(['coordinator', '--listen', address, ...common, '--checkpoint-dir', b, '--resume']));
+    const second = fleet.track(
+      new FleetProcess(['coordinator', '--listen', address, ...common, '--checkpoint-dir', b, '--resume']),
+    );
     const resumed = await second.waitFor((l) => l.msg.startsWith('resuming run'), 60_000, 'the resume line');
     expect(`step-${String(resumed.step).padStart(8, '0')}`).toBe(latest);
     expect(resumed.step as number).toBeGreaterThanOrEqual(4);
     expect((await second.exited).code).toBe(0);
     expect((await worker.exited).code).toBe(0);
 
-    for (const f of ['weights.bin', 'optimizer.bin']) expect(readFileSync(join(b, step(8), f)).equals(readFileSync(join(a, step(8), f))), f).toBe(true);
+    for (const f of ['weights.bin', 'optimizer.bin'])
+      expect(readFileSync(join(b, step(8), f)).equals(readFileSync(join(a, step(8), f))), f).toBe(true);
     // The sampler cursor: the resumed run starts at the checkpoint's step and sees the same batches.
     const want = batches(straight.steps());
     const after = second.steps();

@@ -7,12 +7,20 @@ import { join } from 'node:path';
 
 // Asynchronous on purpose: a synchronous spawn blocks this test process's event loop for the whole
 // command, long enough under load for vitest's own RPC to time out.
-function tricapsWithLogLevel(level: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function tricapsWithLogLevel(
+  level: string,
+  ...args: string[]
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', timeout: 180_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: level } }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
-      resolve({ code, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      ['dist/cli.js', ...args],
+      { encoding: 'utf8', timeout: 180_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: level } },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -22,10 +30,30 @@ const lastJsonLine = (stdout: string) => JSON.parse(stdout.trim().split('\n').po
 
 describe('tricaps CLI', () => {
   it('model summary prints the reference parameter counts as JSON', async () => {
-    const sc = await tricaps('model', 'summary', '--variant', 'sc', '--image-size', '256', '--categories', '23', '--json');
+    const sc = await tricaps(
+      'model',
+      'summary',
+      '--variant',
+      'sc',
+      '--image-size',
+      '256',
+      '--categories',
+      '23',
+      '--json',
+    );
     expect(sc.code).toBe(0);
     expect(JSON.parse(sc.stdout).params).toEqual({ total: 2_425_536, trainable: 2_425_024, nonTrainable: 512 });
-    const rc = await tricaps('model', 'summary', '--variant', 'rc', '--image-size', '256', '--categories', '23', '--json');
+    const rc = await tricaps(
+      'model',
+      'summary',
+      '--variant',
+      'rc',
+      '--image-size',
+      '256',
+      '--categories',
+      '23',
+      '--json',
+    );
     expect(JSON.parse(rc.stdout).params).toEqual({ total: 4_845_952, trainable: 4_840_448, nonTrainable: 5_504 });
     const table = await tricaps('model', 'summary');
     expect(table.stdout).toMatch(/total 2,425,536 parameters: 2,425,024 trainable, 512 BatchNorm buffers/);
@@ -35,19 +63,40 @@ describe('tricaps CLI', () => {
     [['model', 'summary', '--bogus'], /unknown option '--bogus'/],
     [['model', 'summary', '--variant', 'xx'], /"xx" is not one of sc, rc/],
     [['model', 'summary', '--image-size', 'big'], /"big" is not an integer/],
-    [['model', 'summary', '--image-size', '100'], /imageSize: image size 100 is not a multiple of 16 \(four stride-2 stages\); try 96/],
-    [['train', '--workers', '2', '--shards', '9', '--steps', '1'], /a batch of 16 items cannot be split into 9 mining shards of at least 2 items; use fewer --shards/],
+    [
+      ['model', 'summary', '--image-size', '100'],
+      /imageSize: image size 100 is not a multiple of 16 \(four stride-2 stages\); try 96/,
+    ],
+    [
+      ['train', '--workers', '2', '--shards', '9', '--steps', '1'],
+      /a batch of 16 items cannot be split into 9 mining shards of at least 2 items; use fewer --shards/,
+    ],
     [['coordinator', '--listen', 'nowhere'], /--listen nowhere: expected HOST:PORT, e.g. 0.0.0.0:7070/],
     [['coordinator', '--min-workers', '3', '--max-workers', '2'], /--max-workers 2 is below --min-workers 3/],
-    [['coordinator', '--heartbeat-interval', '2000', '--heartbeat-timeout', '1000'], /heartbeat timeout \(1000 ms\) must be longer than the interval \(2000 ms\)/],
+    [
+      ['coordinator', '--heartbeat-interval', '2000', '--heartbeat-timeout', '1000'],
+      /heartbeat timeout \(1000 ms\) must be longer than the interval \(2000 ms\)/,
+    ],
     [['coordinator', '--run-id', 'bad id!'], /runId: letters, digits/],
     [['worker'], /required option '--coordinator <host:port>' not specified/],
-    [['report', '--run', '/nonexistent-tricaps', '--out', '/tmp/x.html'], /\/nonexistent-tricaps\/history.jsonl: no run history here; train with --checkpoint-dir/],
+    [
+      ['report', '--run', '/nonexistent-tricaps', '--out', '/tmp/x.html'],
+      /\/nonexistent-tricaps\/history.jsonl: no run history here; train with --checkpoint-dir/,
+    ],
     [['train', '--resume'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
-    [['train', '--nats', 'nats://x:4222', '--min-workers', '2'], /--min-workers, --nats: fleet options; train with --workers 1 or more to use them/],
+    [
+      ['train', '--nats', 'nats://x:4222', '--min-workers', '2'],
+      /--min-workers, --nats: fleet options; train with --workers 1 or more to use them/,
+    ],
     [['coordinator', '--resume', '--steps', '1'], /--resume and --checkpoint-every need --checkpoint-dir DIR/],
-    [['train', '--engine', 'tensorflow', '--steps', '0'], /tensorflow: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed \(install one with `npm install @tensorflow\/tfjs-node-gpu@4.22.0`/],
-    [['train', '--batch-triplets', '5', '--images-per-item', '4'], /15 images, not a whole number of items with 4 images each/],
+    [
+      ['train', '--engine', 'tensorflow', '--steps', '0'],
+      /tensorflow: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed \(install one with `npm install @tensorflow\/tfjs-node-gpu@4.22.0`/,
+    ],
+    [
+      ['train', '--batch-triplets', '5', '--images-per-item', '4'],
+      /15 images, not a whole number of items with 4 images each/,
+    ],
     [['train', '--items', '8', '--steps', '1'], /4 train items; a batch of 16 triplets needs 16/],
     [['bench', 'engine', '--steps', '0'], /0 is outside 1..10000/],
     [['nonsense'], /unknown command 'nonsense'/],
@@ -58,9 +107,18 @@ describe('tricaps CLI', () => {
     [['train', '--aug-brightness', '2,1'], /"2,1" is not a range "lo,hi" with 0 <= lo <= hi/],
     [['train', '--eval-mask', 'predicted', 'psychic'], /"psychic" is not one of predicted, oracle, none/],
     [['bench', 'profile', '--engine', 'tpu'], /"tpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
-    [['bench', 'engine', '--engine', 'cpu', '--width', '0.1'], /51 channels \(512 x --width\) are not divisible by the capsule dim 16/],
-    [['train', '--worker-engines', 'webgpu,wasm', '--steps', '1'], /--worker-engines: fleet options; train with --workers 1 or more/],
-    [['train', '--workers', '2', '--worker-engines', 'webgpu,gpu'], /"gpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
+    [
+      ['bench', 'engine', '--engine', 'cpu', '--width', '0.1'],
+      /51 channels \(512 x --width\) are not divisible by the capsule dim 16/,
+    ],
+    [
+      ['train', '--worker-engines', 'webgpu,wasm', '--steps', '1'],
+      /--worker-engines: fleet options; train with --workers 1 or more/,
+    ],
+    [
+      ['train', '--workers', '2', '--worker-engines', 'webgpu,gpu'],
+      /"gpu" is not one of auto, tensorflow, webgpu, wasm, cpu/,
+    ],
   ])('%j fails with a clear message and exit code 2', async (args, message) => {
     const r = await tricaps(...args);
     expect(r.code).toBe(2);
@@ -69,7 +127,20 @@ describe('tricaps CLI', () => {
   });
 
   it('--engine webgpu either runs on a GPU adapter or says why it cannot', async () => {
-    const r = await tricaps('train', '--engine', 'webgpu', '--steps', '0', '--items', '32', '--batch-triplets', '4', '--image-size', '16', '--json');
+    const r = await tricaps(
+      'train',
+      '--engine',
+      'webgpu',
+      '--steps',
+      '0',
+      '--items',
+      '32',
+      '--batch-triplets',
+      '4',
+      '--image-size',
+      '16',
+      '--json',
+    );
     if (r.code === 0) expect(lastJsonLine(r.stdout).engine).toBe('webgpu');
     else {
       expect(r.code).toBe(2);
@@ -96,7 +167,23 @@ describe('tricaps CLI', () => {
   });
 
   it('train runs end to end and reports Recall@K before and after as JSON', async () => {
-    const r = await tricapsWithLogLevel('info', 'train', '--engine', 'wasm', '--steps', '3', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--log-every', '1', '--json');
+    const r = await tricapsWithLogLevel(
+      'info',
+      'train',
+      '--engine',
+      'wasm',
+      '--steps',
+      '3',
+      '--items',
+      '24',
+      '--batch-triplets',
+      '4',
+      '--image-size',
+      '32',
+      '--log-every',
+      '1',
+      '--json',
+    );
     expect(r.code, r.stderr).toBe(0);
     const stepLines = r.stderr.split('\n').filter((l) => l.includes('"msg":"step '));
     expect(stepLines.map((l) => JSON.parse(l).step)).toEqual([0, 1, 2]);
@@ -112,7 +199,20 @@ describe('tricaps CLI', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tricaps-cli-'));
     try {
       const root = join(dir, 'cat');
-      const synth = await tricaps('data', 'synth', '--out', root, '--items', '24', '--categories', '3', '--image-size', '32', '--seed', '3');
+      const synth = await tricaps(
+        'data',
+        'synth',
+        '--out',
+        root,
+        '--items',
+        '24',
+        '--categories',
+        '3',
+        '--image-size',
+        '32',
+        '--seed',
+        '3',
+      );
       expect(synth.code, synth.stderr).toBe(0);
       expect(synth.stdout).toMatch(/wrote 96 images of 24 items/);
       const again = await tricaps('data', 'synth', '--out', root, '--items', '24');
@@ -120,9 +220,30 @@ describe('tricaps CLI', () => {
       expect(again.stderr).toMatch(/is not empty; choose a new directory or pass --force/);
       const inspect = await tricaps('data', 'inspect', '--root', root, '--json', '--verify-images');
       expect(inspect.code, inspect.stderr).toBe(0);
-      expect(JSON.parse(inspect.stdout)).toMatchObject({ images: 96, items: 24, splits: { train: { images: 48, items: 12 } }, bounding_boxes: true, skipped: 0 });
+      expect(JSON.parse(inspect.stdout)).toMatchObject({
+        images: 96,
+        items: 24,
+        splits: { train: { images: 48, items: 12 } },
+        bounding_boxes: true,
+        skipped: 0,
+      });
       const ck = join(dir, 'ck');
-      const train = await tricaps('train', '--data', root, '--engine', 'wasm', '--steps', '2', '--batch-triplets', '4', '--image-size', '32', '--checkpoint-dir', ck, '--json');
+      const train = await tricaps(
+        'train',
+        '--data',
+        root,
+        '--engine',
+        'wasm',
+        '--steps',
+        '2',
+        '--batch-triplets',
+        '4',
+        '--image-size',
+        '32',
+        '--checkpoint-dir',
+        ck,
+        '--json',
+      );
       expect(train.code, train.stderr).toBe(0);
       const trained = lastJsonLine(train.stdout);
       expect(trained.after[0].gallery).toBe(24);
@@ -137,14 +258,34 @@ describe('tricaps CLI', () => {
 
       // search ranks the gallery; a query from the catalogue gets its matches marked; --grid writes a PNG.
       const partition = readFileSync(join(root, 'Eval/list_eval_partition.txt'), 'utf8').split('\n');
-      const query = partition.find((l) => l.trim().endsWith('query'))!.trim().split(/\s+/)[0];
+      const query = partition
+        .find((l) => l.trim().endsWith('query'))!
+        .trim()
+        .split(/\s+/)[0];
       const grid = join(dir, 'grid.png');
-      const search = await tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(root, query), '-k', '24', '--grid', grid, '--engine', 'wasm', '--json');
+      const search = await tricaps(
+        'search',
+        '--checkpoint',
+        ck,
+        '--data',
+        root,
+        '--query',
+        join(root, query),
+        '-k',
+        '24',
+        '--grid',
+        grid,
+        '--engine',
+        'wasm',
+        '--json',
+      );
       expect(search.code, search.stderr).toBe(0);
       const s = lastJsonLine(search.stdout);
       expect(s.results).toHaveLength(24);
       expect(s.results.filter((r: { match: boolean }) => r.match)).toHaveLength(2); // every gallery image of the item within k = gallery size
-      expect(s.results.map((r: { distance: number }) => r.distance)).toEqual([...s.results.map((r: { distance: number }) => r.distance)].sort((a, b) => a - b));
+      expect(s.results.map((r: { distance: number }) => r.distance)).toEqual(
+        [...s.results.map((r: { distance: number }) => r.distance)].sort((a, b) => a - b),
+      );
       expect(readFileSync(grid).subarray(1, 4).toString()).toBe('PNG');
 
       const bad = await tricaps('search', '--checkpoint', ck, '--data', root, '--query', join(dir, 'nope.jpg'));
@@ -154,9 +295,14 @@ describe('tricaps CLI', () => {
       writeFileSync(join(ck, 'step-00000002', 'weights.bin'), 'short');
       const corrupt = await tricaps('eval', '--checkpoint', ck, '--data', root);
       expect(corrupt.code).toBe(2);
-      expect(corrupt.stderr).toMatch(/weights.bin: 5 bytes, the manifest needs \d+; the checkpoint is truncated or corrupt/);
+      expect(corrupt.stderr).toMatch(
+        /weights.bin: 5 bytes, the manifest needs \d+; the checkpoint is truncated or corrupt/,
+      );
       const other = join(dir, 'other');
-      expect((await tricaps('data', 'synth', '--out', other, '--items', '8', '--categories', '2', '--image-size', '16')).code).toBe(0);
+      expect(
+        (await tricaps('data', 'synth', '--out', other, '--items', '8', '--categories', '2', '--image-size', '16'))
+          .code,
+      ).toBe(0);
       writeFileSync(join(ck, 'step-00000002', 'weights.bin'), good);
       const mismatch = await tricaps('eval', '--checkpoint', ck, '--data', other);
       expect(mismatch.code).toBe(2);
@@ -170,7 +316,24 @@ describe('tricaps CLI', () => {
   });
 
   it('train --epochs (no --steps) shows the steps the epochs come to in its progress bar', async () => {
-    const r = await tricaps('train', '--engine', 'wasm', '--epochs', '1', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--width', '0.25', '--no-augment', '--eval-mask', 'oracle');
+    const r = await tricaps(
+      'train',
+      '--engine',
+      'wasm',
+      '--epochs',
+      '1',
+      '--items',
+      '24',
+      '--batch-triplets',
+      '4',
+      '--image-size',
+      '32',
+      '--width',
+      '0.25',
+      '--no-augment',
+      '--eval-mask',
+      'oracle',
+    );
     expect(r.code, r.stderr).toBe(0);
     const steps = Number(/Trained (\d+) steps/.exec(r.stdout)![1]);
     expect(steps).toBeGreaterThan(0);
@@ -181,10 +344,35 @@ describe('tricaps CLI', () => {
   it('train --workers 0 --resume continues from a checkpoint and ends with the weights of an uninterrupted run', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tricaps-local-resume-'));
     try {
-      const args = ['train', '--engine', 'wasm', '--items', '24', '--batch-triplets', '4', '--image-size', '32', '--width', '0.25', '--no-augment', '--eval-mask', 'oracle', '--checkpoint-every', '2'];
+      const args = [
+        'train',
+        '--engine',
+        'wasm',
+        '--items',
+        '24',
+        '--batch-triplets',
+        '4',
+        '--image-size',
+        '32',
+        '--width',
+        '0.25',
+        '--no-augment',
+        '--eval-mask',
+        'oracle',
+        '--checkpoint-every',
+        '2',
+      ];
       expect((await tricaps(...args, '--steps', '4', '--checkpoint-dir', join(dir, 'a'))).code).toBe(0);
       expect((await tricaps(...args, '--steps', '2', '--checkpoint-dir', join(dir, 'b'))).code).toBe(0);
-      const resumed = await tricapsWithLogLevel('info', ...args, '--steps', '4', '--checkpoint-dir', join(dir, 'b'), '--resume');
+      const resumed = await tricapsWithLogLevel(
+        'info',
+        ...args,
+        '--steps',
+        '4',
+        '--checkpoint-dir',
+        join(dir, 'b'),
+        '--resume',
+      );
       expect(resumed.code).toBe(0);
       expect(resumed.stderr).toMatch(/resuming from .*step-00000002 at step 2/);
       const weights = (d: string) => readFileSync(join(dir, d, 'step-00000004', 'weights.bin'));
@@ -195,16 +383,46 @@ describe('tricaps CLI', () => {
   });
 
   it('bench engine prints one JSON line with timings and a tensor count that does not grow', async () => {
-    const r = await tricaps('bench', 'engine', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--steps', '3');
+    const r = await tricaps(
+      'bench',
+      'engine',
+      '--engine',
+      'wasm',
+      '--image-size',
+      '32',
+      '--batch-triplets',
+      '4',
+      '--steps',
+      '3',
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
-    expect(out).toMatchObject({ bench: 'engine', engine: 'wasm', variant: 'sc', image_size: 32, images_per_step: 12, steps: 3, tensor_growth: 0 });
+    expect(out).toMatchObject({
+      bench: 'engine',
+      engine: 'wasm',
+      variant: 'sc',
+      image_size: 32,
+      images_per_step: 12,
+      steps: 3,
+      tensor_growth: 0,
+    });
     expect(out.ms_per_step.min).toBeGreaterThan(0);
     expect(out.images_per_s).toBeGreaterThan(0);
   });
 
   it('bench exchange reports each configuration through the real coordinator, and the loopback TCP and HTTP/2 ceilings', async () => {
-    const r = await tricaps('bench', 'exchange', '--workers', '1,2', '--params', '300000', '--steps', '2', '--wire', 'fp16');
+    const r = await tricaps(
+      'bench',
+      'exchange',
+      '--workers',
+      '1,2',
+      '--params',
+      '300000',
+      '--steps',
+      '2',
+      '--wire',
+      'fp16',
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
     expect(out).toMatchObject({ bench: 'exchange', wire: 'float16', steps: 2 });
@@ -224,14 +442,26 @@ describe('tricaps CLI', () => {
   });
 
   it('bench profile lists kernels of one step, largest first', async () => {
-    const r = await tricaps('bench', 'profile', '--engine', 'wasm', '--image-size', '32', '--batch-triplets', '4', '--top', '5');
+    const r = await tricaps(
+      'bench',
+      'profile',
+      '--engine',
+      'wasm',
+      '--image-size',
+      '32',
+      '--batch-triplets',
+      '4',
+      '--top',
+      '5',
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
     expect(out).toMatchObject({ bench: 'profile', engine: 'wasm' });
     expect(out.top).toHaveLength(5);
     // Which kernel comes first is timing (a GC pause can put a tiny Add on top): assert the
     // structure, not the ranking.
-    for (const t of out.top) expect(t).toMatchObject({ kernel: expect.stringMatching(/^\w+ \[/), calls: expect.any(Number) });
+    for (const t of out.top)
+      expect(t).toMatchObject({ kernel: expect.stringMatching(/^\w+ \[/), calls: expect.any(Number) });
     const ms = out.top.map((t: { ms: number }) => t.ms);
     expect(ms).toEqual([...ms].sort((a: number, b: number) => b - a));
     // The step's convolutions were profiled (forward and the gradients written for wasm).
@@ -245,16 +475,47 @@ describe('tricaps CLI', () => {
 const webgpuSkip = await (await import('./helpers.js')).webgpuSkipReason();
 describe.skipIf(webgpuSkip !== null)('tricaps CLI on the webgpu engine', () => {
   it('bench engine --engine webgpu completes its steps and prints its JSON line', async () => {
-    const r = await tricaps('bench', 'engine', '--engine', 'webgpu', '--variant', 'sc', '--image-size', '32', '--batch-triplets', '2', '--steps', '2');
+    const r = await tricaps(
+      'bench',
+      'engine',
+      '--engine',
+      'webgpu',
+      '--variant',
+      'sc',
+      '--image-size',
+      '32',
+      '--batch-triplets',
+      '2',
+      '--steps',
+      '2',
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
-    expect(out).toMatchObject({ bench: 'engine', engine: 'webgpu', backend: 'webgpu', images_per_step: 6, steps: 2, tensor_growth: 0 });
+    expect(out).toMatchObject({
+      bench: 'engine',
+      engine: 'webgpu',
+      backend: 'webgpu',
+      images_per_step: 6,
+      steps: 2,
+      tensor_growth: 0,
+    });
     expect(out.ms_per_step.median).toBeGreaterThan(0);
     expect(out.peak_device_bytes).toBeGreaterThan(0);
   });
 
   it('bench profile --engine webgpu counts reads, dispatches, uploads and buffers per step', async () => {
-    const r = await tricaps('bench', 'profile', '--engine', 'webgpu', '--image-size', '32', '--batch-triplets', '2', '--top', '5');
+    const r = await tricaps(
+      'bench',
+      'profile',
+      '--engine',
+      'webgpu',
+      '--image-size',
+      '32',
+      '--batch-triplets',
+      '2',
+      '--top',
+      '5',
+    );
     expect(r.code, r.stderr).toBe(0);
     const out = lastJsonLine(r.stdout);
     expect(out).toMatchObject({ bench: 'profile', engine: 'webgpu', images_per_step: 6 });

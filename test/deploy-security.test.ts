@@ -5,20 +5,28 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { parseAllDocuments } from 'yaml';
 
-const docs = (path: string) => parseAllDocuments(readFileSync(path, 'utf8')).map((d) => {
-  expect(d.errors, path).toEqual([]);
-  return d.toJS() as Record<string, any>;
-});
+const docs = (path: string) =>
+  parseAllDocuments(readFileSync(path, 'utf8')).map((d) => {
+    expect(d.errors, path).toEqual([]);
+    return d.toJS() as Record<string, any>;
+  });
 
 describe('deploy/kubernetes/security', () => {
   it('admits only workers to gRPC and only Prometheus to metrics, on the ports the CLI uses', () => {
     const policies = docs('deploy/kubernetes/security/networkpolicy.yaml');
-    expect(policies.map((p) => `${p.apiVersion}/${p.kind}`)).toEqual(['networking.k8s.io/v1/NetworkPolicy', 'networking.k8s.io/v1/NetworkPolicy']);
-    const coordinator = policies.find((p) => p.spec.podSelector.matchLabels['app.kubernetes.io/component'] === 'coordinator')!;
+    expect(policies.map((p) => `${p.apiVersion}/${p.kind}`)).toEqual([
+      'networking.k8s.io/v1/NetworkPolicy',
+      'networking.k8s.io/v1/NetworkPolicy',
+    ]);
+    const coordinator = policies.find(
+      (p) => p.spec.podSelector.matchLabels['app.kubernetes.io/component'] === 'coordinator',
+    )!;
     const worker = policies.find((p) => p.spec.podSelector.matchLabels['app.kubernetes.io/component'] === 'worker')!;
     expect(coordinator.spec.ingress).toHaveLength(2);
     const [grpcRule, metricsRule] = coordinator.spec.ingress;
-    expect(grpcRule.from).toEqual([{ podSelector: { matchLabels: expect.objectContaining({ 'app.kubernetes.io/component': 'worker' }) } }]);
+    expect(grpcRule.from).toEqual([
+      { podSelector: { matchLabels: expect.objectContaining({ 'app.kubernetes.io/component': 'worker' }) } },
+    ]);
     // The coordinator's default --listen port.
     expect(readFileSync('src/cli/fleet.ts', 'utf8')).toContain(`'0.0.0.0:${grpcRule.ports[0].port}'`);
     // Metrics: the monitoring namespace only (an empty selector would admit every namespace).
@@ -32,7 +40,8 @@ describe('deploy/kubernetes/security', () => {
     const secrets = docs('deploy/kubernetes/security/secrets.yaml');
     const byName = new Map(secrets.map((s) => [s.metadata.name, s]));
     expect(Object.keys(byName.get('tricaps-join-token')!.stringData)).toEqual(['token']);
-    for (const name of ['tricaps-coordinator-tls', 'tricaps-worker-tls']) expect(Object.keys(byName.get(name)!.stringData).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
+    for (const name of ['tricaps-coordinator-tls', 'tricaps-worker-tls'])
+      expect(Object.keys(byName.get(name)!.stringData).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
     const readme = readFileSync('README.md', 'utf8');
     for (const name of byName.keys()) expect(readme).toContain(name);
   });

@@ -25,15 +25,23 @@ function yamlFiles(dir: string): string[] {
     return statSync(p).isDirectory() ? yamlFiles(p) : p.endsWith('.yaml') ? [p] : [];
   });
 }
-const load = (path: string): Obj[] => parseAllDocuments(readFileSync(path, 'utf8')).map((d) => {
-  expect(d.errors, path).toEqual([]);
-  return d.toJS() as Obj;
-});
+const load = (path: string): Obj[] =>
+  parseAllDocuments(readFileSync(path, 'utf8')).map((d) => {
+    expect(d.errors, path).toEqual([]);
+    return d.toJS() as Obj;
+  });
 const objects = yamlFiles(ROOT).flatMap((f) => load(f).map((o) => ({ file: f, o })));
 const find = (kind: string, name: string) => objects.find(({ o }) => o.kind === kind && o.metadata?.name === name)!.o;
 const arg = (args: string[], flag: string) => args.find((a) => a.startsWith(`${flag}=`))?.split('=')[1];
 
-const MODELS: Record<string, new (o: Obj) => { validate(): void }> = { StatefulSet, Service, NetworkPolicy, Secret, PodMonitor, PrometheusRule } as never;
+const MODELS: Record<string, new (o: Obj) => { validate(): void }> = {
+  StatefulSet,
+  Service,
+  NetworkPolicy,
+  Secret,
+  PodMonitor,
+  PrometheusRule,
+} as never;
 
 /** Every metric name the code can export, with the series a histogram adds. */
 function exportedMetricNames(): Set<string> {
@@ -62,21 +70,32 @@ describe('deploy/kubernetes', () => {
       expect(() => new Model(o).validate(), `${file} ${o.kind}/${o.metadata?.name}`).not.toThrow();
       kinds.add(o.kind);
     }
-    expect([...kinds].sort()).toEqual(['NetworkPolicy', 'PodMonitor', 'PrometheusRule', 'Secret', 'Service', 'StatefulSet']);
+    expect([...kinds].sort()).toEqual([
+      'NetworkPolicy',
+      'PodMonitor',
+      'PrometheusRule',
+      'Secret',
+      'Service',
+      'StatefulSet',
+    ]);
   });
 
   it('wires coordinator, workers, service, monitors and policies together', () => {
     const coord = find('StatefulSet', 'tricaps-coordinator');
     const workers = find('StatefulSet', 'tricaps-worker');
     const svc = find('Service', 'tricaps-coordinator');
-    for (const s of [coord, workers]) expect(s.spec.template.metadata.labels).toMatchObject(s.spec.selector.matchLabels);
+    for (const s of [coord, workers])
+      expect(s.spec.template.metadata.labels).toMatchObject(s.spec.selector.matchLabels);
     expect(coord.spec.template.metadata.labels).toMatchObject(svc.spec.selector);
     const c = coord.spec.template.spec.containers[0];
     const w = workers.spec.template.spec.containers[0];
     const port = (container: Obj, name: string) => container.ports.find((p: Obj) => p.name === name).containerPort;
     // gRPC: --listen == container port == service port; workers dial the service.
     expect(Number(arg(c.args, '--listen')!.split(':')[1])).toBe(port(c, 'grpc'));
-    expect(svc.spec.ports.find((p: Obj) => p.name === 'grpc')).toMatchObject({ port: port(c, 'grpc'), targetPort: 'grpc' });
+    expect(svc.spec.ports.find((p: Obj) => p.name === 'grpc')).toMatchObject({
+      port: port(c, 'grpc'),
+      targetPort: 'grpc',
+    });
     expect(arg(w.args, '--coordinator')).toBe(`${svc.metadata.name}:${port(c, 'grpc')}`);
     // Metrics: the port served is the one scraped and admitted.
     expect(Number(arg(c.args, '--metrics-port'))).toBe(port(c, 'metrics'));
@@ -86,15 +105,21 @@ describe('deploy/kubernetes', () => {
     expect(coord.spec.template.metadata.labels).toMatchObject(pm.spec.selector.matchLabels);
     expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
     const policy = find('NetworkPolicy', 'tricaps-coordinator-ingress');
-    expect(policy.spec.ingress.map((r: Obj) => r.ports[0].port).sort()).toEqual([port(c, 'grpc'), port(c, 'metrics')].sort());
+    expect(policy.spec.ingress.map((r: Obj) => r.ports[0].port).sort()).toEqual(
+      [port(c, 'grpc'), port(c, 'metrics')].sort(),
+    );
     expect(policy.spec.podSelector.matchLabels).toEqual(coord.spec.selector.matchLabels);
     expect(policy.spec.ingress[0].from[0].podSelector.matchLabels).toEqual(workers.spec.selector.matchLabels);
     // Secrets and volumes: the files the TLS flags name are in the mounted secret.
-    for (const [set, secret] of [[coord, 'tricaps-coordinator-tls'], [workers, 'tricaps-worker-tls']] as const) {
+    for (const [set, secret] of [
+      [coord, 'tricaps-coordinator-tls'],
+      [workers, 'tricaps-worker-tls'],
+    ] as const) {
       const spec = set.spec.template.spec;
       expect(spec.volumes.find((v: Obj) => v.name === 'tls').secret.secretName).toBe(secret);
       const keys = Object.keys(find('Secret', secret).stringData);
-      for (const flag of ['--tls-cert', '--tls-key', '--tls-ca']) expect(keys).toContain(arg(spec.containers[0].args, flag)!.replace('/tls/', ''));
+      for (const flag of ['--tls-cert', '--tls-key', '--tls-ca'])
+        expect(keys).toContain(arg(spec.containers[0].args, flag)!.replace('/tls/', ''));
       expect(spec.containers[0].env[0].valueFrom.secretKeyRef).toEqual({ name: 'tricaps-join-token', key: 'token' });
     }
     // The coordinator has time to write its SIGTERM checkpoint, and keeps checkpoints on a volume.
@@ -110,14 +135,33 @@ describe('deploy/kubernetes', () => {
     const exported = exportedMetricNames();
     const rule = find('PrometheusRule', 'tricaps');
     const alerts = rule.spec.groups.flatMap((g: Obj) => g.rules);
-    expect(alerts.map((r: Obj) => r.alert).sort()).toEqual(['TricapsCheckpointStale', 'TricapsLossNotFinite', 'TricapsRunStalled', 'TricapsThroughputDrop', 'TricapsWorkerLost']);
-    for (const r of alerts) for (const m of usedTricapsMetrics(r.expr)) expect(exported.has(m), `${r.alert}: ${m}`).toBe(true);
+    expect(alerts.map((r: Obj) => r.alert).sort()).toEqual([
+      'TricapsCheckpointStale',
+      'TricapsLossNotFinite',
+      'TricapsRunStalled',
+      'TricapsThroughputDrop',
+      'TricapsWorkerLost',
+    ]);
+    for (const r of alerts)
+      for (const m of usedTricapsMetrics(r.expr)) expect(exported.has(m), `${r.alert}: ${m}`).toBe(true);
     const dash = JSON.parse(readFileSync('deploy/grafana/tricaps.json', 'utf8'));
     const exprs: string[] = dash.panels.flatMap((p: Obj) => p.targets.map((t: Obj) => t.expr));
     expect(exprs.length).toBeGreaterThanOrEqual(12);
     for (const e of exprs) for (const m of usedTricapsMetrics(e)) expect(exported.has(m), `dashboard: ${m}`).toBe(true);
     const used = new Set(exprs.flatMap(usedTricapsMetrics));
-    for (const needed of ['tricaps_images_per_second', 'tricaps_loss', 'tricaps_active_triplet_ratio', 'tricaps_step_phase_seconds_sum', 'tricaps_worker_step_lag_seconds', 'tricaps_world_size', 'tricaps_worker_joins_total', 'tricaps_worker_losses_total', 'tricaps_checkpoint_last_success_timestamp_seconds', 'tricaps_recall_at_k_ratio', 'tricaps_info']) {
+    for (const needed of [
+      'tricaps_images_per_second',
+      'tricaps_loss',
+      'tricaps_active_triplet_ratio',
+      'tricaps_step_phase_seconds_sum',
+      'tricaps_worker_step_lag_seconds',
+      'tricaps_world_size',
+      'tricaps_worker_joins_total',
+      'tricaps_worker_losses_total',
+      'tricaps_checkpoint_last_success_timestamp_seconds',
+      'tricaps_recall_at_k_ratio',
+      'tricaps_info',
+    ]) {
       expect(used.has(needed), needed).toBe(true);
     }
   });
@@ -135,18 +179,22 @@ describe('deploy/kubernetes', () => {
 // recent enough, so this one runs only where a newer kubectl is on the PATH (and says so when not).
 const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });
 describe('kustomize build', () => {
-  it.skipIf(kubectl.status !== 0).each(['cpu', 'gpu'])('overlays/%s builds, and its output passes the schemas', (overlay) => {
-    const out = spawnSync('kubectl', ['kustomize', join(ROOT, 'overlays', overlay)], { encoding: 'utf8' });
-    expect(out.status, out.stderr).toBe(0);
-    const built = parseAllDocuments(out.stdout).map((d) => d.toJS() as Obj);
-    for (const o of built) expect(() => new MODELS[o.kind](o).validate(), `${o.kind}/${o.metadata.name}`).not.toThrow();
-    const worker = built.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'tricaps-worker')!;
-    const c = worker.spec.template.spec.containers[0];
-    expect(c.image).toBe(`registry.example.com/tricaps:${overlay}`);
-    expect(c.args).toContain(overlay === 'gpu' ? '--engine=tensorflow' : '--engine=wasm');
-    expect(c.resources.limits['nvidia.com/gpu']).toBe(overlay === 'gpu' ? 1 : undefined);
-    expect(built.every((o) => o.metadata.labels?.['app.kubernetes.io/part-of'] === 'tricaps')).toBe(true);
-  });
+  it.skipIf(kubectl.status !== 0).each(['cpu', 'gpu'])(
+    'overlays/%s builds, and its output passes the schemas',
+    (overlay) => {
+      const out = spawnSync('kubectl', ['kustomize', join(ROOT, 'overlays', overlay)], { encoding: 'utf8' });
+      expect(out.status, out.stderr).toBe(0);
+      const built = parseAllDocuments(out.stdout).map((d) => d.toJS() as Obj);
+      for (const o of built)
+        expect(() => new MODELS[o.kind](o).validate(), `${o.kind}/${o.metadata.name}`).not.toThrow();
+      const worker = built.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'tricaps-worker')!;
+      const c = worker.spec.template.spec.containers[0];
+      expect(c.image).toBe(`registry.example.com/tricaps:${overlay}`);
+      expect(c.args).toContain(overlay === 'gpu' ? '--engine=tensorflow' : '--engine=wasm');
+      expect(c.resources.limits['nvidia.com/gpu']).toBe(overlay === 'gpu' ? 1 : undefined);
+      expect(built.every((o) => o.metadata.labels?.['app.kubernetes.io/part-of'] === 'tricaps')).toBe(true);
+    },
+  );
 });
 
 describe('deploy/docker', () => {

@@ -23,7 +23,10 @@ export class FleetProcess {
   private ended = false;
 
   constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TRICAPS_LOG_LEVEL: 'info', ...env } });
+    this.child = spawn(process.execPath, ['dist/cli.js', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, TRICAPS_LOG_LEVEL: 'info', ...env },
+    });
     let buf = '';
     this.child.stderr!.setEncoding('utf8').on('data', (d: string) => {
       buf += d;
@@ -43,16 +46,18 @@ export class FleetProcess {
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => this.stdout.push(d));
     // 'exit' can come before the last lines are read from the pipes; wait for them ('close'), but not
     // for ever: a grandchild that inherited the pipes may hold them open after the child is gone.
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.ended = true;
-        this.wake();
-        resolve({ code, signal });
-      };
-      const timer = setTimeout(done, 2000);
-      this.child.once('close', done);
-    }));
+    this.exited = new Promise((resolve) =>
+      this.child.on('exit', (code, signal) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.ended = true;
+          this.wake();
+          resolve({ code, signal });
+        };
+        const timer = setTimeout(done, 2000);
+        this.child.once('close', done);
+      }),
+    );
   }
 
   private wake(): void {
@@ -69,7 +74,8 @@ export class FleetProcess {
       if (hit) return hit;
       if (this.ended) throw new Error(`process exited before ${what}; last lines:\n${this.raw.slice(-15).join('\n')}`);
       const left = until - Date.now();
-      if (left <= 0) throw new Error(`no ${what} within ${timeoutMs} ms; last lines:\n${this.raw.slice(-15).join('\n')}`);
+      if (left <= 0)
+        throw new Error(`no ${what} within ${timeoutMs} ms; last lines:\n${this.raw.slice(-15).join('\n')}`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, Math.min(left, 250));
         this.waiters.push(() => {
@@ -98,7 +104,9 @@ export class Fleet {
   }
 
   worker(address: string, name: string, extra: string[] = [], env: Record<string, string> = {}): FleetProcess {
-    return this.track(new FleetProcess(['worker', '--coordinator', address, '--engine', 'wasm', '--name', name, ...extra], env));
+    return this.track(
+      new FleetProcess(['worker', '--coordinator', address, '--engine', 'wasm', '--name', name, ...extra], env),
+    );
   }
 
   track(p: FleetProcess): FleetProcess {
@@ -115,12 +123,36 @@ export class Fleet {
 
 /** The address a coordinator logged it listens on. */
 export async function listeningAddress(c: FleetProcess): Promise<string> {
-  const l = await c.waitFor((x) => typeof x.address === 'string' && x.msg.includes('listening on'), 60_000, 'listening line');
+  const l = await c.waitFor(
+    (x) => typeof x.address === 'string' && x.msg.includes('listening on'),
+    60_000,
+    'listening line',
+  );
   return l.address as string;
 }
 
 /** Tiny model and data: steps of a fraction of a second on wasm. */
-export const TINY = ['--variant', 'sc', '--image-size', '32', '--width', '0.25', '--batch-triplets', '8', '--items', '64', '--categories', '4', '--engine', 'wasm', '--no-augment', '--routing-pool', 'mean', '--bn-momentum', '0.9'];
+export const TINY = [
+  '--variant',
+  'sc',
+  '--image-size',
+  '32',
+  '--width',
+  '0.25',
+  '--batch-triplets',
+  '8',
+  '--items',
+  '64',
+  '--categories',
+  '4',
+  '--engine',
+  'wasm',
+  '--no-augment',
+  '--routing-pool',
+  'mean',
+  '--bn-momentum',
+  '0.9',
+];
 
 /** Temporary directories of one test file, removed by cleanup() (call it in afterEach). */
 export class TempDirs {

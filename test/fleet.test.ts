@@ -19,9 +19,26 @@ function floats(path: string): Float32Array {
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 }
 
-async function runFleet(workers: number, steps: number, extra: string[] = []): Promise<{ coord: FleetProcess; checkpoint: string }> {
+async function runFleet(
+  workers: number,
+  steps: number,
+  extra: string[] = [],
+): Promise<{ coord: FleetProcess; checkpoint: string }> {
   const dir = tempDir();
-  const coord = fleet.coordinator([...TINY, '--steps', String(steps), '--shards', '2', '--min-workers', String(workers), '--checkpoint-dir', dir, '--seed', '5', ...extra]);
+  const coord = fleet.coordinator([
+    ...TINY,
+    '--steps',
+    String(steps),
+    '--shards',
+    '2',
+    '--min-workers',
+    String(workers),
+    '--checkpoint-dir',
+    dir,
+    '--seed',
+    '5',
+    ...extra,
+  ]);
   const address = await listeningAddress(coord);
   for (let i = 0; i < workers; i++) fleet.worker(address, `eq-${i}`);
   const { code } = await coord.exited;
@@ -55,7 +72,26 @@ describe('fleet over gRPC (real processes)', () => {
   });
 
   it('train --workers 2 runs a local fleet whose loss falls', async () => {
-    const p = new FleetProcess(['train', '--workers', '2', ...TINY, '--items', '96', '--steps', '40', '--margin-loss-weight', '0.5', '--lr', '0.003', '--eval-mask', 'oracle', '--json'], { TRICAPS_LOG_LEVEL: 'warn' });
+    const p = new FleetProcess(
+      [
+        'train',
+        '--workers',
+        '2',
+        ...TINY,
+        '--items',
+        '96',
+        '--steps',
+        '40',
+        '--margin-loss-weight',
+        '0.5',
+        '--lr',
+        '0.003',
+        '--eval-mask',
+        'oracle',
+        '--json',
+      ],
+      { TRICAPS_LOG_LEVEL: 'warn' },
+    );
     fleet.track(p);
     const { code } = await p.exited;
     expect(code, p.raw.slice(-10).join('\n')).toBe(0);
@@ -69,7 +105,17 @@ describe('fleet over gRPC (real processes)', () => {
 
 describe('fleet options (real processes)', () => {
   it('--hard-negative-every embeds the train items over the fleet and reports the cost; --wire float16 trains', async () => {
-    const coord = fleet.coordinator([...TINY, '--steps', '6', '--min-workers', '2', '--hard-negative-every', '3', '--wire', 'float16']);
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '6',
+      '--min-workers',
+      '2',
+      '--hard-negative-every',
+      '3',
+      '--wire',
+      'float16',
+    ]);
     const address = await listeningAddress(coord);
     fleet.worker(address, 'h1');
     fleet.worker(address, 'h2');
@@ -88,26 +134,54 @@ describe('fleet options (real processes)', () => {
 
 describe('fleet failures (real processes)', () => {
   it('kill -9 of one worker of three: named within the deadline, the run goes on with two, a restarted worker rejoins', async () => {
-    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--shards', '3', '--min-workers', '2', '--heartbeat-interval', '200', '--heartbeat-timeout', '3000']);
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '100000',
+      '--shards',
+      '3',
+      '--min-workers',
+      '2',
+      '--heartbeat-interval',
+      '200',
+      '--heartbeat-timeout',
+      '3000',
+    ]);
     const address = await listeningAddress(coord);
     const [a, b, c] = ['a', 'b', 'c'].map((n) => fleet.worker(address, n));
     const isStep = (l: { msg: string }) => /^step \d+ loss/.test(l.msg);
     await coord.waitFor((l) => isStep(l) && l.workers === 3, 60_000, 'a step computed by 3 workers');
     const killedAt = Date.now();
     b.kill('SIGKILL');
-    const lost = await coord.waitFor((l) => l.msg.startsWith('lost worker') && l.name === 'b', 15_000, 'the loss of worker b');
+    const lost = await coord.waitFor(
+      (l) => l.msg.startsWith('lost worker') && l.name === 'b',
+      15_000,
+      'the loss of worker b',
+    );
     // Measured on the coordinator's own clock (its log time), not when this process read the line.
     expect(Date.parse(lost.time as string) - killedAt).toBeLessThan(5000); // 3 s heartbeat timeout + sweep
     expect(lost.msg).toMatch(/^lost worker w\d \(b\): no heartbeat for \d+\.\d s/);
     const after = (line: object) => (l: object) => coord.lines.indexOf(l as never) > coord.lines.indexOf(line as never);
     await coord.waitFor((l) => after(lost)(l) && isStep(l) && l.workers === 2, 30_000, 'a step with the 2 survivors');
     fleet.worker(address, 'b-restarted');
-    const joined = await coord.waitFor((l) => l.msg.includes('joined') && l.name === 'b-restarted', 30_000, 'the restarted worker joining');
-    await coord.waitFor((l) => after(joined)(l) && isStep(l) && l.workers === 3, 30_000, 'a step with the restarted worker');
+    const joined = await coord.waitFor(
+      (l) => l.msg.includes('joined') && l.name === 'b-restarted',
+      30_000,
+      'the restarted worker joining',
+    );
+    await coord.waitFor(
+      (l) => after(joined)(l) && isStep(l) && l.workers === 3,
+      30_000,
+      'a step with the restarted worker',
+    );
     // SIGTERM: the worker finishes its step, says it leaves, exits 0; the coordinator goes on.
     a.kill('SIGTERM');
     expect((await a.exited).code).toBe(0);
-    const left = await coord.waitFor((l) => l.msg.startsWith('lost worker') && l.name === 'a' && String(l.reason).startsWith('left'), 10_000, 'worker a leaving');
+    const left = await coord.waitFor(
+      (l) => l.msg.startsWith('lost worker') && l.name === 'a' && String(l.reason).startsWith('left'),
+      10_000,
+      'worker a leaving',
+    );
     expect(left.reason).toMatch(/^left: SIGTERM/);
     await coord.waitFor((l) => after(left)(l) && isStep(l), 30_000, 'a step after worker a left');
     coord.kill('SIGTERM');
@@ -123,14 +197,24 @@ describe('fleet failures (real processes)', () => {
   });
 
   it('train --workers 2 fails with a clear error when a local worker dies (instead of waiting forever)', async () => {
-    const p = fleet.track(new FleetProcess(['train', '--workers', '2', ...TINY, '--steps', '100000', '--log-every', '1', '--eval-mask', 'oracle'], { TRICAPS_LOG_LEVEL: 'info' }));
+    const p = fleet.track(
+      new FleetProcess(
+        ['train', '--workers', '2', ...TINY, '--steps', '100000', '--log-every', '1', '--eval-mask', 'oracle'],
+        { TRICAPS_LOG_LEVEL: 'info' },
+      ),
+    );
     await p.waitFor((l) => /^step 1 loss/.test(l.msg), 90_000, 'step 1');
-    const children = execFileSync('pgrep', ['-P', String(p.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+    const children = execFileSync('pgrep', ['-P', String(p.child.pid)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number);
     expect(children).toHaveLength(2);
     process.kill(children[0], 'SIGKILL');
     const { code } = await p.exited;
     expect(code).toBe(1);
-    expect(p.raw.join('\n')).toMatch(/1 of 2 local workers left, fewer than --min-workers 2 \(local worker \d \(pid \d+\) exited with SIGKILL\)/);
+    expect(p.raw.join('\n')).toMatch(
+      /1 of 2 local workers left, fewer than --min-workers 2 \(local worker \d \(pid \d+\) exited with SIGKILL\)/,
+    );
     // The surviving child was stopped too.
     await new Promise((r) => setTimeout(r, 500));
     expect(() => process.kill(children[1], 0)).toThrow();

@@ -69,7 +69,9 @@ export function seededNormal(shape: number[], seed: number): tf.Tensor {
 
 /** Squared Euclidean distances between all rows of flat embeddings (reference for tests). */
 export function pairwiseSquaredDistances(embeddings: tf.Tensor2D): tf.Tensor2D {
-  return tf.tidy(() => tf.sum(tf.square(tf.sub(tf.expandDims(embeddings, 1), tf.expandDims(embeddings, 0))), -1) as tf.Tensor2D);
+  return tf.tidy(
+    () => tf.sum(tf.square(tf.sub(tf.expandDims(embeddings, 1), tf.expandDims(embeddings, 0))), -1) as tf.Tensor2D,
+  );
 }
 
 /**
@@ -77,8 +79,14 @@ export function pairwiseSquaredDistances(embeddings: tf.Tensor2D): tf.Tensor2D {
  * 1e-3 of its own largest value, except tensors whose true value is ~0 (biases in front of BatchNorm,
  * which removes any shift), which are held to 1e-4 of the largest value of all.
  */
-export function expectTensorsClose(actual: Map<string, ArrayLike<number>>, expected: Map<string, ArrayLike<number>>, what: string, check: (diff: number, tolerance: number, name: string) => void): void {
-  if ([...actual.keys()].join() !== [...expected.keys()].join()) throw new Error(`${what}: tensors [${[...actual.keys()]}] vs [${[...expected.keys()]}]`);
+export function expectTensorsClose(
+  actual: Map<string, ArrayLike<number>>,
+  expected: Map<string, ArrayLike<number>>,
+  what: string,
+  check: (diff: number, tolerance: number, name: string) => void,
+): void {
+  if ([...actual.keys()].join() !== [...expected.keys()].join())
+    throw new Error(`${what}: tensors [${[...actual.keys()]}] vs [${[...expected.keys()]}]`);
   const largest = (g: ArrayLike<number>) => Array.from(g).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   const globalScale = Math.max(...[...expected.values()].map(largest));
   for (const [name, e] of expected) {

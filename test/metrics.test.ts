@@ -30,7 +30,10 @@ describe('metrics endpoints', () => {
     await coord.waitFor((l) => /^step 3 loss/.test(l.msg), 60_000, 'step 3');
     const c = await (await fetch(`http://127.0.0.1:${cPort}/metrics`)).text();
     const w = await (await fetch(`http://127.0.0.1:${wPort}/metrics`)).text();
-    for (const [text, label] of [[c, 'coordinator'], [w, 'worker']]) {
+    for (const [text, label] of [
+      [c, 'coordinator'],
+      [w, 'worker'],
+    ]) {
       const check = promtool(text);
       expect(check.out, label).toBe('');
       expect(check.code, label).toBe(0);
@@ -47,16 +50,34 @@ describe('metrics endpoints', () => {
     expect(w).toMatch(/^tricaps_info\{role="worker",run="[^"]+",engine="wasm"/m);
     expect((await fetch(`http://127.0.0.1:${cPort}/other`)).status).toBe(404);
     // The container health check / Kubernetes readiness probe.
-    const probe = spawnSync(process.execPath, ['dist/cli.js', 'health-check', '--address', address], { encoding: 'utf8' });
+    const probe = spawnSync(process.execPath, ['dist/cli.js', 'health-check', '--address', address], {
+      encoding: 'utf8',
+    });
     expect(probe.stdout).toBe(`${address}: SERVING\n`);
     expect(probe.status).toBe(0);
-    const down = spawnSync(process.execPath, ['dist/cli.js', 'health-check', '--address', '127.0.0.1:1', '--timeout', '500'], { encoding: 'utf8' });
+    const down = spawnSync(
+      process.execPath,
+      ['dist/cli.js', 'health-check', '--address', '127.0.0.1:1', '--timeout', '500'],
+      { encoding: 'utf8' },
+    );
     expect(down.status).toBe(1);
     expect(down.stdout).toMatch(/127.0.0.1:1: unreachable/);
   });
 
   it('/healthz fails while workers are present but no step is applied for --stall-seconds', async () => {
-    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--metrics-port', '0', '--stall-seconds', '3', '--heartbeat-timeout', '60000', '--step-timeout', '60000']);
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '100000',
+      '--metrics-port',
+      '0',
+      '--stall-seconds',
+      '3',
+      '--heartbeat-timeout',
+      '60000',
+      '--step-timeout',
+      '60000',
+    ]);
     const worker = fleet.worker(await listeningAddress(coord), 'sleepy');
     const port = await metricsPort(coord);
     // Polled, not sampled once: on a loaded machine a single step may itself take longer than 3 s.

@@ -34,7 +34,9 @@ async function natsServer(port: number, extra: string[] = []): Promise<ChildProc
   servers.push(p);
   await new Promise<void>((resolve, reject) => {
     let out = '';
-    p.on('error', (e) => reject(new Error(`nats-server is needed for this test (Debian package nats-server): ${e.message}`)));
+    p.on('error', (e) =>
+      reject(new Error(`nats-server is needed for this test (Debian package nats-server): ${e.message}`)),
+    );
     p.stderr!.on('data', (d) => {
       out += d;
       if (out.includes('Server is ready')) resolve();
@@ -52,12 +54,35 @@ describe('NATS events and control', () => {
     const nc = await connect({ servers: url });
     connections.push(nc);
     const seen: { kind: string; body: Record<string, unknown> }[] = [];
-    nc.subscribe('tricaps.nats-run.events.>', { callback: (_e, m) => seen.push({ kind: m.subject.split('.').pop()!, body: JSON.parse(new TextDecoder().decode(m.data)) }) });
-    const ask = async (command: string, body: string) => JSON.parse(new TextDecoder().decode((await nc.request(`tricaps.nats-run.control.${command}`, new TextEncoder().encode(body), { timeout: 20_000 })).data));
+    nc.subscribe('tricaps.nats-run.events.>', {
+      callback: (_e, m) =>
+        seen.push({ kind: m.subject.split('.').pop()!, body: JSON.parse(new TextDecoder().decode(m.data)) }),
+    });
+    const ask = async (command: string, body: string) =>
+      JSON.parse(
+        new TextDecoder().decode(
+          (await nc.request(`tricaps.nats-run.control.${command}`, new TextEncoder().encode(body), { timeout: 20_000 }))
+            .data,
+        ),
+      );
     const dir = mkdtempSync(join(tmpdir(), 'tricaps-nats-'));
     dirs.push(dir);
 
-    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'nats-run', '--nats', url, '--nats-step-interval', '2', '--nats-control-token', 'sesame', '--checkpoint-dir', dir]);
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '100000',
+      '--run-id',
+      'nats-run',
+      '--nats',
+      url,
+      '--nats-step-interval',
+      '2',
+      '--nats-control-token',
+      'sesame',
+      '--checkpoint-dir',
+      dir,
+    ]);
     const worker = fleet.worker(await listeningAddress(coord), 'evented');
     await coord.waitFor((l) => l.msg.startsWith('connected to NATS'), 30_000, 'the NATS connection');
     await coord.waitFor((l) => /^step 4 loss/.test(l.msg), 60_000, 'step 4');
@@ -70,22 +95,53 @@ describe('NATS events and control', () => {
     expect(summary).toMatchObject({ schema: 'tricaps.event/v1', kind: 'step_summary', run: 'nats-run', step: 2 });
 
     // Refused: unknown command, malformed payload, no token. The run goes on.
-    expect(await ask('selfdestruct', '{"token":"sesame"}')).toMatchObject({ ok: false, reason: expect.stringMatching(/unknown command "selfdestruct"; commands are pause, resume, checkpoint, stop/) });
-    expect(await ask('pause', 'not json{')).toMatchObject({ ok: false, reason: 'malformed command: payload is not JSON' });
+    expect(await ask('selfdestruct', '{"token":"sesame"}')).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/unknown command "selfdestruct"; commands are pause, resume, checkpoint, stop/),
+    });
+    expect(await ask('pause', 'not json{')).toMatchObject({
+      ok: false,
+      reason: 'malformed command: payload is not JSON',
+    });
     expect(await ask('pause', '{}')).toMatchObject({ ok: false, reason: expect.stringMatching(/^unauthorised/) });
 
     // Pause: no steps while paused; resume: steps again; checkpoint now.
     const paused = await ask('pause', '{"token":"sesame"}');
-    expect(paused).toMatchObject({ ok: true, command: 'pause', done: expect.stringMatching(/^paused before step \d+$/) });
+    expect(paused).toMatchObject({
+      ok: true,
+      command: 'pause',
+      done: expect.stringMatching(/^paused before step \d+$/),
+    });
     // The reply (NATS) can overtake the last step's log line (stdout pipe): wait for that line, then
     // check that no later step is logged while paused.
-    await coord.waitFor((l) => /^step \d+ loss/.test(l.msg) && l.step === paused.step - 1, 30_000, 'the step before the pause');
+    await coord.waitFor(
+      (l) => /^step \d+ loss/.test(l.msg) && l.step === paused.step - 1,
+      30_000,
+      'the step before the pause',
+    );
     await new Promise((r) => setTimeout(r, 1500));
-    expect(coord.steps().map((l) => l.step as number).filter((s) => s >= paused.step)).toEqual([]);
+    expect(
+      coord
+        .steps()
+        .map((l) => l.step as number)
+        .filter((s) => s >= paused.step),
+    ).toEqual([]);
     const checkpoint = await ask('checkpoint', '{"token":"sesame"}');
-    expect(checkpoint).toMatchObject({ ok: true, command: 'checkpoint', step: paused.step, checkpoint: join(dir, `step-${String(paused.step).padStart(8, '0')}`) });
-    expect(await ask('resume', '{"token":"sesame"}')).toMatchObject({ ok: true, done: `resumed at step ${paused.step}` });
-    await coord.waitFor((l) => /^step \d+ loss/.test(l.msg) && (l.step as number) >= paused.step + 1, 30_000, 'steps after resume');
+    expect(checkpoint).toMatchObject({
+      ok: true,
+      command: 'checkpoint',
+      step: paused.step,
+      checkpoint: join(dir, `step-${String(paused.step).padStart(8, '0')}`),
+    });
+    expect(await ask('resume', '{"token":"sesame"}')).toMatchObject({
+      ok: true,
+      done: `resumed at step ${paused.step}`,
+    });
+    await coord.waitFor(
+      (l) => /^step \d+ loss/.test(l.msg) && (l.step as number) >= paused.step + 1,
+      30_000,
+      'steps after resume',
+    );
 
     // NATS goes away: training goes on; it comes back: events flow again.
     server.kill('SIGKILL');
@@ -97,8 +153,20 @@ describe('NATS events and control', () => {
     connections.push(nc2);
     const later: string[] = [];
     nc2.subscribe('tricaps.nats-run.events.>', { callback: (_e, m) => later.push(m.subject) });
-    const stopped = JSON.parse(new TextDecoder().decode((await nc2.request('tricaps.nats-run.control.stop', new TextEncoder().encode('{"token":"sesame"}'), { timeout: 20_000 })).data));
-    expect(stopped).toMatchObject({ ok: true, command: 'stop', done: expect.stringMatching(/^stopping before step \d+/) });
+    const stopped = JSON.parse(
+      new TextDecoder().decode(
+        (
+          await nc2.request('tricaps.nats-run.control.stop', new TextEncoder().encode('{"token":"sesame"}'), {
+            timeout: 20_000,
+          })
+        ).data,
+      ),
+    );
+    expect(stopped).toMatchObject({
+      ok: true,
+      command: 'stop',
+      done: expect.stringMatching(/^stopping before step \d+/),
+    });
     expect((await coord.exited).code).toBe(0);
     expect((await worker.exited).code).toBe(0);
     await nc2.flush();
@@ -115,11 +183,26 @@ describe('NATS events and control', () => {
     connections.push(nc);
     const dir = mkdtempSync(join(tmpdir(), 'tricaps-nats-'));
     dirs.push(dir);
-    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'paused-run', '--nats', url, '--checkpoint-dir', dir]);
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '100000',
+      '--run-id',
+      'paused-run',
+      '--nats',
+      url,
+      '--checkpoint-dir',
+      dir,
+    ]);
     fleet.worker(await listeningAddress(coord), 'w');
     await coord.waitFor((l) => l.msg.startsWith('connected to NATS'), 30_000, 'the NATS connection');
     await coord.waitFor((l) => /^step 2 loss/.test(l.msg), 60_000, 'step 2');
-    const paused = JSON.parse(new TextDecoder().decode((await nc.request('tricaps.paused-run.control.pause', new TextEncoder().encode('{}'), { timeout: 20_000 })).data));
+    const paused = JSON.parse(
+      new TextDecoder().decode(
+        (await nc.request('tricaps.paused-run.control.pause', new TextEncoder().encode('{}'), { timeout: 20_000 }))
+          .data,
+      ),
+    );
     expect(paused).toMatchObject({ ok: true, command: 'pause' });
     coord.kill('SIGTERM');
     expect((await coord.exited).code).toBe(0);
@@ -131,11 +214,17 @@ describe('NATS events and control', () => {
     const port = await freePort();
     await natsServer(port, ['--user', 'tricaps', '--pass', 'hunter2-hunter2']);
     const url = `nats://127.0.0.1:${port}`;
-    const good = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'auth-run', '--nats', url, '--nats-user', 'tricaps'], { TRICAPS_NATS_PASSWORD: 'hunter2-hunter2' });
+    const good = fleet.coordinator(
+      [...TINY, '--steps', '100000', '--run-id', 'auth-run', '--nats', url, '--nats-user', 'tricaps'],
+      { TRICAPS_NATS_PASSWORD: 'hunter2-hunter2' },
+    );
     fleet.worker(await listeningAddress(good), 'a');
     await good.waitFor((l) => l.msg.startsWith('connected to NATS'), 30_000, 'the authenticated connection');
     expect(good.raw.join('\n')).not.toContain('hunter2');
-    const bad = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'bad-auth-run', '--nats', url, '--nats-user', 'tricaps'], { TRICAPS_NATS_PASSWORD: 'wrong-password' });
+    const bad = fleet.coordinator(
+      [...TINY, '--steps', '100000', '--run-id', 'bad-auth-run', '--nats', url, '--nats-user', 'tricaps'],
+      { TRICAPS_NATS_PASSWORD: 'wrong-password' },
+    );
     fleet.worker(await listeningAddress(bad), 'b');
     await bad.waitFor((l) => /^step 5 loss/.test(l.msg), 60_000, 'steps without NATS');
     expect(bad.lines.some((l) => l.msg.startsWith('connected to NATS'))).toBe(false);

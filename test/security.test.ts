@@ -6,7 +6,13 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { FleetServiceClient, StepAction, WireDType, type PushGradientsRequest, type RegisterResponse } from '../src/shared/gen/tricaps/v1/fleet.js';
+import {
+  FleetServiceClient,
+  StepAction,
+  WireDType,
+  type PushGradientsRequest,
+  type RegisterResponse,
+} from '../src/shared/gen/tricaps/v1/fleet.js';
 import { Fleet, listeningAddress, TINY } from './fleet-harness.js';
 
 const fleet = new Fleet();
@@ -21,42 +27,119 @@ function openssl(...args: string[]): void {
 
 /** A CA, a certificate it signs for `name` (with SANs for loopback), and the key. */
 function issue(ca: string, name: string): void {
-  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+  openssl(
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    `${name}.key`,
+    '-out',
+    `${name}.csr`,
+    '-subj',
+    `/CN=${name}`,
+  );
   writeFileSync(pem(`${name}.ext`), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', `${name}.ext`);
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    `${name}.csr`,
+    '-CA',
+    `${ca}.pem`,
+    '-CAkey',
+    `${ca}.key`,
+    '-CAcreateserial',
+    '-out',
+    `${name}.pem`,
+    '-days',
+    '2',
+    '-extfile',
+    `${name}.ext`,
+  );
 }
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'tricaps-tls-'));
-  for (const ca of ['ca', 'rogue-ca']) openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${ca}.key`, '-out', `${ca}.pem`, '-days', '2', '-subj', `/CN=${ca}`);
+  for (const ca of ['ca', 'rogue-ca'])
+    openssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      `${ca}.key`,
+      '-out',
+      `${ca}.pem`,
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${ca}`,
+    );
   issue('ca', 'server');
   issue('ca', 'client');
   issue('rogue-ca', 'intruder');
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-type Unary<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall;
+type Unary<Req, Res> = (
+  req: Req,
+  md: grpc.Metadata,
+  opts: grpc.CallOptions,
+  cb: (err: grpc.ServiceError | null, res: Res) => void,
+) => grpc.ClientUnaryCall;
 function call<Req, Res>(client: FleetServiceClient, fn: Unary<Req, Res>, req: Req, token = TOKEN): Promise<Res> {
   const md = new grpc.Metadata();
   if (token) md.set('authorization', `Bearer ${token}`);
-  return new Promise((resolve, reject) => fn.call(client, req, md, { deadline: Date.now() + 15_000 }, (err, res) => (err ? reject(err) : resolve(res))));
+  return new Promise((resolve, reject) =>
+    fn.call(client, req, md, { deadline: Date.now() + 15_000 }, (err, res) => (err ? reject(err) : resolve(res))),
+  );
 }
 function push(client: FleetServiceClient, messages: PushGradientsRequest[], end = true): Promise<unknown> {
   const md = new grpc.Metadata();
   md.set('authorization', `Bearer ${TOKEN}`);
   return new Promise((resolve, reject) => {
-    const stream = client.pushGradients(md, { deadline: Date.now() + 20_000 }, (err, res) => (err ? reject(err) : resolve(res)));
+    const stream = client.pushGradients(md, { deadline: Date.now() + 20_000 }, (err, res) =>
+      err ? reject(err) : resolve(res),
+    );
     for (const m of messages) stream.write(m);
     if (end) stream.end();
   });
 }
-const status = (code: grpc.status, details: RegExp) => expect.objectContaining({ code, details: expect.stringMatching(details) });
-const clientCreds = (cert = 'client') => grpc.credentials.createSsl(readFileSync(pem('ca.pem')), readFileSync(pem(`${cert}.key`)), readFileSync(pem(`${cert}.pem`)));
+const status = (code: grpc.status, details: RegExp) =>
+  expect.objectContaining({ code, details: expect.stringMatching(details) });
+const clientCreds = (cert = 'client') =>
+  grpc.credentials.createSsl(
+    readFileSync(pem('ca.pem')),
+    readFileSync(pem(`${cert}.key`)),
+    readFileSync(pem(`${cert}.pem`)),
+  );
 
 describe('fleet security (real processes, mutual TLS, join token)', () => {
   it('refuses the wrong token, no token, an untrusted certificate, replays, NaN and oversized gradients, slow uploads; training goes on', async () => {
     const tls = ['--tls-cert', pem('server.pem'), '--tls-key', pem('server.key'), '--tls-ca', pem('ca.pem')];
-    const coord = fleet.coordinator([...TINY, '--steps', '100000', '--shards', '2', '--max-workers', '3', '--heartbeat-timeout', '8000', '--upload-timeout', '1500', '--metrics-port', '0', '--run-id', 'secure-run', ...tls], { TRICAPS_JOIN_TOKEN: TOKEN });
+    const coord = fleet.coordinator(
+      [
+        ...TINY,
+        '--steps',
+        '100000',
+        '--shards',
+        '2',
+        '--max-workers',
+        '3',
+        '--heartbeat-timeout',
+        '8000',
+        '--upload-timeout',
+        '1500',
+        '--metrics-port',
+        '0',
+        '--run-id',
+        'secure-run',
+        ...tls,
+      ],
+      { TRICAPS_JOIN_TOKEN: TOKEN },
+    );
     const address = await listeningAddress(coord);
     expect(coord.raw.join('\n')).not.toContain(TOKEN); // never logged
     const workerTls = ['--tls-ca', pem('ca.pem'), '--tls-cert', pem('client.pem'), '--tls-key', pem('client.key')];
@@ -66,31 +149,71 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     // Workers without the token, with a wrong one: refused, exit 2, the run is not disturbed.
     const noToken = fleet.worker(address, 'tokenless', workerTls);
     expect((await noToken.exited).code).toBe(2);
-    expect(noToken.raw.join('\n')).toMatch(/refused this worker: no join token: start the worker with --join-token or TRICAPS_JOIN_TOKEN/);
+    expect(noToken.raw.join('\n')).toMatch(
+      /refused this worker: no join token: start the worker with --join-token or TRICAPS_JOIN_TOKEN/,
+    );
     const wrong = fleet.worker(address, 'guesser', workerTls, { TRICAPS_JOIN_TOKEN: 'wrong-token-0000' });
     expect((await wrong.exited).code).toBe(2);
     expect(wrong.raw.join('\n')).toMatch(/refused this worker: wrong join token for this run/);
 
     // A certificate from another CA, or no TLS at all, never gets a call through.
     const intruder = new FleetServiceClient(address, clientCreds('intruder'));
-    await expect(call(intruder, intruder.register, { workerName: 'x', engine: 'x', device: 'x', runId: '' })).rejects.toEqual(expect.objectContaining({ code: grpc.status.UNAVAILABLE }));
+    await expect(
+      call(intruder, intruder.register, { workerName: 'x', engine: 'x', device: 'x', runId: '' }),
+    ).rejects.toEqual(expect.objectContaining({ code: grpc.status.UNAVAILABLE }));
     intruder.close();
     const plain = new FleetServiceClient(address, grpc.credentials.createInsecure());
-    await expect(call(plain, plain.register, { workerName: 'x', engine: 'x', device: 'x', runId: '' })).rejects.toEqual(expect.objectContaining({ code: grpc.status.UNAVAILABLE }));
+    await expect(call(plain, plain.register, { workerName: 'x', engine: 'x', device: 'x', runId: '' })).rejects.toEqual(
+      expect.objectContaining({ code: grpc.status.UNAVAILABLE }),
+    );
     plain.close();
 
     // A member with the right credentials that misbehaves.
     const raw = new FleetServiceClient(address, clientCreds(), { 'grpc.max_send_message_length': 64 << 20 });
-    let rogue: RegisterResponse = await call(raw, raw.register, { workerName: 'rogue', engine: 'x', device: 'x', runId: '' });
-    const header = (r: RegisterResponse, run = r.run!, shards: number[] = [], version = 0) => ({ header: { run, workerId: r.workerId, contributingTriplets: 12, activeTriplets: 1, loss: 1, tensorCount: 1, shardIndexes: shards, weightsVersion: version, dataSeconds: 0, computeSeconds: 0, meanPositiveDistance: 0, meanNegativeDistance: 0 } });
+    let rogue: RegisterResponse = await call(raw, raw.register, {
+      workerName: 'rogue',
+      engine: 'x',
+      device: 'x',
+      runId: '',
+    });
+    const header = (r: RegisterResponse, run = r.run!, shards: number[] = [], version = 0) => ({
+      header: {
+        run,
+        workerId: r.workerId,
+        contributingTriplets: 12,
+        activeTriplets: 1,
+        loss: 1,
+        tensorCount: 1,
+        shardIndexes: shards,
+        weightsVersion: version,
+        dataSeconds: 0,
+        computeSeconds: 0,
+        meanPositiveDistance: 0,
+        meanNegativeDistance: 0,
+      },
+    });
     // Replay of an old round/step.
-    await expect(push(raw, [header(rogue, { runId: 'secure-run', round: 0, step: 0 }, [0])])).rejects.toEqual(status(grpc.status.ABORTED, /result for step 0, the run is at step \d+/));
+    await expect(push(raw, [header(rogue, { runId: 'secure-run', round: 0, step: 0 }, [0])])).rejects.toEqual(
+      status(grpc.status.ABORTED, /result for step 0, the run is at step \d+/),
+    );
     // A stream that never finishes is cut.
     const t0 = Date.now();
-    await expect(push(raw, [], false)).rejects.toEqual(status(grpc.status.DEADLINE_EXCEEDED, /upload not finished within 1500 ms; cut/));
+    await expect(push(raw, [], false)).rejects.toEqual(
+      status(grpc.status.DEADLINE_EXCEEDED, /upload not finished within 1500 ms; cut/),
+    );
     expect(Date.now() - t0).toBeLessThan(10_000); // cut by the 1.5 s upload timeout, not by the 20 s call deadline
     // A message over the size limit.
-    const huge = { chunk: { name: 'stem/conv/kernel', dtype: WireDType.WIRE_D_TYPE_FLOAT32, shape: [7, 7, 3, 16], chunkIndex: 0, chunkCount: 1, offset: 0, data: Buffer.alloc(9 << 20) } };
+    const huge = {
+      chunk: {
+        name: 'stem/conv/kernel',
+        dtype: WireDType.WIRE_D_TYPE_FLOAT32,
+        shape: [7, 7, 3, 16],
+        chunkIndex: 0,
+        chunkCount: 1,
+        offset: 0,
+        data: Buffer.alloc(9 << 20),
+      },
+    };
     await expect(push(raw, [huge])).rejects.toEqual(expect.objectContaining({ code: grpc.status.RESOURCE_EXHAUSTED }));
     // NaN gradients for a real assignment: refused, never applied, the worker named and counted.
     const assignment = async () => {
@@ -102,14 +225,46 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     const next = await assignment();
     const shape = [7, 7, 3, 16];
     const nan = new Float32Array(7 * 7 * 3 * 16).fill(Number.NaN);
-    const nanChunk = { chunk: { name: 'stem/conv/kernel', dtype: WireDType.WIRE_D_TYPE_FLOAT32, shape, chunkIndex: 0, chunkCount: 1, offset: 0, data: Buffer.from(nan.buffer) } };
-    await expect(push(raw, [header(rogue, next.run!, next.shards.map((s) => s.index), next.weightsVersion), nanChunk])).rejects.toEqual(status(grpc.status.INVALID_ARGUMENT, /tensor stem\/conv\/kernel: non-finite value NaN at element 0/));
+    const nanChunk = {
+      chunk: {
+        name: 'stem/conv/kernel',
+        dtype: WireDType.WIRE_D_TYPE_FLOAT32,
+        shape,
+        chunkIndex: 0,
+        chunkCount: 1,
+        offset: 0,
+        data: Buffer.from(nan.buffer),
+      },
+    };
+    await expect(
+      push(raw, [
+        header(
+          rogue,
+          next.run!,
+          next.shards.map((s) => s.index),
+          next.weightsVersion,
+        ),
+        nanChunk,
+      ]),
+    ).rejects.toEqual(
+      status(grpc.status.INVALID_ARGUMENT, /tensor stem\/conv\/kernel: non-finite value NaN at element 0/),
+    );
     await coord.waitFor((l) => l.msg.startsWith('lost worker') && l.name === 'rogue', 10_000, 'the rogue named');
     // An oversized tensor within the message limit: more values than the parameter has.
     rogue = await call(raw, raw.register, { workerName: 'rogue2', engine: 'x', device: 'x', runId: '' });
     const next2 = await assignment();
     const big = { chunk: { ...nanChunk.chunk, chunkCount: 2, data: Buffer.alloc(4 * 7 * 7 * 3 * 16 + 4) } };
-    await expect(push(raw, [header(rogue, next2.run!, next2.shards.map((s) => s.index), next2.weightsVersion), big])).rejects.toEqual(status(grpc.status.INVALID_ARGUMENT, /more bytes than 2352 values can take/));
+    await expect(
+      push(raw, [
+        header(
+          rogue,
+          next2.run!,
+          next2.shards.map((s) => s.index),
+          next2.weightsVersion,
+        ),
+        big,
+      ]),
+    ).rejects.toEqual(status(grpc.status.INVALID_ARGUMENT, /more bytes than 2352 values can take/));
     raw.close();
 
     // Training went on: more steps, every one complete; the refusals are counted.
@@ -131,14 +286,42 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     const half = fleet.coordinator([...TINY, '--steps', '1', '--tls-cert', pem('server.pem')]);
     expect((await half.exited).code).toBe(2);
     expect(half.raw.join('\n')).toMatch(/--tls-cert and --tls-key go together/);
-    const missing = fleet.coordinator([...TINY, '--steps', '1', '--tls-cert', pem('nope.pem'), '--tls-key', pem('server.key')]);
+    const missing = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '1',
+      '--tls-cert',
+      pem('nope.pem'),
+      '--tls-key',
+      pem('server.key'),
+    ]);
     expect((await missing.exited).code).toBe(2);
     expect(missing.raw.join('\n')).toMatch(/--tls-cert .*nope.pem: no such file/);
   });
 
   it('a worker with --data-root refuses data the coordinator names outside it', async () => {
     const shop = join(dir, 'shop');
-    execFileSync(process.execPath, ['dist/cli.js', 'data', 'synth', '--out', shop, '--items', '16', '--categories', '2', '--views', '3', '--image-size', '16', '--seed', '1'], { stdio: 'pipe' });
+    execFileSync(
+      process.execPath,
+      [
+        'dist/cli.js',
+        'data',
+        'synth',
+        '--out',
+        shop,
+        '--items',
+        '16',
+        '--categories',
+        '2',
+        '--views',
+        '3',
+        '--image-size',
+        '16',
+        '--seed',
+        '1',
+      ],
+      { stdio: 'pipe' },
+    );
     const coord = fleet.coordinator([...TINY, '--data', shop, '--batch-triplets', '4', '--steps', '1']);
     const confined = fleet.worker(await listeningAddress(coord), 'confined', ['--data-root', join(dir, 'elsewhere')]);
     expect((await confined.exited).code).toBe(2);

@@ -11,9 +11,9 @@ import { createModelState } from '../shared/model/params.js';
 import { forward } from '../shared/model/tricapsnet.js';
 import type { MiningStrategy } from '../shared/model/mining.js';
 import { Rng } from '../shared/rng.js';
-import { computeGradients } from '../worker/trainer.js';
+import { computeGradients } from '../shared/train/gradients.js';
 import { ParameterUpdater } from '../coordinator/optimizer.js';
-import { OptimizerConfigSchema } from '../coordinator/optimizer.js';
+import { OptimizerConfigSchema } from '../shared/optimizer-config.js';
 
 export interface EngineBenchOptions {
   engine: EngineChoice;
@@ -26,14 +26,14 @@ export interface EngineBenchOptions {
   seed: number;
 }
 
-
 export async function benchEngine(o: EngineBenchOptions, log: Logger): Promise<Record<string, unknown>> {
   const engine = await initEngine(o.engine, log);
   const arch = buildArchitecture(modelConfig(o.model));
   const model = createModelState(arch, o.seed);
   const updater = new ParameterUpdater(model, OptimizerConfigSchema.parse({}));
   const n = 3 * o.batchTriplets;
-  if (n % o.imagesPerItem !== 0) throw new Error(`${n} images per step are not a whole number of items of ${o.imagesPerItem}`);
+  if (n % o.imagesPerItem !== 0)
+    throw new Error(`${n} images per step are not a whole number of items of ${o.imagesPerItem}`);
   const size = arch.config.imageSize;
   const rng = new Rng(o.seed);
   const pixels = Float32Array.from({ length: n * size * size * 3 }, () => rng.next());
@@ -51,7 +51,11 @@ export async function benchEngine(o: EngineBenchOptions, log: Logger): Promise<R
   const fence = model.trainable.values().next().value!;
   const step = async (i: number) => {
     const t0 = performance.now();
-    const result = computeGradients(model, { images, itemIds, categories }, { mining: o.mining, margin: 2, marginLossWeight: 0, conv: engine.conv, seed: i });
+    const result = computeGradients(
+      model,
+      { images, itemIds, categories },
+      { mining: o.mining, margin: 2, marginLossWeight: 0, conv: engine.conv, seed: i },
+    );
     notePeak();
     // As the local training loop: the statistics (loss checked finite there) before the update.
     await result.readStats();

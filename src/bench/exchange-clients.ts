@@ -29,10 +29,24 @@ async function simulate(index: number): Promise<void> {
     run = next.run ?? run;
     if (next.action === StepAction.STEP_ACTION_FINISH) break;
     if (next.action !== StepAction.STEP_ACTION_TRAIN) continue;
-    if (version !== next.weightsVersion) version = (await client.fetchWeights(run, reg.workerId, shapes, 60_000)).version;
+    if (version !== next.weightsVersion)
+      version = (await client.fetchWeights(run, reg.workerId, shapes, 60_000)).version;
     const units = next.shards.map((s) => s.index);
     await client.pushGradients(
-      { run, workerId: reg.workerId, contributingTriplets: 16, activeTriplets: 16, loss: 1, tensorCount: grads.length, shardIndexes: units, weightsVersion: version, dataSeconds: 0, computeSeconds: 0, meanPositiveDistance: 0, meanNegativeDistance: 0 },
+      {
+        run,
+        workerId: reg.workerId,
+        contributingTriplets: 16,
+        activeTriplets: 16,
+        loss: 1,
+        tensorCount: grads.length,
+        shardIndexes: units,
+        weightsVersion: version,
+        dataSeconds: 0,
+        computeSeconds: 0,
+        meanPositiveDistance: 0,
+        meanNegativeDistance: 0,
+      },
       grads,
       setup.wire,
       60_000,

@@ -9,7 +9,12 @@ import { buildArchitecture } from '../shared/model/architecture.js';
 import { modelConfig } from '../shared/model/config.js';
 import { weightedAverage } from '../shared/plan/average.js';
 import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
-import { FleetCoordinator, type TensorSpec, type TrainResult, type WeightSource } from '../coordinator/fleet-coordinator.js';
+import {
+  FleetCoordinator,
+  type TensorSpec,
+  type TrainResult,
+  type WeightSource,
+} from '../coordinator/fleet-coordinator.js';
 import { serveFleet } from '../coordinator/fleet-service.js';
 import { StepWork } from '../coordinator/step-work.js';
 import type { ExchangeClientsSetup } from './exchange-clients.js';
@@ -18,7 +23,10 @@ import type { ExchangeClientsSetup } from './exchange-clients.js';
 export function exchangeSpecs(params: string): { label: string; specs: TensorSpec[] } {
   if (params === 'sc' || params === 'rc') {
     const arch = buildArchitecture(modelConfig({ variant: params, imageSize: 256, categories: 23 }));
-    return { label: params, specs: arch.params.filter((p) => p.trainable).map((p) => ({ name: p.name, shape: p.shape })) };
+    return {
+      label: params,
+      specs: arch.params.filter((p) => p.trainable).map((p) => ({ name: p.name, shape: p.shape })),
+    };
   }
   const total = Number(params);
   const specs: TensorSpec[] = [];
@@ -37,7 +45,12 @@ class StaticWeights implements WeightSource {
   constructor(readonly gradientSpecs: TensorSpec[]) {}
   chunks(): EncodedChunk[] {
     if (this.cache?.version !== this.version) {
-      this.cache = { version: this.version, chunks: this.gradientSpecs.flatMap((s) => encodeTensor(s.name, new Float32Array(s.shape.reduce((a, b) => a * b, 1)).fill(this.version * 1e-3), s.shape)) };
+      this.cache = {
+        version: this.version,
+        chunks: this.gradientSpecs.flatMap((s) =>
+          encodeTensor(s.name, new Float32Array(s.shape.reduce((a, b) => a * b, 1)).fill(this.version * 1e-3), s.shape),
+        ),
+      };
     }
     return this.cache.chunks;
   }
@@ -57,21 +70,39 @@ export interface ExchangeRow {
   total_gb_per_s: number;
 }
 
-
-export async function benchExchangeOne(workers: number, params: string, wire: 'float32' | 'float16', steps: number): Promise<ExchangeRow> {
+export async function benchExchangeOne(
+  workers: number,
+  params: string,
+  wire: 'float32' | 'float16',
+  steps: number,
+): Promise<ExchangeRow> {
   const { label, specs } = exchangeSpecs(params);
   const count = specs.reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
   const weights = new StaticWeights(specs);
   const coord = new FleetCoordinator(
-    { runId: 'bench-exchange', minWorkers: workers, maxWorkers: workers, heartbeatIntervalMs: 60_000, heartbeatTimeoutMs: 600_000, assignmentTimeoutMs: 600_000, longPollMs: 5000, gradientDtype: wire, configJson: '{}' },
+    {
+      runId: 'bench-exchange',
+      minWorkers: workers,
+      maxWorkers: workers,
+      heartbeatIntervalMs: 60_000,
+      heartbeatTimeoutMs: 600_000,
+      assignmentTimeoutMs: 600_000,
+      longPollMs: 5000,
+      gradientDtype: wire,
+      configJson: '{}',
+    },
     weights,
     pino({ level: 'silent' }),
   );
   const server = await serveFleet(coord, '127.0.0.1:0');
   coord.start();
-  const clients = new Thread(new URL('./exchange-clients.js', import.meta.url), { workerData: { address: server.address, workers, specs, wire } satisfies ExchangeClientsSetup });
+  const clients = new Thread(new URL('./exchange-clients.js', import.meta.url), {
+    workerData: { address: server.address, workers, specs, wire } satisfies ExchangeClientsSetup,
+  });
   const clientsDone = new Promise<void>((resolve, reject) => {
-    clients.on('message', (m: { done?: boolean; error?: string }) => (m.error ? reject(new Error(`simulated workers: ${m.error}`)) : resolve()));
+    clients.on('message', (m: { done?: boolean; error?: string }) =>
+      m.error ? reject(new Error(`simulated workers: ${m.error}`)) : resolve(),
+    );
     clients.on('error', reject);
   });
   clientsDone.catch(() => undefined);
@@ -83,9 +114,15 @@ export async function benchExchangeOne(workers: number, params: string, wire: 'f
       const units = Array.from({ length: workers }, (_, index) => ({ index, imageIds: [], itemIds: [] }));
       const work = new StepWork<TrainResult>('train', step, 0, units);
       const t0 = performance.now();
-      await Promise.race([coord.execute(work), clientsDone.then(() => Promise.reject(new Error('simulated workers stopped early')))]);
+      await Promise.race([
+        coord.execute(work),
+        clientsDone.then(() => Promise.reject(new Error('simulated workers stopped early'))),
+      ]);
       const t1 = performance.now();
-      averaged = weightedAverage(work.results.map((r) => ({ triplets: r.result.triplets, grads: r.result.grads })), averaged).grads;
+      averaged = weightedAverage(
+        work.results.map((r) => ({ triplets: r.result.triplets, grads: r.result.grads })),
+        averaged,
+      ).grads;
       for (const r of work.results) coord.buffers.release(r.result.grads.values());
       weights.version += 1;
       const t2 = performance.now();

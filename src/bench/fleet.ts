@@ -14,7 +14,6 @@ export interface FleetBenchOptions extends EngineBenchOptions {
   workers: number;
 }
 
-
 async function fleetRun(o: FleetBenchOptions, workers: number): Promise<Record<string, number>> {
   const itemsPerStep = (3 * o.batchTriplets * workers) / o.imagesPerItem;
   const categories = Math.min(23, o.model.categories ?? 23);
@@ -31,8 +30,18 @@ async function fleetRun(o: FleetBenchOptions, workers: number): Promise<Record<s
     // Enough train items for every step to be a fresh batch (half the items are train items).
     data: { items: Math.max(240, 2 * itemsPerStep * (o.warmup + o.steps + 1)), categories, views: 4, seed: 7 },
   });
-  const fleet = FleetConfigSchema.parse({ listen: '127.0.0.1:0', minWorkers: workers, maxWorkers: workers, shards: workers });
-  const result = await runLocalFleet(cfg, fleet, [o.engine], createLogger('bench', process.env.TRICAPS_LOG_LEVEL ?? 'warn'));
+  const fleet = FleetConfigSchema.parse({
+    listen: '127.0.0.1:0',
+    minWorkers: workers,
+    maxWorkers: workers,
+    shards: workers,
+  });
+  const result = await runLocalFleet(
+    cfg,
+    fleet,
+    [o.engine],
+    createLogger('bench', process.env.TRICAPS_LOG_LEVEL ?? 'warn'),
+  );
   const timed: FleetStepReport[] = result.reports.slice(o.warmup);
   const pick = (f: (r: FleetStepReport) => number) => median(timed.map(f));
   const step = pick((r) => r.seconds);
@@ -47,7 +56,9 @@ async function fleetRun(o: FleetBenchOptions, workers: number): Promise<Record<s
     average_s_median: pick((r) => r.averageSeconds),
     optimizer_s_median: pick((r) => r.optimizerSeconds),
     outside_compute_share: pick(outsideComputeShare),
-    exchange_average_optimizer_share: pick((r) => (r.exchangeSeconds + r.averageSeconds + r.optimizerSeconds) / r.seconds),
+    exchange_average_optimizer_share: pick(
+      (r) => (r.exchangeSeconds + r.averageSeconds + r.optimizerSeconds) / r.seconds,
+    ),
   };
 }
 

@@ -21,14 +21,33 @@ async function main(): Promise<void> {
   for (const variant of ['sc', 'rc'] as const) {
     const model = { variant, imageSize: Number(imageSize), categories: 23 };
     try {
-      const timing = await benchEngine({ engine: engine as EngineChoice, model, batchTriplets: Number(batchTriplets), imagesPerItem: 3, steps: Number(steps), warmup: 2, mining: 'batch-hard', seed: 1 }, log);
+      const timing = await benchEngine(
+        {
+          engine: engine as EngineChoice,
+          model,
+          batchTriplets: Number(batchTriplets),
+          imagesPerItem: 3,
+          steps: Number(steps),
+          warmup: 2,
+          mining: 'batch-hard',
+          seed: 1,
+        },
+        log,
+      );
       const profile = await profileStep(engine as EngineChoice, model, Number(batchTriplets), 15);
       results.push({ variant, ...timing, profile });
     } catch (err) {
       results.push({ variant, error: (err as Error).message });
     }
   }
-  const line = JSON.stringify({ bench: 'gpu', engine, image_size: Number(imageSize), batch_triplets: Number(batchTriplets), reference_pytorch_images_per_s: { sc: 1319, rc: 1221 }, results });
+  const line = JSON.stringify({
+    bench: 'gpu',
+    engine,
+    image_size: Number(imageSize),
+    batch_triplets: Number(batchTriplets),
+    reference_pytorch_images_per_s: { sc: 1319, rc: 1221 },
+    results,
+  });
   console.log(line);
   if (process.env.OUT) {
     mkdirSync(process.env.OUT, { recursive: true });

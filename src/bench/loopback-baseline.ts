@@ -74,7 +74,10 @@ session.on('connect', async () => {
 };
 
 /** Starts the receiving end on this thread; resolves to its port and a function that stops it. */
-export async function listenForRounds(protocol: LoopbackProtocol, bytes: number): Promise<{ port: number; close: () => Promise<void> }> {
+export async function listenForRounds(
+  protocol: LoopbackProtocol,
+  bytes: number,
+): Promise<{ port: number; close: () => Promise<void> }> {
   if (protocol === 'tcp') {
     const server = createServer((socket) => {
       socket.setNoDelay(true);
@@ -89,7 +92,10 @@ export async function listenForRounds(protocol: LoopbackProtocol, bytes: number)
       socket.on('error', () => undefined); // the sender closing first is fine
     });
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
-    return { port: (server.address() as AddressInfo).port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+    return {
+      port: (server.address() as AddressInfo).port,
+      close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    };
   }
   const server = createHttp2Server();
   const sessions = new Set<import('node:http2').ServerHttp2Session>();
@@ -120,7 +126,11 @@ export async function listenForRounds(protocol: LoopbackProtocol, bytes: number)
   };
 }
 
-export async function loopbackBaseline(bytes = 10_000_000, rounds = 20, protocol: LoopbackProtocol = 'tcp'): Promise<LoopbackBaseline> {
+export async function loopbackBaseline(
+  bytes = 10_000_000,
+  rounds = 20,
+  protocol: LoopbackProtocol = 'tcp',
+): Promise<LoopbackBaseline> {
   const server = await listenForRounds(protocol, bytes);
   try {
     const times = await sendRounds(server.port, bytes, rounds, protocol);
@@ -132,14 +142,23 @@ export async function loopbackBaseline(bytes = 10_000_000, rounds = 20, protocol
 }
 
 /** Round-trip times (ms) of `rounds` messages of `bytes` sent from a thread of its own to `port`. */
-export async function sendRounds(port: number, bytes: number, rounds: number, protocol: LoopbackProtocol = 'tcp'): Promise<number[]> {
-  const sender = new Thread(SENDERS[protocol], { eval: true, workerData: { port, bytes, rounds, window: FLOW_CONTROL_WINDOW, frame: MAX_FRAME_SIZE } });
+export async function sendRounds(
+  port: number,
+  bytes: number,
+  rounds: number,
+  protocol: LoopbackProtocol = 'tcp',
+): Promise<number[]> {
+  const sender = new Thread(SENDERS[protocol], {
+    eval: true,
+    workerData: { port, bytes, rounds, window: FLOW_CONTROL_WINDOW, frame: MAX_FRAME_SIZE },
+  });
   try {
     const reply = await new Promise<{ times?: number[]; error?: string }>((resolve, reject) => {
       sender.once('message', resolve);
       sender.once('error', reject);
     });
-    if (!reply.times) throw new Error(`loopback baseline (${protocol}): cannot send to 127.0.0.1:${port}: ${reply.error}`);
+    if (!reply.times)
+      throw new Error(`loopback baseline (${protocol}): cannot send to 127.0.0.1:${port}: ${reply.error}`);
     return reply.times;
   } finally {
     await sender.terminate();

@@ -6,13 +6,14 @@
 //   - per-kernel time (tf.profile), by op with call counts and the largest kernels by shape. Kernel
 //     times include profiling overhead: use them to rank, and `bench engine` to time.
 import * as tf from '@tensorflow/tfjs-core';
-import { OptimizerConfigSchema, ParameterUpdater } from '../coordinator/optimizer.js';
+import { ParameterUpdater } from '../coordinator/optimizer.js';
+import { OptimizerConfigSchema } from '../shared/optimizer-config.js';
 import { DeviceCounters, type DeviceCounts } from '../shared/engine/device-counters.js';
 import { initEngine, type EngineChoice } from '../shared/engine/engine.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { modelConfig, type ModelConfigInput } from '../shared/model/config.js';
 import { createModelState } from '../shared/model/params.js';
-import { computeGradients } from '../worker/trainer.js';
+import { computeGradients } from '../shared/train/gradients.js';
 
 const snake = (c: DeviceCounts) => ({
   reads_awaited: c.asyncReads,
@@ -22,7 +23,12 @@ const snake = (c: DeviceCounts) => ({
   peak_buffer_bytes: c.peakBufferBytes,
 });
 
-export async function profileStep(engineChoice: EngineChoice, model: ModelConfigInput, batchTriplets: number, top = 25) {
+export async function profileStep(
+  engineChoice: EngineChoice,
+  model: ModelConfigInput,
+  batchTriplets: number,
+  top = 25,
+) {
   const engine = await initEngine(engineChoice);
   const arch = buildArchitecture(modelConfig(model));
   const state = createModelState(arch, 1);
@@ -69,7 +75,10 @@ export async function profileStep(engineChoice: EngineChoice, model: ModelConfig
   const byOp = new Map<string, { ms: number; calls: number }>();
   for (const k of kernels) {
     const ms = Number(k.kernelTimeMs) || 0;
-    for (const [map, key] of [[byKernel, `${k.name} ${JSON.stringify(k.inputShapes)}`], [byOp, k.name]] as const) {
+    for (const [map, key] of [
+      [byKernel, `${k.name} ${JSON.stringify(k.inputShapes)}`],
+      [byOp, k.name],
+    ] as const) {
       const e = map.get(key) ?? { ms: 0, calls: 0 };
       e.ms += ms;
       e.calls++;
@@ -89,7 +98,12 @@ export async function profileStep(engineChoice: EngineChoice, model: ModelConfig
     per_step: { worker: worker, local },
     kernels: kernels.length,
     total_kernel_ms: round([...byOp.values()].reduce((a, b) => a + b.ms, 0)),
-    by_op: Object.fromEntries([...byOp].sort((a, b) => b[1].ms - a[1].ms).map(([k, v]) => [k, { ms: round(v.ms), calls: v.calls }])),
-    top: [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, top).map(([k, v]) => ({ kernel: k, ms: round(v.ms), calls: v.calls })),
+    by_op: Object.fromEntries(
+      [...byOp].sort((a, b) => b[1].ms - a[1].ms).map(([k, v]) => [k, { ms: round(v.ms), calls: v.calls }]),
+    ),
+    top: [...byKernel]
+      .sort((a, b) => b[1].ms - a[1].ms)
+      .slice(0, top)
+      .map(([k, v]) => ({ kernel: k, ms: round(v.ms), calls: v.calls })),
   };
 }

@@ -23,47 +23,116 @@ function stepOptions(cmd: Command): Command {
     .option('--batch-triplets <n>', 'triplets per step (3n images)', intOption(1, 4096), 16);
 }
 
-const modelOf = (o: { variant: 'sc' | 'rc'; imageSize: number; width: number; categories: number }) => ({ variant: o.variant, imageSize: o.imageSize, width: o.width, categories: o.categories });
+const modelOf = (o: { variant: 'sc' | 'rc'; imageSize: number; width: number; categories: number }) => ({
+  variant: o.variant,
+  imageSize: o.imageSize,
+  width: o.width,
+  categories: o.categories,
+});
 
 export function registerBenchCommands(program: Command): void {
   const bench = program.command('bench').description('benchmarks that print one JSON line');
-  stepOptions(bench.command('engine').description('time full training steps (forward, mining, backward, Adam) on one engine'))
+  stepOptions(
+    bench.command('engine').description('time full training steps (forward, mining, backward, Adam) on one engine'),
+  )
     .option('--images-per-item <k>', 'K of the PK batch', intOption(2, 64), 3)
-    .option('--mining <m>', `triplet mining (${MINING_STRATEGIES.join('|')})`, choiceOption(MINING_STRATEGIES), 'batch-hard')
+    .option(
+      '--mining <m>',
+      `triplet mining (${MINING_STRATEGIES.join('|')})`,
+      choiceOption(MINING_STRATEGIES),
+      'batch-hard',
+    )
     .option('--steps <n>', 'timed steps', intOption(1, 10_000), 5)
     .option('--warmup <n>', 'untimed steps first', intOption(0, 100), 1)
     .option('--seed <n>', 'seed', intOption(0, 2 ** 31), 1)
-    .option('--workers <n>', 'also run the step through a local fleet: 1 worker, then n workers, each computing --batch-triplets triplets (0 = engine only)', intOption(0, 64), 0)
+    .option(
+      '--workers <n>',
+      'also run the step through a local fleet: 1 worker, then n workers, each computing --batch-triplets triplets (0 = engine only)',
+      intOption(0, 64),
+      0,
+    )
     .action(async (o) => {
       if (o.workers > 0) {
-        console.log(JSON.stringify(await benchFleet({ engine: o.engine, model: modelOf(o), batchTriplets: o.batchTriplets, imagesPerItem: o.imagesPerItem, steps: o.steps, warmup: o.warmup, mining: o.mining, seed: o.seed, workers: o.workers })));
+        console.log(
+          JSON.stringify(
+            await benchFleet({
+              engine: o.engine,
+              model: modelOf(o),
+              batchTriplets: o.batchTriplets,
+              imagesPerItem: o.imagesPerItem,
+              steps: o.steps,
+              warmup: o.warmup,
+              mining: o.mining,
+              seed: o.seed,
+              workers: o.workers,
+            }),
+          ),
+        );
         return;
       }
       const result = await benchEngine(
-        { engine: o.engine, model: modelOf(o), batchTriplets: o.batchTriplets, imagesPerItem: o.imagesPerItem, steps: o.steps, warmup: o.warmup, mining: o.mining, seed: o.seed },
+        {
+          engine: o.engine,
+          model: modelOf(o),
+          batchTriplets: o.batchTriplets,
+          imagesPerItem: o.imagesPerItem,
+          steps: o.steps,
+          warmup: o.warmup,
+          mining: o.mining,
+          seed: o.seed,
+        },
         createLogger('bench'),
       );
       console.log(JSON.stringify(result));
     });
   bench
     .command('exchange')
-    .description('time the gradient exchange alone: simulated workers download weights and upload P-parameter gradients through the real coordinator on loopback')
+    .description(
+      'time the gradient exchange alone: simulated workers download weights and upload P-parameter gradients through the real coordinator on loopback',
+    )
     .option('--workers <list>', 'simulated workers, comma-separated', intList(1, 256), [1, 2, 4, 8, 16])
-    .option('--params <list>', 'parameters per gradient, comma-separated: sc, rc (their real tensor shapes) or a count', paramsList, ['sc', 'rc'])
-    .option('--wire <dtype>', 'gradient wire format', choiceOption(['float32', 'float16', 'fp32', 'fp16'] as const), 'float32')
+    .option(
+      '--params <list>',
+      'parameters per gradient, comma-separated: sc, rc (their real tensor shapes) or a count',
+      paramsList,
+      ['sc', 'rc'],
+    )
+    .option(
+      '--wire <dtype>',
+      'gradient wire format',
+      choiceOption(['float32', 'float16', 'fp32', 'fp16'] as const),
+      'float32',
+    )
     .option('--steps <n>', 'timed steps per configuration (after one warm-up step)', intOption(1, 1000), 5)
     .action(async (o) => {
       const wire = o.wire === 'fp16' || o.wire === 'float16' ? 'float16' : 'float32';
       const rows = [];
-      for (const params of o.params) for (const workers of o.workers) rows.push(await benchExchangeOne(workers, params, wire, o.steps));
+      for (const params of o.params)
+        for (const workers of o.workers) rows.push(await benchExchangeOne(workers, params, wire, o.steps));
       // The machine's own ceilings, measured now between two threads with no gRPC: plain TCP, and
       // Node's HTTP/2 (which grpc-js cannot outrun).
       const tcp = await loopbackBaseline(10_000_000, 20, 'tcp');
       const http2 = await loopbackBaseline(10_000_000, 20, 'http2');
-      const withShare = rows.map((r) => ({ ...r, total_share_of_loopback_tcp: r.total_gb_per_s / tcp.gb_per_s, total_share_of_loopback_http2: r.total_gb_per_s / http2.gb_per_s }));
-      console.log(JSON.stringify({ bench: 'exchange', wire, steps: o.steps, cpus: (await import('node:os')).cpus().length, loopback_tcp: tcp, loopback_http2: http2, rows: withShare }));
+      const withShare = rows.map((r) => ({
+        ...r,
+        total_share_of_loopback_tcp: r.total_gb_per_s / tcp.gb_per_s,
+        total_share_of_loopback_http2: r.total_gb_per_s / http2.gb_per_s,
+      }));
+      console.log(
+        JSON.stringify({
+          bench: 'exchange',
+          wire,
+          steps: o.steps,
+          cpus: (await import('node:os')).cpus().length,
+          loopback_tcp: tcp,
+          loopback_http2: http2,
+          rows: withShare,
+        }),
+      );
     });
-  stepOptions(bench.command('profile').description('time every kernel of one training step (tf.profile) and list the largest'))
+  stepOptions(
+    bench.command('profile').description('time every kernel of one training step (tf.profile) and list the largest'),
+  )
     .option('--top <n>', 'kernels to list', intOption(1, 1000), 25)
     .action(async (o) => {
       console.log(JSON.stringify(await profileStep(o.engine, modelOf(o), o.batchTriplets, o.top)));

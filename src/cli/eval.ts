@@ -26,7 +26,10 @@ async function openModel(checkpoint: string, engineChoice: (typeof ENGINE_NAMES)
   const engine = await initEngine(engineChoice, createLogger('eval'));
   const arch = buildArchitecture(saved.modelConfig);
   for (const p of arch.params) {
-    if (!saved.values.has(p.name)) throw new UsageError(`${dir}: weights lack parameter ${p.name}; the checkpoint does not match its own model config`);
+    if (!saved.values.has(p.name))
+      throw new UsageError(
+        `${dir}: weights lack parameter ${p.name}; the checkpoint does not match its own model config`,
+      );
   }
   return { dir, saved, engine, model: createModelState(arch, 0, saved.values) };
 }
@@ -45,12 +48,22 @@ export function registerEvalCommands(program: Command): void {
       const catalogue = await openInshopCatalogue({ root: o.data });
       const { dir, saved, engine, model } = await openModel(o.checkpoint, o.engine);
       if (saved.categories.length !== catalogue.categories.length) {
-        throw new UsageError(`${dir} was trained on ${saved.categories.length} categories, ${o.data} has ${catalogue.categories.length}`);
+        throw new UsageError(
+          `${dir} was trained on ${saved.categories.length} categories, ${o.data} has ${catalogue.categories.length}`,
+        );
       }
-      const [r] = await evaluateRetrieval(model, catalogue, { masks: [o.mask as MaskMode], batchSize: o.batch, conv: engine.conv, ks: DEFAULT_KS });
-      if (o.json) console.log(JSON.stringify({ checkpoint: dir, step: saved.step, data: o.data, engine: engine.name, ...r }));
+      const [r] = await evaluateRetrieval(model, catalogue, {
+        masks: [o.mask as MaskMode],
+        batchSize: o.batch,
+        conv: engine.conv,
+        ks: DEFAULT_KS,
+      });
+      if (o.json)
+        console.log(JSON.stringify({ checkpoint: dir, step: saved.step, data: o.data, engine: engine.name, ...r }));
       else {
-        console.log(`${dir} (step ${saved.step}) on ${o.data}: ${r.queries} queries, ${r.gallery} gallery images${r.queriesWithoutMatch ? `, ${r.queriesWithoutMatch} queries without a gallery match excluded` : ''}`);
+        console.log(
+          `${dir} (step ${saved.step}) on ${o.data}: ${r.queries} queries, ${r.gallery} gallery images${r.queriesWithoutMatch ? `, ${r.queriesWithoutMatch} queries without a gallery match excluded` : ''}`,
+        );
         console.log(recallLine('eval', r));
       }
       model.dispose();
@@ -73,7 +86,12 @@ export function registerEvalCommands(program: Command): void {
       const size = model.arch.config.imageSize;
       let raw: Buffer;
       try {
-        raw = await sharp(o.query).resize(size, size, { fit: 'fill' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
+        raw = await sharp(o.query)
+          .resize(size, size, { fit: 'fill' })
+          .removeAlpha()
+          .toColourspace('srgb')
+          .raw()
+          .toBuffer();
       } catch (err) {
         throw new UsageError(`${o.query}: cannot read the query image (${(err as Error).message})`);
       }
@@ -86,27 +104,64 @@ export function registerEvalCommands(program: Command): void {
       const gallery = imagesOf(catalogue, 'gallery');
       const g = await unitCapsules(model, catalogue, gallery, { batchSize: 64, conv: engine.conv });
       const [unitT, predictedT] = tf.tidy(() => {
-        const { capsules } = forward(model, tf.tensor4d(queryPixels, [1, size, size, 3]), { training: false, conv: engine.conv });
+        const { capsules } = forward(model, tf.tensor4d(queryPixels, [1, size, size, 3]), {
+          training: false,
+          conv: engine.conv,
+        });
         return [l2Normalize(capsules), tf.argMax(tf.sum(tf.square(capsules), -1), 1)];
       });
       const q = { unit: (await unitT.data()) as Float32Array, predicted: (await predictedT.data())[0] };
       tf.dispose([unitT, predictedT]);
       const qc = { unit: q.unit, categories: g.categories, dim: g.dim, predicted: Int32Array.from([q.predicted]) };
       const dim = g.categories * g.dim;
-      const hits = rankGallery(maskedEmbeddings(qc, o.mask, [queryCategory]), maskedEmbeddings(g, o.mask, gallery.map((r) => r.category)), dim, o.top);
+      const hits = rankGallery(
+        maskedEmbeddings(qc, o.mask, [queryCategory]),
+        maskedEmbeddings(
+          g,
+          o.mask,
+          gallery.map((r) => r.category),
+        ),
+        dim,
+        o.top,
+      );
       const rows = hits.map((h) => {
         const record = gallery[h.galleryIndex];
-        return { rank: h.rank, distance: h.distance, image: catalogue.paths[record.id], item: catalogue.itemNames[record.itemId], category: catalogue.categories[record.category], match: queryItem === undefined ? null : record.itemId === queryItem };
+        return {
+          rank: h.rank,
+          distance: h.distance,
+          image: catalogue.paths[record.id],
+          item: catalogue.itemNames[record.itemId],
+          category: catalogue.categories[record.category],
+          match: queryItem === undefined ? null : record.itemId === queryItem,
+        };
       });
       if (o.grid) {
         const tiles: GridTile[] = [{ pixels: queryPixels, match: null }];
-        for (const row of rows) tiles.push({ pixels: await catalogue.loadImage(gallery[hits[row.rank - 1].galleryIndex].id, size), match: Boolean(row.match) });
+        for (const row of rows)
+          tiles.push({
+            pixels: await catalogue.loadImage(gallery[hits[row.rank - 1].galleryIndex].id, size),
+            match: Boolean(row.match),
+          });
         await writeGrid(o.grid, tiles, size);
       }
-      if (o.json) console.log(JSON.stringify({ query: o.query, query_item: queryItem === undefined ? null : catalogue.itemNames[queryItem], predicted_category: catalogue.categories[q.predicted], results: rows, grid: o.grid ?? null }));
+      if (o.json)
+        console.log(
+          JSON.stringify({
+            query: o.query,
+            query_item: queryItem === undefined ? null : catalogue.itemNames[queryItem],
+            predicted_category: catalogue.categories[q.predicted],
+            results: rows,
+            grid: o.grid ?? null,
+          }),
+        );
       else {
-        console.log(`query ${o.query}${queryItem !== undefined ? ` (item ${catalogue.itemNames[queryItem]})` : ''}, predicted category ${catalogue.categories[q.predicted]}`);
-        for (const r of rows) console.log(`${String(r.rank).padStart(3)}  ${r.distance.toFixed(4)}  ${r.match ? '*' : ' '} ${r.item}  ${r.image}`);
+        console.log(
+          `query ${o.query}${queryItem !== undefined ? ` (item ${catalogue.itemNames[queryItem]})` : ''}, predicted category ${catalogue.categories[q.predicted]}`,
+        );
+        for (const r of rows)
+          console.log(
+            `${String(r.rank).padStart(3)}  ${r.distance.toFixed(4)}  ${r.match ? '*' : ' '} ${r.item}  ${r.image}`,
+          );
         if (o.grid) console.log(`grid written to ${o.grid}`);
       }
       model.dispose();

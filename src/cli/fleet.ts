@@ -13,40 +13,77 @@ import { addFleetOptions, addTrainingOptions, fleetConfigFrom, trainConfigFrom }
 export function registerFleetCommands(program: Command): void {
   const coordinator = program
     .command('coordinator')
-    .description('serve a training run to workers over gRPC: shard each step, average their gradients, step the optimizer; exits 0 when the run completes');
+    .description(
+      'serve a training run to workers over gRPC: shard each step, average their gradients, step the optimizer; exits 0 when the run completes',
+    );
   addSecurityOptions(addFleetOptions(addTrainingOptions(coordinator), '0.0.0.0:7070'), 'coordinator')
-    .option('--upload-timeout <ms>', 'cut gradient uploads that have not finished by then', intOption(100, 3_600_000), 120_000)
-    .option('--finish-timeout <ms>', 'when the run is over, wait this long for every worker to be told before exiting', intOption(0, 3_600_000), 5000)
+    .option(
+      '--upload-timeout <ms>',
+      'cut gradient uploads that have not finished by then',
+      intOption(100, 3_600_000),
+      120_000,
+    )
+    .option(
+      '--finish-timeout <ms>',
+      'when the run is over, wait this long for every worker to be told before exiting',
+      intOption(0, 3_600_000),
+      5000,
+    )
     .action(async (o) => {
-    const cfg = trainConfigFrom(o, 0);
-    const fleet = FleetConfigSchema.parse({ ...fleetConfigFrom(o, { minWorkers: 1 }), security: securityFrom(o), uploadTimeoutMs: o.uploadTimeout, finishTimeoutMs: o.finishTimeout });
-    const log = createLogger('coordinator');
-    const run = startCoordinator(cfg, fleet, log);
-    const stop = (signal: string) => {
-      log.warn({ signal }, `${signal}: stopping now (the step in progress is not applied)`);
-      run.stop();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-    const result = await run.done;
-    log.info({ run: result.runId, steps: result.stepsRun, seconds: result.seconds, lost: result.lost.length, stopped: result.stopped }, `run ${result.runId} ${result.stopped ? 'stopped' : 'complete'} after ${result.stepsRun} steps`);
-  });
+      const cfg = trainConfigFrom(o, 0);
+      const fleet = FleetConfigSchema.parse({
+        ...fleetConfigFrom(o, { minWorkers: 1 }),
+        security: securityFrom(o),
+        uploadTimeoutMs: o.uploadTimeout,
+        finishTimeoutMs: o.finishTimeout,
+      });
+      const log = createLogger('coordinator');
+      const run = startCoordinator(cfg, fleet, log);
+      const stop = (signal: string) => {
+        log.warn({ signal }, `${signal}: stopping now (the step in progress is not applied)`);
+        run.stop();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      const result = await run.done;
+      log.info(
+        {
+          run: result.runId,
+          steps: result.stepsRun,
+          seconds: result.seconds,
+          lost: result.lost.length,
+          stopped: result.stopped,
+        },
+        `run ${result.runId} ${result.stopped ? 'stopped' : 'complete'} after ${result.stepsRun} steps`,
+      );
+    });
 
-  addSecurityOptions(program
-    .command('worker'), 'worker')
-    .description('join a coordinator and compute gradients for the shards it assigns; exits 0 when the run is over or on SIGTERM')
+  addSecurityOptions(program.command('worker'), 'worker')
+    .description(
+      'join a coordinator and compute gradients for the shards it assigns; exits 0 when the run is over or on SIGTERM',
+    )
     .requiredOption('--coordinator <host:port>', 'the coordinator to join')
     .option('--engine <e>', `compute engine (${ENGINE_NAMES.join('|')})`, choiceOption(ENGINE_NAMES), 'auto')
     .option('--name <name>', 'name shown in the coordinator log (default: host-pid)')
     .option('--run-id <id>', 'only join this run')
-    .option('--reconnect-timeout <s>', 'give up when the coordinator has been unreachable this many seconds', floatOption(1), 120)
-    .option('--metrics-port <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)', intOption(0, 65_535))
+    .option(
+      '--reconnect-timeout <s>',
+      'give up when the coordinator has been unreachable this many seconds',
+      floatOption(1),
+      120,
+    )
+    .option(
+      '--metrics-port <port>',
+      'serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, logged)',
+      intOption(0, 65_535),
+    )
     .option('--data-root <dir>', 'only load data from below this directory (the coordinator names the data path)')
     .action(async (o) => {
       const log = createLogger('worker');
       const metrics = o.metricsPort !== undefined ? new WorkerMetrics() : undefined;
       const metricsServer = metrics ? await serveMetrics(metrics.registry, o.metricsPort) : undefined;
-      if (metricsServer) log.info({ metricsPort: metricsServer.port }, `metrics at http://0.0.0.0:${metricsServer.port}/metrics`);
+      if (metricsServer)
+        log.info({ metricsPort: metricsServer.port }, `metrics at http://0.0.0.0:${metricsServer.port}/metrics`);
       const abort = new AbortController();
       let stopping = false;
       const onSignal = (signal: string) => {
@@ -58,7 +95,16 @@ export function registerFleetCommands(program: Command): void {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
       const worker = new FleetWorker(
-        { coordinator: o.coordinator, engine: o.engine, name: o.name ?? defaultWorkerName(), runId: o.runId ?? '', reconnectTimeoutMs: o.reconnectTimeout * 1000, transferTimeoutMs: 120_000, security: securityFrom(o), dataRoot: o.dataRoot },
+        {
+          coordinator: o.coordinator,
+          engine: o.engine,
+          name: o.name ?? defaultWorkerName(),
+          runId: o.runId ?? '',
+          reconnectTimeoutMs: o.reconnectTimeout * 1000,
+          transferTimeoutMs: 120_000,
+          security: securityFrom(o),
+          dataRoot: o.dataRoot,
+        },
         {
           get stopping() {
             return stopping;
@@ -82,10 +128,23 @@ function addSecurityOptions(cmd: Command, role: 'coordinator' | 'worker'): Comma
   return cmd
     .option('--tls-cert <pem>', `TLS certificate of ${mine}`)
     .option('--tls-key <pem>', 'its private key')
-    .option('--tls-ca <pem>', role === 'coordinator' ? 'CA that must have signed worker certificates (mutual TLS)' : 'CA that signed the coordinator certificate (turns TLS on)')
-    .option('--join-token <token>', 'shared secret every call must carry (prefer TRICAPS_JOIN_TOKEN: flags show in ps)');
+    .option(
+      '--tls-ca <pem>',
+      role === 'coordinator'
+        ? 'CA that must have signed worker certificates (mutual TLS)'
+        : 'CA that signed the coordinator certificate (turns TLS on)',
+    )
+    .option(
+      '--join-token <token>',
+      'shared secret every call must carry (prefer TRICAPS_JOIN_TOKEN: flags show in ps)',
+    );
 }
 
 function securityFrom(o: Record<string, any>): FleetSecurity {
-  return { tlsCert: o.tlsCert, tlsKey: o.tlsKey, tlsCa: o.tlsCa, joinToken: o.joinToken ?? process.env.TRICAPS_JOIN_TOKEN };
+  return {
+    tlsCert: o.tlsCert,
+    tlsKey: o.tlsKey,
+    tlsCa: o.tlsCa,
+    joinToken: o.joinToken ?? process.env.TRICAPS_JOIN_TOKEN,
+  };
 }

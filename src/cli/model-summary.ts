@@ -8,7 +8,9 @@ export function registerModelCommands(program: Command): void {
   const model = program.command('model').description('inspect the TriCapsNet model');
   model
     .command('summary')
-    .description('print layer output shapes, parameter counts (trainable and BatchNorm buffers) and multiply-accumulates')
+    .description(
+      'print layer output shapes, parameter counts (trainable and BatchNorm buffers) and multiply-accumulates',
+    )
     .option('--variant <v>', `model variant (${VARIANTS.join('|')})`, choiceOption(VARIANTS), 'sc')
     .option('--image-size <n>', 'input side in pixels (multiple of 16)', intOption(16, 1024), 256)
     .option('--categories <n>', 'number of categories (class capsules)', intOption(2, 1000), 23)
@@ -16,26 +18,71 @@ export function registerModelCommands(program: Command): void {
     .option('--primary-dim <n>', 'primary capsule dimension', intOption(2, 64), 16)
     .option('--class-dim <n>', 'class capsule dimension', intOption(2, 64), 16)
     .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
-    .option('--routing-rule <r>', `routing logit update (${ROUTING_RULES.join('|')})`, choiceOption(ROUTING_RULES), 'reassign')
-    .option('--routing-pool <p>', `class capsule input (${ROUTING_POOLS.join('|')})`, choiceOption(ROUTING_POOLS), 'sum')
+    .option(
+      '--routing-rule <r>',
+      `routing logit update (${ROUTING_RULES.join('|')})`,
+      choiceOption(ROUTING_RULES),
+      'reassign',
+    )
+    .option(
+      '--routing-pool <p>',
+      `class capsule input (${ROUTING_POOLS.join('|')})`,
+      choiceOption(ROUTING_POOLS),
+      'sum',
+    )
     .option('--json', 'print JSON instead of a table')
     .action((o) => {
       const arch = buildArchitecture(
-        modelConfig({ variant: o.variant, imageSize: o.imageSize, categories: o.categories, width: o.width, primaryCapsuleDim: o.primaryDim, classCapsuleDim: o.classDim, routingIterations: o.routingIterations, routingRule: o.routingRule, routingPool: o.routingPool }),
+        modelConfig({
+          variant: o.variant,
+          imageSize: o.imageSize,
+          categories: o.categories,
+          width: o.width,
+          primaryCapsuleDim: o.primaryDim,
+          classCapsuleDim: o.classDim,
+          routingIterations: o.routingIterations,
+          routingRule: o.routingRule,
+          routingPool: o.routingPool,
+        }),
       );
       const counts = parameterCounts(arch);
       const macs = forwardMacsPerImage(arch);
       if (o.json) {
-        console.log(JSON.stringify({ config: arch.config, input_shape: arch.inputShape, layers: arch.summary, primary_capsules: arch.primaryCapsules, embedding_dim: arch.outputShape[0] * arch.outputShape[1], params: counts, forward_macs_per_image: macs }, null, 2));
+        console.log(
+          JSON.stringify(
+            {
+              config: arch.config,
+              input_shape: arch.inputShape,
+              layers: arch.summary,
+              primary_capsules: arch.primaryCapsules,
+              embedding_dim: arch.outputShape[0] * arch.outputShape[1],
+              params: counts,
+              forward_macs_per_image: macs,
+            },
+            null,
+            2,
+          ),
+        );
         return;
       }
-      const rows = arch.summary.map((l) => [l.name, l.kind, `[${l.outputShape.join(', ')}]`, l.trainableParams.toLocaleString('en-US'), l.nonTrainableParams.toLocaleString('en-US'), (l.macs / 1e6).toFixed(1)]);
+      const rows = arch.summary.map((l) => [
+        l.name,
+        l.kind,
+        `[${l.outputShape.join(', ')}]`,
+        l.trainableParams.toLocaleString('en-US'),
+        l.nonTrainableParams.toLocaleString('en-US'),
+        (l.macs / 1e6).toFixed(1),
+      ]);
       const header = ['layer', 'kind', 'output (per image)', 'trainable', 'buffers', 'MMACs'];
       const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
       const line = (r: string[]) => r.map((c, i) => (i >= 3 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ');
-      console.log(`TriCapsNet ${arch.config.variant.toUpperCase()} ${arch.config.imageSize}x${arch.config.imageSize}, width ${arch.config.width}, ${arch.config.categories} categories`);
+      console.log(
+        `TriCapsNet ${arch.config.variant.toUpperCase()} ${arch.config.imageSize}x${arch.config.imageSize}, width ${arch.config.width}, ${arch.config.categories} categories`,
+      );
       console.log(line(header));
       for (const r of rows) console.log(line(r));
-      console.log(`total ${counts.total.toLocaleString('en-US')} parameters: ${counts.trainable.toLocaleString('en-US')} trainable, ${counts.nonTrainable.toLocaleString('en-US')} BatchNorm buffers; ${(macs / 1e9).toFixed(3)} GMACs per image forward`);
+      console.log(
+        `total ${counts.total.toLocaleString('en-US')} parameters: ${counts.trainable.toLocaleString('en-US')} trainable, ${counts.nonTrainable.toLocaleString('en-US')} BatchNorm buffers; ${(macs / 1e9).toFixed(3)} GMACs per image forward`,
+      );
     });
 }

@@ -4,7 +4,8 @@ import { InvalidArgumentError } from 'commander';
 export function intOption(min: number, max = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {
     const n = Number(value);
-    if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`"${value}" is not an integer.`);
+    if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n))
+      throw new InvalidArgumentError(`"${value}" is not an integer.`);
     if (n < min || n > max) throw new InvalidArgumentError(`${n} is outside ${min}..${max}.`);
     return n;
   };
@@ -21,7 +22,8 @@ export function floatOption(min: number, max = Number.POSITIVE_INFINITY) {
 
 export function choiceOption<T extends string>(choices: readonly T[]) {
   return (value: string): T => {
-    if (!(choices as readonly string[]).includes(value)) throw new InvalidArgumentError(`"${value}" is not one of ${choices.join(', ')}.`);
+    if (!(choices as readonly string[]).includes(value))
+      throw new InvalidArgumentError(`"${value}" is not one of ${choices.join(', ')}.`);
     return value as T;
   };
 }

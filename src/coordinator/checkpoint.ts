@@ -8,10 +8,28 @@
 //   step-NNNNNNNN/state.json                run id, round, cursor (next step, epoch), configuration
 //   step-NNNNNNNN/manifest.json             written last
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { loadWeights, stepDirName, writeWeightsFiles, type SavedWeights } from '../shared/checkpoint-format.js';
+import {
+  loadWeights,
+  stepDirName,
+  writeWeightsFiles,
+  type OptimizerState,
+  type SavedWeights,
+} from '../shared/checkpoint-format.js';
 import type { Logger } from '../shared/log.js';
 import { UsageError } from '../shared/errors.js';
 import { isStepDirName } from '../shared/paths.js';
@@ -42,13 +60,6 @@ export const RunStateSchema = z.object({
 });
 export type RunState = z.infer<typeof RunStateSchema>;
 
-export interface OptimizerState {
-  /** Adam's variables in order (iteration count, first and second moments), as float32. */
-  names: string[];
-  shapes: number[][];
-  values: Float32Array[];
-}
-
 export interface Checkpoint {
   dir: string;
   manifest: CheckpointManifest;
@@ -77,9 +88,7 @@ const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('h
 
 function stepDirs(root: string): string[] {
   if (!existsSync(root)) return [];
-  return readdirSync(root)
-    .filter(isStepDirName)
-    .sort();
+  return readdirSync(root).filter(isStepDirName).sort();
 }
 
 /** Reads what a checkpoint holds from a live model and optimizer. */
@@ -91,7 +100,13 @@ export async function captureCheckpoint(
   metrics: Record<string, number | null>,
 ): Promise<SaveRequest> {
   return {
-    weights: { modelConfig: model.arch.config, step: state.nextStep, categories, values: await readState(model), shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])) },
+    weights: {
+      modelConfig: model.arch.config,
+      step: state.nextStep,
+      categories,
+      values: await readState(model),
+      shapes: new Map(model.arch.params.map((p) => [p.name, p.shape])),
+    },
     optimizer: await updater.state(),
     state,
     metrics,
@@ -139,7 +154,14 @@ export class CheckpointStore {
       files[f] = { bytes: data.length, sha256: sha256(data) };
       bytes += data.length;
     }
-    const manifest: CheckpointManifest = { format: MANIFEST_FORMAT, step: req.state.nextStep, epoch: req.state.epoch, createdAt: new Date().toISOString(), files, metrics: req.metrics };
+    const manifest: CheckpointManifest = {
+      format: MANIFEST_FORMAT,
+      step: req.state.nextStep,
+      epoch: req.state.epoch,
+      createdAt: new Date().toISOString(),
+      files,
+      metrics: req.metrics,
+    };
     writeDurable(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1));
     fsyncPath(tmp);
     rmSync(dir, { recursive: true, force: true });
@@ -184,13 +206,15 @@ export class CheckpointStore {
 
   /** Why a checkpoint directory cannot be used, or undefined when every file matches its manifest. */
   verify(dir: string): string | undefined {
-    if (!existsSync(join(dir, 'manifest.json'))) return 'no manifest.json (a checkpoint interrupted while being written)';
+    if (!existsSync(join(dir, 'manifest.json')))
+      return 'no manifest.json (a checkpoint interrupted while being written)';
     const manifest = this.readManifest(dir);
     if (!manifest) return 'manifest.json is not a tricaps checkpoint manifest';
     for (const [file, want] of Object.entries(manifest.files)) {
       const path = join(dir, file);
       if (!existsSync(path)) return `${file} is missing`;
-      if (statSync(path).size !== want.bytes) return `${file} has ${statSync(path).size} bytes, the manifest says ${want.bytes}`;
+      if (statSync(path).size !== want.bytes)
+        return `${file} has ${statSync(path).size} bytes, the manifest says ${want.bytes}`;
       if (sha256(readFileSync(path)) !== want.sha256) return `${file} does not match its sha256 in the manifest`;
     }
     return undefined;
@@ -201,16 +225,24 @@ export class CheckpointStore {
    * directory that does. Each one skipped is logged with the reason. Undefined when there is none.
    */
   loadLatest(): Checkpoint | undefined {
-    let pointer = existsSync(join(this.root, 'latest')) ? readFileSync(join(this.root, 'latest'), 'utf8').trim() : undefined;
+    let pointer = existsSync(join(this.root, 'latest'))
+      ? readFileSync(join(this.root, 'latest'), 'utf8').trim()
+      : undefined;
     if (pointer !== undefined && !isStepDirName(pointer)) {
-      this.log.warn({ latest: pointer.slice(0, 200) }, `${join(this.root, 'latest')} does not name a step directory; ignoring it`);
+      this.log.warn(
+        { latest: pointer.slice(0, 200) },
+        `${join(this.root, 'latest')} does not name a step directory; ignoring it`,
+      );
       pointer = undefined;
     }
     const candidates = [...new Set([...(pointer ? [pointer] : []), ...stepDirs(this.root).reverse()])];
     for (const name of candidates) {
       const dir = join(this.root, name);
       if (!existsSync(dir)) {
-        this.log.warn({ checkpoint: dir }, `latest names ${name}, which does not exist; looking for an older checkpoint`);
+        this.log.warn(
+          { checkpoint: dir },
+          `latest names ${name}, which does not exist; looking for an older checkpoint`,
+        );
         continue;
       }
       const problem = this.verify(dir);
@@ -226,13 +258,16 @@ export class CheckpointStore {
   private read(dir: string): Checkpoint {
     const manifest = this.readManifest(dir)!;
     const weights = loadWeights(dir);
-    const meta = z.object({ names: z.array(z.string()), shapes: z.array(z.array(z.number().int().min(0))) }).parse(JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8')));
+    const meta = z
+      .object({ names: z.array(z.string()), shapes: z.array(z.array(z.number().int().min(0))) })
+      .parse(JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8')));
     const bin = readFileSync(join(dir, 'optimizer.bin'));
     const values: Float32Array[] = [];
     let offset = 0;
     for (const shape of meta.shapes) {
       const n = shape.reduce((a, b) => a * b, 1);
-      if (offset + n * 4 > bin.length) throw new CheckpointError(`${dir}/optimizer.bin is shorter than optimizer.json describes`);
+      if (offset + n * 4 > bin.length)
+        throw new CheckpointError(`${dir}/optimizer.bin is shorter than optimizer.json describes`);
       values.push(new Float32Array(bin.buffer.slice(bin.byteOffset + offset, bin.byteOffset + offset + n * 4)));
       offset += n * 4;
     }
@@ -246,7 +281,9 @@ export function assertSameJob(saved: unknown, now: Record<string, unknown>, dir:
   const old = (saved ?? {}) as Record<string, unknown>;
   const differs = Object.keys(now).filter((k) => JSON.stringify(old[k]) !== JSON.stringify(now[k]));
   if (differs.length) {
-    throw new UsageError(`${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`);
+    throw new UsageError(
+      `${dir} was written for a different job (${differs.map((k) => `${k}: ${JSON.stringify(old[k])} then, ${JSON.stringify(now[k])} now`).join('; ')}); resume with the same settings or use another --checkpoint-dir`,
+    );
   }
 }
 
@@ -260,7 +297,8 @@ export function openCheckpoints(
   jobKey: Record<string, unknown>,
   log: Logger,
 ): { store?: CheckpointStore; resumed?: Checkpoint } {
-  if ((opts.resume || opts.every > 0) && !dir) throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
+  if ((opts.resume || opts.every > 0) && !dir)
+    throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
   if (!dir) return {};
   const store = new CheckpointStore(dir, opts.keep, log);
   if (!opts.resume) return { store };

@@ -5,7 +5,10 @@ import { z } from 'zod';
 export const FleetConfigSchema = z
   .object({
     listen: z.string().min(1).default('127.0.0.1:0'),
-    runId: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, ".", "_" and "-" only (at most 64)').optional(),
+    runId: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, ".", "_" and "-" only (at most 64)')
+      .optional(),
     minWorkers: z.number().int().min(1).default(1),
     maxWorkers: z.number().int().min(1).max(1024).default(64),
     /** Mining shards per step (default: --min-workers). */
@@ -26,15 +29,32 @@ export const FleetConfigSchema = z
     /** Evaluate retrieval on the held-out items every this many steps (0 = off). */
     evalEvery: z.number().int().min(0).default(0),
     /** NATS server for events and control; off when absent. */
-    nats: z.string().regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'a NATS URL such as nats://host:4222').optional(),
+    nats: z
+      .string()
+      .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'a NATS URL such as nats://host:4222')
+      .optional(),
     /** NATS authentication: a .creds file, a user (password from the environment) or a token. */
-    natsAuth: z.object({ credsFile: z.string().optional(), user: z.string().optional(), password: z.string().optional(), token: z.string().optional() }).default({}),
+    natsAuth: z
+      .object({
+        credsFile: z.string().optional(),
+        user: z.string().optional(),
+        password: z.string().optional(),
+        token: z.string().optional(),
+      })
+      .default({}),
     /** When set, control commands must carry {"token": ...}. */
     natsControlToken: z.string().min(1).optional(),
     /** Publish a step summary event every this many steps. */
     natsStepInterval: z.number().int().min(1).default(10),
     /** TLS files and the join token (shared/fleet-security.ts); never logged. */
-    security: z.object({ tlsCert: z.string().optional(), tlsKey: z.string().optional(), tlsCa: z.string().optional(), joinToken: z.string().min(8, 'the join token needs at least 8 characters').optional() }).default({}),
+    security: z
+      .object({
+        tlsCert: z.string().optional(),
+        tlsKey: z.string().optional(),
+        tlsCa: z.string().optional(),
+        joinToken: z.string().min(8, 'the join token needs at least 8 characters').optional(),
+      })
+      .default({}),
     /** Refuse gradients whose norm exceeds this many times the recent median (0: off). */
     maxGradientNormRatio: z.number().min(0).default(100),
     /** An upload stream not finished by then is cut. */
@@ -47,8 +67,18 @@ export const FleetConfigSchema = z
     metricsPort: z.number().int().min(0).max(65_535).optional(),
   })
   .superRefine((c, ctx) => {
-    if (c.maxWorkers < c.minWorkers) ctx.addIssue({ code: 'custom', path: ['maxWorkers'], message: `--max-workers ${c.maxWorkers} is below --min-workers ${c.minWorkers}` });
-    if (c.heartbeatTimeoutMs <= c.heartbeatIntervalMs) ctx.addIssue({ code: 'custom', path: ['heartbeatTimeoutMs'], message: `the heartbeat timeout (${c.heartbeatTimeoutMs} ms) must be longer than the interval (${c.heartbeatIntervalMs} ms)` });
+    if (c.maxWorkers < c.minWorkers)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['maxWorkers'],
+        message: `--max-workers ${c.maxWorkers} is below --min-workers ${c.minWorkers}`,
+      });
+    if (c.heartbeatTimeoutMs <= c.heartbeatIntervalMs)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['heartbeatTimeoutMs'],
+        message: `the heartbeat timeout (${c.heartbeatTimeoutMs} ms) must be longer than the interval (${c.heartbeatIntervalMs} ms)`,
+      });
   });
 export type FleetConfig = z.infer<typeof FleetConfigSchema>;
 export type FleetConfigInput = z.input<typeof FleetConfigSchema>;

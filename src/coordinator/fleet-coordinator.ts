@@ -6,14 +6,15 @@
 import type { Logger } from '../shared/log.js';
 import { TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
 import { median } from '../shared/stats.js';
-import type { ShardsGradient } from '../worker/shard-gradients.js';
+import type { ShardsGradient } from '../shared/train/shard-gradients.js';
 import type { WireDType } from '../shared/tensor-codec.js';
 import { describeMember, FleetFullError, Membership, type Member } from './membership.js';
 import type { Assignment, StepWork } from './step-work.js';
 import type { PlannedShard } from '../shared/plan/step-plan.js';
 
 /** Transport-independent error classes (mapped onto gRPC status codes by the service). */
-export type FleetErrorCode = 'invalid-argument' | 'wrong-run' | 'not-member' | 'stale' | 'full' | 'unavailable' | 'finished';
+export type FleetErrorCode =
+  'invalid-argument' | 'wrong-run' | 'not-member' | 'stale' | 'full' | 'unavailable' | 'finished';
 
 export class FleetError extends Error {
   constructor(
@@ -92,7 +93,14 @@ export interface MembershipListener {
 }
 
 export type NextStepAnswer =
-  | { action: 'train' | 'embed'; run: RunRefLike; epoch: number; assignment: Assignment; shards: PlannedShard[]; weightsVersion: number }
+  | {
+      action: 'train' | 'embed';
+      run: RunRefLike;
+      epoch: number;
+      assignment: Assignment;
+      shards: PlannedShard[];
+      weightsVersion: number;
+    }
   | { action: 'wait'; run: RunRefLike }
   | { action: 'finish'; run: RunRefLike };
 
@@ -188,19 +196,40 @@ export class FleetCoordinator {
 
   // ---- requests (called by the transport) ----
 
-  register(req: { workerName: string; engine: string; device: string; runId: string }): { member: Member; run: RunRefLike } {
+  register(req: { workerName: string; engine: string; device: string; runId: string }): {
+    member: Member;
+    run: RunRefLike;
+  } {
     if (req.runId && req.runId !== this.opts.runId) {
-      throw new FleetError('wrong-run', `this worker belongs to run ${req.runId}; this coordinator runs ${this.opts.runId}`);
+      throw new FleetError(
+        'wrong-run',
+        `this worker belongs to run ${req.runId}; this coordinator runs ${this.opts.runId}`,
+      );
     }
     if (this.finished) throw new FleetError('finished', `run ${this.opts.runId} is over`);
     let member: Member;
     try {
-      member = this.membership.register(req.workerName.slice(0, 128), req.engine.slice(0, 64), req.device.slice(0, 256), this.now());
+      member = this.membership.register(
+        req.workerName.slice(0, 128),
+        req.engine.slice(0, 64),
+        req.device.slice(0, 256),
+        this.now(),
+      );
     } catch (err) {
       if (err instanceof FleetFullError) throw new FleetError('full', err.message);
       throw err;
     }
-    this.log.info({ worker: member.id, name: member.name, engine: member.engine, device: member.device, workers: this.membership.size, round: this.membership.round }, `worker ${describeMember(member)} joined (${member.engine}, ${member.device}); ${this.membership.size} workers`);
+    this.log.info(
+      {
+        worker: member.id,
+        name: member.name,
+        engine: member.engine,
+        device: member.device,
+        workers: this.membership.size,
+        round: this.membership.round,
+      },
+      `worker ${describeMember(member)} joined (${member.engine}, ${member.device}); ${this.membership.size} workers`,
+    );
     this.opts.listener?.joined?.(member, this.membership.size, this.membership.round);
     this.notify();
     return { member, run: this.runRef() };
@@ -230,7 +259,14 @@ export class FleetCoordinator {
       const assignment = work?.take(workerId, this.now());
       if (work && assignment) {
         const shards = assignment.units.map((u) => work.units[u]);
-        return { action: work.kind, run: { runId: this.opts.runId, round: assignment.round, step: work.step }, epoch: work.epoch, assignment, shards, weightsVersion: this.weights.version };
+        return {
+          action: work.kind,
+          run: { runId: this.opts.runId, round: assignment.round, step: work.step },
+          epoch: work.epoch,
+          assignment,
+          shards,
+          weightsVersion: this.weights.version,
+        };
       }
       const left = deadline - this.now();
       if (left <= 0 || signal?.aborted || this.stopped) return { action: 'wait', run: this.runRef() };
@@ -250,7 +286,10 @@ export class FleetCoordinator {
   }
 
   /** Splits a decoded train upload into gradients and BatchNorm statistics. */
-  splitTrainTensors(tensors: Map<string, Float32Array>): { grads: Map<string, Float32Array>; bnStats: Map<string, Float32Array> } {
+  splitTrainTensors(tensors: Map<string, Float32Array>): {
+    grads: Map<string, Float32Array>;
+    bnStats: Map<string, Float32Array>;
+  } {
     const grads = new Map<string, Float32Array>();
     const bnStats = new Map<string, Float32Array>();
     for (const s of this.weights.gradientSpecs) grads.set(s.name, tensors.get(s.name)!);
@@ -269,14 +308,25 @@ export class FleetCoordinator {
    * Checks a result header before its tensors are read: the run, the member, the step, the round
    * and the assignment it answers, and the weights it was computed with.
    */
-  checkResultHeader(kind: 'train' | 'embed', workerId: string, run: RunRefLike | undefined, units: number[], weightsVersion: number): void {
+  checkResultHeader(
+    kind: 'train' | 'embed',
+    workerId: string,
+    run: RunRefLike | undefined,
+    units: number[],
+    weightsVersion: number,
+  ): void {
     this.checkRun(run);
     this.memberOrThrow(workerId);
     const work = this.work;
-    if (!work || work.kind !== kind) throw new FleetError('stale', `no ${kind} work is open (the run is at step ${this.currentStep})`);
+    if (!work || work.kind !== kind)
+      throw new FleetError('stale', `no ${kind} work is open (the run is at step ${this.currentStep})`);
     const verdict = work.check(workerId, { step: run!.step, round: run!.round, units });
     if (!verdict.ok) throw new FleetError('stale', verdict.reason);
-    if (weightsVersion !== this.weights.version) throw new FleetError('stale', `computed with weights version ${weightsVersion}, the current version is ${this.weights.version}`);
+    if (weightsVersion !== this.weights.version)
+      throw new FleetError(
+        'stale',
+        `computed with weights version ${weightsVersion}, the current version is ${this.weights.version}`,
+      );
   }
 
   // The header checks (which also count as a sign of life) run again: the work may have moved on
@@ -288,7 +338,13 @@ export class FleetCoordinator {
     this.notify();
   }
 
-  acceptEmbeddings(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: EmbedResult): void {
+  acceptEmbeddings(
+    workerId: string,
+    run: RunRefLike,
+    units: number[],
+    weightsVersion: number,
+    result: EmbedResult,
+  ): void {
     this.checkResultHeader('embed', workerId, run, units, weightsVersion);
     (this.work as StepWork<EmbedResult>).accept(workerId, { step: run.step, round: run.round, units }, result);
     this.notify();
@@ -303,7 +359,11 @@ export class FleetCoordinator {
     const work = this.work;
     const member = this.membership.get(workerId);
     if (!member || !work?.holds(workerId)) return;
-    this.opts.listener?.rejected?.(member, /non-finite|loss is/.test(reason) ? 'non-finite' : /gradient norm/.test(reason) ? 'norm' : 'malformed', reason);
+    this.opts.listener?.rejected?.(
+      member,
+      /non-finite|loss is/.test(reason) ? 'non-finite' : /gradient norm/.test(reason) ? 'norm' : 'malformed',
+      reason,
+    );
     const units = work.unitsInFlight(workerId);
     this.lose(workerId, `sent an unusable result: ${reason}`, 'warn', 'unusable');
     for (const u of units) {
@@ -312,7 +372,9 @@ export class FleetCoordinator {
       // Workers compute a shard deterministically: the same result from two of them is the
       // shard's, not a worker's fault. Stop rather than drop the whole fleet one by one.
       if (seen.length >= MAX_REFUSALS_PER_SHARD && !this.fatal) {
-        this.fatal = new FleetRunError(`step ${work.step}: shard ${u} gave unusable results on ${seen.length} workers (${seen.join('; ')}); stopping the run. Lower --lr, or check the data of this step`);
+        this.fatal = new FleetRunError(
+          `step ${work.step}: shard ${u} gave unusable results on ${seen.length} workers (${seen.join('; ')}); stopping the run. Lower --lr, or check the data of this step`,
+        );
         this.notify();
       }
     }
@@ -335,7 +397,10 @@ export class FleetCoordinator {
     const norm = Math.sqrt(sq);
     if (ratio > 0 && this.recentNorms.length >= 5) {
       const mid = median(this.recentNorms);
-      if (norm > ratio * mid) throw new TensorDecodeError(`gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${mid.toPrecision(4)} (--max-gradient-norm-ratio)`);
+      if (norm > ratio * mid)
+        throw new TensorDecodeError(
+          `gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${mid.toPrecision(4)} (--max-gradient-norm-ratio)`,
+        );
     }
     this.recentNorms.push(norm);
     if (this.recentNorms.length > 50) this.recentNorms.shift();
@@ -381,7 +446,8 @@ export class FleetCoordinator {
     this.finished = true;
     this.notify();
     const until = this.now() + timeoutMs;
-    while (this.now() < until && this.membership.list().some((m) => !this.told.has(m.id))) await this.changed(Math.min(200, until - this.now()));
+    while (this.now() < until && this.membership.list().some((m) => !this.told.has(m.id)))
+      await this.changed(Math.min(200, until - this.now()));
   }
 
   // ---- internals ----
@@ -397,12 +463,22 @@ export class FleetCoordinator {
       return;
     }
     for (const m of this.membership.silent(now, this.opts.heartbeatTimeoutMs)) {
-      this.lose(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s (limit ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)`, 'warn', 'heartbeat');
+      this.lose(
+        m.id,
+        `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s (limit ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)`,
+        'warn',
+        'heartbeat',
+      );
     }
     const work = this.work;
     if (work) {
       for (const id of work.overdue(now, this.opts.assignmentTimeoutMs)) {
-        this.lose(id, `stalled: no result for step ${work.step} within ${(this.opts.assignmentTimeoutMs / 1000).toFixed(1)} s`, 'warn', 'stalled');
+        this.lose(
+          id,
+          `stalled: no result for step ${work.step} within ${(this.opts.assignmentTimeoutMs / 1000).toFixed(1)} s`,
+          'warn',
+          'stalled',
+        );
       }
     }
   }
@@ -414,7 +490,15 @@ export class FleetCoordinator {
     this.lost.push({ id: workerId, name: departure.member.name, reason, step: this.currentStep });
     const replan = back.length ? `; shards [${back}] of step ${this.currentStep} go to the other workers` : '';
     this.log[level](
-      { worker: workerId, name: departure.member.name, reason, step: this.currentStep, round: this.membership.round, workers: this.membership.size, replanned: back },
+      {
+        worker: workerId,
+        name: departure.member.name,
+        reason,
+        step: this.currentStep,
+        round: this.membership.round,
+        workers: this.membership.size,
+        replanned: back,
+      },
       `lost worker ${describeMember(departure.member)}: ${reason}${replan}; ${this.membership.size} workers remain`,
     );
     this.opts.listener?.lost?.(departure.member, kind, reason, this.membership.size, this.membership.round);
@@ -431,7 +515,12 @@ export class FleetCoordinator {
       // Waiting for the first workers is normal; losing them mid-run is not.
       const level = work.step > 0 || this.lost.length > 0 ? 'warn' : 'info';
       this.log[level](
-        { step: work.step, workers: present, minWorkers: this.opts.minWorkers, pausedSeconds: (now - this.pausedSince) / 1000 },
+        {
+          step: work.step,
+          workers: present,
+          minWorkers: this.opts.minWorkers,
+          pausedSeconds: (now - this.pausedSince) / 1000,
+        },
         `paused at step ${work.step}: ${present} of --min-workers ${this.opts.minWorkers} workers present; waiting for workers to join`,
       );
     }
@@ -439,15 +528,20 @@ export class FleetCoordinator {
 
   private noteResume(): void {
     if (this.pausedSince === undefined) return;
-    this.log.info({ pausedSeconds: (this.now() - this.pausedSince) / 1000, workers: this.membership.size }, `resumed with ${this.membership.size} workers`);
+    this.log.info(
+      { pausedSeconds: (this.now() - this.pausedSince) / 1000, workers: this.membership.size },
+      `resumed with ${this.membership.size} workers`,
+    );
     this.pausedSince = undefined;
     this.lastPauseLog = Number.NEGATIVE_INFINITY;
     this.pausedCount = -1;
   }
 
   private checkRun(run: RunRefLike | undefined): void {
-    if (!run || !run.runId) throw new FleetError('invalid-argument', 'message without a run reference (run_id, round, step)');
-    if (run.runId !== this.opts.runId) throw new FleetError('wrong-run', `message for run ${run.runId}; this coordinator runs ${this.opts.runId}`);
+    if (!run || !run.runId)
+      throw new FleetError('invalid-argument', 'message without a run reference (run_id, round, step)');
+    if (run.runId !== this.opts.runId)
+      throw new FleetError('wrong-run', `message for run ${run.runId}; this coordinator runs ${this.opts.runId}`);
   }
 
   /** Any message from a member is a sign of life. */
@@ -457,7 +551,10 @@ export class FleetCoordinator {
 
   private notMember(workerId: string): FleetError {
     const why = this.membership.departureOf(workerId);
-    return new FleetError('not-member', `worker ${workerId || '(none)'} is not a member of run ${this.opts.runId}${why ? ` (removed: ${why})` : ''}; register again`);
+    return new FleetError(
+      'not-member',
+      `worker ${workerId || '(none)'} is not a member of run ${this.opts.runId}${why ? ` (removed: ${why})` : ''}; register again`,
+    );
   }
 
   private notify(): void {

@@ -18,7 +18,13 @@ import { UsageError } from '../shared/errors.js';
 import { FastFleetServiceDefinition, PreSerialized, serializeFetchWeights } from '../shared/wire-fast.js';
 import { serverCredentials, tokenProblem, type FleetSecurity } from '../shared/fleet-security.js';
 import type { Logger } from '../shared/log.js';
-import { FleetError, type FleetCoordinator, type FleetErrorCode, type RunRefLike, type TensorSpec } from './fleet-coordinator.js';
+import {
+  FleetError,
+  type FleetCoordinator,
+  type FleetErrorCode,
+  type RunRefLike,
+  type TensorSpec,
+} from './fleet-coordinator.js';
 
 export const FLEET_SERVICE_NAME = 'tricaps.v1.FleetService';
 
@@ -65,7 +71,10 @@ class Gate {
   constructor(private readonly g: ServiceGuards) {}
 
   /** Admits a call (returning its release) or says why not. */
-  admit(call: { getPeer(): string; metadata: grpc.Metadata }): { release: () => void } | { refusal: Partial<grpc.ServiceError> } {
+  admit(call: {
+    getPeer(): string;
+    metadata: grpc.Metadata;
+  }): { release: () => void } | { refusal: Partial<grpc.ServiceError> } {
     const peer = call.getPeer();
     const problem = tokenProblem(this.g.joinToken, call.metadata);
     if (problem) {
@@ -75,7 +84,12 @@ class Gate {
     const n = this.open.get(peer) ?? 0;
     if (n >= this.g.maxCallsPerPeer) {
       this.note(peer, 'too many concurrent calls');
-      return { refusal: { code: grpc.status.RESOURCE_EXHAUSTED, details: `more than ${this.g.maxCallsPerPeer} concurrent calls from ${peer}` } };
+      return {
+        refusal: {
+          code: grpc.status.RESOURCE_EXHAUSTED,
+          details: `more than ${this.g.maxCallsPerPeer} concurrent calls from ${peer}`,
+        },
+      };
     }
     this.open.set(peer, n + 1);
     let released = false;
@@ -100,7 +114,10 @@ class Gate {
 }
 
 /** Wraps a unary handler: admission, then FleetError and friends become statuses. */
-function unary<Req, Res>(gate: Gate, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+function unary<Req, Res>(
+  gate: Gate,
+  fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     const admitted = gate.admit(call);
     if ('refusal' in admitted) {
@@ -135,20 +152,25 @@ export class UploadReader {
   ) {}
 
   add(chunk: TensorChunk): void {
-    if (++this.chunks > MAX_UPLOAD_CHUNKS) throw new TensorDecodeError(`upload of more than ${MAX_UPLOAD_CHUNKS} chunks`);
+    if (++this.chunks > MAX_UPLOAD_CHUNKS)
+      throw new TensorDecodeError(`upload of more than ${MAX_UPLOAD_CHUNKS} chunks`);
     const c = fromProtoChunk(chunk);
     if (this.pending.length === 0) {
       // The first chunk of a tensor: check it against what is expected before buffering anything.
       const spec = this.specOf(c.name);
       if (!spec) throw new TensorDecodeError(`tensor ${c.name}: not expected in this upload`);
       if (this.tensors.has(spec.name)) throw new TensorDecodeError(`tensor ${spec.name}: sent twice`);
-      if (c.shape.length !== spec.shape.length || c.shape.some((d, i) => d !== spec.shape[i])) throw new TensorDecodeError(`tensor ${c.name}: shape [${c.shape}] where [${spec.shape}] was expected`);
+      if (c.shape.length !== spec.shape.length || c.shape.some((d, i) => d !== spec.shape[i]))
+        throw new TensorDecodeError(`tensor ${c.name}: shape [${c.shape}] where [${spec.shape}] was expected`);
       const size = spec.shape.reduce((a, b) => a * b, 1);
-      if (c.chunkCount < 1 || c.chunkCount > Math.max(1, size)) throw new TensorDecodeError(`tensor ${c.name}: ${c.chunkCount} chunks announced for ${size} values`);
+      if (c.chunkCount < 1 || c.chunkCount > Math.max(1, size))
+        throw new TensorDecodeError(`tensor ${c.name}: ${c.chunkCount} chunks announced for ${size} values`);
       this.expected = spec;
       this.bytes = 0;
     } else if (this.pending[0].name !== c.name) {
-      throw new TensorDecodeError(`tensor ${this.pending[0].name}: chunk of ${c.name} arrived before its ${this.pending[0].chunkCount} chunks were complete`);
+      throw new TensorDecodeError(
+        `tensor ${this.pending[0].name}: chunk of ${c.name} arrived before its ${this.pending[0].chunkCount} chunks were complete`,
+      );
     }
     const spec = this.expected!;
     const size = spec.shape.reduce((a, b) => a * b, 1);
@@ -156,15 +178,25 @@ export class UploadReader {
     if (this.bytes > size * 4) throw new TensorDecodeError(`tensor ${c.name}: more bytes than ${size} values can take`);
     this.pending.push(c);
     if (this.pending.length < this.pending[0].chunkCount) return;
-    this.tensors.set(spec.name, decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }, this.allocate(size)));
+    this.tensors.set(
+      spec.name,
+      decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }, this.allocate(size)),
+    );
     this.pending = [];
   }
 
   finish(expected: string[] | undefined, announced: number): Map<string, Float32Array> {
-    if (this.pending.length) throw new TensorDecodeError(`tensor ${this.pending[0].name}: ${this.pending.length} of ${this.pending[0].chunkCount} chunks received`);
-    if (this.tensors.size !== announced) throw new TensorDecodeError(`${this.tensors.size} tensors received, the header announced ${announced}`);
+    if (this.pending.length)
+      throw new TensorDecodeError(
+        `tensor ${this.pending[0].name}: ${this.pending.length} of ${this.pending[0].chunkCount} chunks received`,
+      );
+    if (this.tensors.size !== announced)
+      throw new TensorDecodeError(`${this.tensors.size} tensors received, the header announced ${announced}`);
     const missing = (expected ?? []).filter((n) => !this.tensors.has(n));
-    if (missing.length) throw new TensorDecodeError(`missing tensors: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+    if (missing.length)
+      throw new TensorDecodeError(
+        `missing tensors: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`,
+      );
     return this.tensors;
   }
 }
@@ -246,8 +278,19 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
   const trainNames = [...trainSpecs.keys()];
   return {
     register: unary(gate, (req) => {
-      const { member, run } = coord.register({ workerName: req.workerName, engine: req.engine, device: req.device, runId: req.runId });
-      return { run, workerId: member.id, heartbeatIntervalMs: coord.opts.heartbeatIntervalMs, configJson: coord.opts.configJson, gradientDtype: toProtoDType(coord.opts.gradientDtype) };
+      const { member, run } = coord.register({
+        workerName: req.workerName,
+        engine: req.engine,
+        device: req.device,
+        runId: req.runId,
+      });
+      return {
+        run,
+        workerId: member.id,
+        heartbeatIntervalMs: coord.opts.heartbeatIntervalMs,
+        configJson: coord.opts.configJson,
+        gradientDtype: toProtoDType(coord.opts.gradientDtype),
+      };
     }),
     heartbeat: unary(gate, (req) => coord.heartbeat(req.workerId, runOf(req.run))),
     leave: unary(gate, (req) => {
@@ -258,8 +301,10 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
       const abort = new AbortController();
       call.on('cancelled', () => abort.abort());
       const a = await coord.nextStep(req.workerId, runOf(req.run), abort.signal);
-      if (a.action === 'wait') return { run: a.run, action: StepAction.STEP_ACTION_WAIT, epoch: 0, shards: [], weightsVersion: 0 };
-      if (a.action === 'finish') return { run: a.run, action: StepAction.STEP_ACTION_FINISH, epoch: 0, shards: [], weightsVersion: 0 };
+      if (a.action === 'wait')
+        return { run: a.run, action: StepAction.STEP_ACTION_WAIT, epoch: 0, shards: [], weightsVersion: 0 };
+      if (a.action === 'finish')
+        return { run: a.run, action: StepAction.STEP_ACTION_FINISH, epoch: 0, shards: [], weightsVersion: 0 };
       return {
         run: a.run,
         action: a.action === 'train' ? StepAction.STEP_ACTION_TRAIN : StepAction.STEP_ACTION_EMBED,
@@ -342,11 +387,16 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
           coord.checkResultHeader('embed', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
           const images = coord.embedImagesOf(h.shardIndexes);
           const dim = coord.opts.embeddingDim ?? 0;
-          return new UploadReader((name) => (name === 'embeddings' && dim > 0 ? { name, shape: [images.length, dim] } : undefined));
+          return new UploadReader((name) =>
+            name === 'embeddings' && dim > 0 ? { name, shape: [images.length, dim] } : undefined,
+          );
         },
         (h, reader) => {
           const embeddings = reader.finish(['embeddings'], 1).get('embeddings')!;
-          coord.acceptEmbeddings(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, { embeddings, dim: coord.opts.embeddingDim! });
+          coord.acceptEmbeddings(h.workerId, runOf(h.run)!, h.shardIndexes, h.weightsVersion, {
+            embeddings,
+            dim: coord.opts.embeddingDim!,
+          });
         },
         (h, reason) => coord.rejectResult(h.workerId, reason),
       ),
@@ -365,7 +415,10 @@ export interface FleetServer {
 /** Parses HOST:PORT ([v6]:PORT too); the port may be 0 (chosen at bind time). */
 export function parseListen(value: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(value.trim());
-  if (!m || Number(m[2]) > 65_535) throw new UsageError(`--listen ${value}: expected HOST:PORT, e.g. 0.0.0.0:7070 or 127.0.0.1:0 (port chosen at start)`);
+  if (!m || Number(m[2]) > 65_535)
+    throw new UsageError(
+      `--listen ${value}: expected HOST:PORT, e.g. 0.0.0.0:7070 or 127.0.0.1:0 (port chosen at start)`,
+    );
   return { host: m[1], port: Number(m[2]) };
 }
 
@@ -376,7 +429,12 @@ function weightMessages(snapshot: { version: number; chunks: EncodedChunk[] }): 
   let messages = serializedWeights.get(snapshot.chunks);
   if (!messages) {
     const tensorCount = new Set(snapshot.chunks.map((c) => c.name)).size;
-    messages = snapshot.chunks.map((c) => new PreSerialized(serializeFetchWeights({ weightsVersion: snapshot.version, tensorCount, chunk: toProtoChunk(c) })));
+    messages = snapshot.chunks.map(
+      (c) =>
+        new PreSerialized(
+          serializeFetchWeights({ weightsVersion: snapshot.version, tensorCount, chunk: toProtoChunk(c) }),
+        ),
+    );
     serializedWeights.set(snapshot.chunks, messages);
   }
   return messages;
@@ -415,17 +473,32 @@ function widenFlowControlWindows(server: grpc.Server): void {
   }
 }
 
-export async function serveFleet(coord: FleetCoordinator, listen: string, security: FleetSecurity = {}, guards: ServiceGuards = DEFAULT_GUARDS, log?: Logger): Promise<FleetServer> {
+export async function serveFleet(
+  coord: FleetCoordinator,
+  listen: string,
+  security: FleetSecurity = {},
+  guards: ServiceGuards = DEFAULT_GUARDS,
+  log?: Logger,
+): Promise<FleetServer> {
   const { host, port } = parseListen(listen);
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
   // Without a logger (benchmarks, tests of the service alone) the plaintext note is not written.
   const loopback = /^(127\.|localhost$|\[::1\]$)/.test(host);
-  const credentials = log ? serverCredentials(security, log, loopback) : security.tlsCert ? serverCredentials(security, { info: () => undefined, warn: () => undefined } as unknown as Logger) : grpc.ServerCredentials.createInsecure();
-  server.addService(FastFleetServiceDefinition, fleetServiceImpl(coord, { ...guards, joinToken: security.joinToken, log }));
+  const credentials = log
+    ? serverCredentials(security, log, loopback)
+    : security.tlsCert
+      ? serverCredentials(security, { info: () => undefined, warn: () => undefined } as unknown as Logger)
+      : grpc.ServerCredentials.createInsecure();
+  server.addService(
+    FastFleetServiceDefinition,
+    fleetServiceImpl(coord, { ...guards, joinToken: security.joinToken, log }),
+  );
   const health = new HealthImplementation({ '': 'SERVING', [FLEET_SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
   const bound = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${port}`, credentials, (err, p) => (err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
+    server.bindAsync(`${host}:${port}`, credentials, (err, p) =>
+      err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p),
+    ),
   );
   widenFlowControlWindows(server);
   return {

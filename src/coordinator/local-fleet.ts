@@ -34,7 +34,9 @@ export async function runLocalFleet(
   // them would hang. (A worker crash is a bug; its exit is in the log above.)
   const brokenFleet = (): string | undefined => {
     const alive = children.filter((c) => c.exitCode === null && c.signalCode === null).length;
-    return children.length && exits.length && alive < fleet.minWorkers ? `${alive} of ${cfg.workers} local workers left, fewer than --min-workers ${fleet.minWorkers} (${exits.join('; ')})` : undefined;
+    return children.length && exits.length && alive < fleet.minWorkers
+      ? `${alive} of ${cfg.workers} local workers left, fewer than --min-workers ${fleet.minWorkers} (${exits.join('; ')})`
+      : undefined;
   };
   const run = startCoordinator(
     cfg,
@@ -45,10 +47,29 @@ export async function runLocalFleet(
       onListening: async (address, runId) => {
         for (let i = 0; i < cfg.workers; i++) {
           const engine = workerEngines[i % workerEngines.length];
-          const child = spawn(process.execPath, [cliPath(), 'worker', '--coordinator', address, '--engine', engine, '--run-id', runId, '--name', `local-${i + 1}`], {
-            stdio: ['ignore', 'inherit', 'inherit'],
-            env: { ...process.env, TRICAPS_LOG_LEVEL: process.env.TRICAPS_WORKER_LOG_LEVEL ?? 'warn', TRICAPS_JOIN_TOKEN: joinToken },
-          });
+          const child = spawn(
+            process.execPath,
+            [
+              cliPath(),
+              'worker',
+              '--coordinator',
+              address,
+              '--engine',
+              engine,
+              '--run-id',
+              runId,
+              '--name',
+              `local-${i + 1}`,
+            ],
+            {
+              stdio: ['ignore', 'inherit', 'inherit'],
+              env: {
+                ...process.env,
+                TRICAPS_LOG_LEVEL: process.env.TRICAPS_WORKER_LOG_LEVEL ?? 'warn',
+                TRICAPS_JOIN_TOKEN: joinToken,
+              },
+            },
+          );
           child.on('exit', (code, signal) => {
             if (code !== 0) {
               exits.push(`local worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`);
@@ -58,7 +79,10 @@ export async function runLocalFleet(
           children.push(child);
         }
         const engines = Array.from({ length: cfg.workers }, (_, i) => workerEngines[i % workerEngines.length]);
-        log.info({ workers: cfg.workers, engines }, `started ${cfg.workers} local worker processes (${engines.join(', ')})`);
+        log.info(
+          { workers: cfg.workers, engines },
+          `started ${cfg.workers} local worker processes (${engines.join(', ')})`,
+        );
         await hooks.onListening?.(address, runId);
       },
       abortReason: () => brokenFleet() ?? hooks.abortReason?.(),

@@ -11,7 +11,16 @@ import type { Logger } from '../shared/log.js';
 import type { RunControl } from './run-control.js';
 
 export const EVENT_SCHEMA = 'tricaps.event/v1';
-export const EVENT_KINDS = ['run_started', 'run_finished', 'run_failed', 'worker_joined', 'worker_lost', 'checkpoint_saved', 'evaluation_done', 'step_summary'] as const;
+export const EVENT_KINDS = [
+  'run_started',
+  'run_finished',
+  'run_failed',
+  'worker_joined',
+  'worker_lost',
+  'checkpoint_saved',
+  'evaluation_done',
+  'step_summary',
+] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
 
 /** How to authenticate to NATS (one of them, or none). Secrets come from files or the environment. */
@@ -65,7 +74,14 @@ export class NatsBridge implements EventSink {
   ) {}
 
   /** Starts connecting in the background and returns at once. */
-  static start(url: string, runId: string, control: RunControl, log: Logger, onDrop: () => void = () => undefined, auth: NatsAuth = {}): NatsBridge {
+  static start(
+    url: string,
+    runId: string,
+    control: RunControl,
+    log: Logger,
+    onDrop: () => void = () => undefined,
+    auth: NatsAuth = {},
+  ): NatsBridge {
     const bridge = new NatsBridge(url, runId, control, log, onDrop, natsAuthOptions(auth));
     void bridge.connectLoop();
     return bridge;
@@ -73,14 +89,25 @@ export class NatsBridge implements EventSink {
 
   private async connectLoop(): Promise<void> {
     try {
-      const nc = await connect({ servers: this.url, name: `tricaps-coordinator-${this.runId}`, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, waitOnFirstConnect: true, ...this.auth });
+      const nc = await connect({
+        servers: this.url,
+        name: `tricaps-coordinator-${this.runId}`,
+        reconnect: true,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 500,
+        waitOnFirstConnect: true,
+        ...this.auth,
+      });
       if (this.closed) {
         await nc.close();
         return;
       }
       this.nc = nc;
       for (const [kind, data] of this.early.splice(0)) this.publish(kind, data);
-      this.log.info({ nats: this.url, subjects: `tricaps.${this.runId}.>` }, `connected to NATS at ${this.url}: events on tricaps.${this.runId}.events.*, control on tricaps.${this.runId}.control.*`);
+      this.log.info(
+        { nats: this.url, subjects: `tricaps.${this.runId}.>` },
+        `connected to NATS at ${this.url}: events on tricaps.${this.runId}.events.*, control on tricaps.${this.runId}.control.*`,
+      );
       const prefix = `tricaps.${this.runId}.control.`;
       nc.subscribe(`${prefix}>`, {
         callback: (err, msg) => {
@@ -89,8 +116,16 @@ export class NatsBridge implements EventSink {
           this.control.submit(name.includes('.') ? msg.subject : name, new TextDecoder().decode(msg.data), (reply) => {
             // NATS does not name the sender: log what there is (reply inbox, an optional Origin header).
             const origin = { replyTo: msg.reply ?? null, origin: msg.headers?.get('Origin') || null };
-            if (!reply.ok) this.log.warn({ subject: msg.subject, reason: reply.reason, ...origin }, `refused NATS command on ${msg.subject}: ${reply.reason}`);
-            else this.log.info({ subject: msg.subject, done: reply.done, ...origin }, `NATS command ${reply.command}: ${reply.done}`);
+            if (!reply.ok)
+              this.log.warn(
+                { subject: msg.subject, reason: reply.reason, ...origin },
+                `refused NATS command on ${msg.subject}: ${reply.reason}`,
+              );
+            else
+              this.log.info(
+                { subject: msg.subject, done: reply.done, ...origin },
+                `NATS command ${reply.command}: ${reply.done}`,
+              );
             if (msg.reply) msg.respond(new TextEncoder().encode(JSON.stringify(reply)));
           });
         },
@@ -108,7 +143,11 @@ export class NatsBridge implements EventSink {
         }
       })();
     } catch (err) {
-      if (!this.closed) this.log.error({ nats: this.url, err: (err as Error).message }, `cannot use NATS at ${this.url}: ${(err as Error).message}; running without events and control`);
+      if (!this.closed)
+        this.log.error(
+          { nats: this.url, err: (err as Error).message },
+          `cannot use NATS at ${this.url}: ${(err as Error).message}; running without events and control`,
+        );
     }
   }
 
@@ -124,7 +163,12 @@ export class NatsBridge implements EventSink {
     }
     if (this.down) this.bufferedWhileDown += 1;
     try {
-      nc.publish(`tricaps.${this.runId}.events.${kind}`, new TextEncoder().encode(JSON.stringify({ schema: EVENT_SCHEMA, kind, run: this.runId, time: new Date().toISOString(), ...data })));
+      nc.publish(
+        `tricaps.${this.runId}.events.${kind}`,
+        new TextEncoder().encode(
+          JSON.stringify({ schema: EVENT_SCHEMA, kind, run: this.runId, time: new Date().toISOString(), ...data }),
+        ),
+      );
     } catch {
       this.drop(); // the reconnect buffer is full
     }

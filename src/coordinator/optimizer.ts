@@ -2,19 +2,9 @@
 // and BatchNorm moving statistics. Separate from gradient computation so that the fleet can average
 // shard gradients in between.
 import * as tf from '@tensorflow/tfjs-core';
-import { z } from 'zod';
 import type { ModelState } from '../shared/model/params.js';
-import type { OptimizerState } from './checkpoint.js';
-
-export const OptimizerConfigSchema = z.object({
-  learningRate: z.number().positive().max(10).default(1e-3),
-  /** Multiplies the learning rate once per epoch (reference: 0.995). */
-  lrDecayPerEpoch: z.number().positive().max(1).default(0.995),
-  beta1: z.number().min(0).max(1).default(0.9),
-  beta2: z.number().min(0).max(1).default(0.999),
-  epsilon: z.number().positive().default(1e-7),
-});
-export type OptimizerConfig = z.infer<typeof OptimizerConfigSchema>;
+import type { OptimizerState } from '../shared/checkpoint-format.js';
+import type { OptimizerConfig } from '../shared/optimizer-config.js';
 
 export class ParameterUpdater {
   private readonly optimizer: tf.AdamOptimizer;
@@ -35,12 +25,14 @@ export class ParameterUpdater {
     (this.optimizer as unknown as { learningRate: number }).learningRate = this.learningRateAt(epoch);
     // Always in architecture order: Adam keeps its moments by position, and a resumed run must
     // find them where it left them.
-    for (const name of grads.keys()) if (!this.model.trainable.has(name)) throw new Error(`gradient for unknown parameter ${name}`);
+    for (const name of grads.keys())
+      if (!this.model.trainable.has(name)) throw new Error(`gradient for unknown parameter ${name}`);
     const byVariable: { name: string; tensor: tf.Tensor }[] = [];
     for (const [name, variable] of this.model.trainable) {
       const g = grads.get(name);
       if (!g) throw new Error(`no gradient for parameter ${name}`);
-      if (!tf.util.arraysEqual(variable.shape, g.shape)) throw new Error(`gradient for ${name} has shape [${g.shape}], parameter is [${variable.shape}]`);
+      if (!tf.util.arraysEqual(variable.shape, g.shape))
+        throw new Error(`gradient for ${name} has shape [${g.shape}], parameter is [${variable.shape}]`);
       byVariable.push({ name: variable.name, tensor: g });
     }
     this.optimizer.applyGradients(byVariable);
@@ -60,7 +52,11 @@ export class ParameterUpdater {
     const acc = this.optimizer as unknown as { accBeta1: tf.Variable; accBeta2: tf.Variable };
     const names = ['iter', 'accBeta1', 'accBeta2', ...weights.slice(1).map((w) => w.name)];
     const shapes = [[1], [1], [1], ...weights.slice(1).map((w) => w.tensor.shape)];
-    const values = [Float32Array.of((await weights[0].tensor.data())[0]), Float32Array.from(await acc.accBeta1.data()), Float32Array.from(await acc.accBeta2.data())];
+    const values = [
+      Float32Array.of((await weights[0].tensor.data())[0]),
+      Float32Array.from(await acc.accBeta1.data()),
+      Float32Array.from(await acc.accBeta2.data()),
+    ];
     for (const w of weights.slice(1)) values.push(Float32Array.from((await w.tensor.data()) as Float32Array));
     weights[0].tensor.dispose();
     return { names, shapes, values };
@@ -69,15 +65,26 @@ export class ParameterUpdater {
   /** Restores state() output into this (fresh) optimizer. */
   async restore(s: OptimizerState): Promise<void> {
     const moments = s.values.length - 3;
-    if (s.names.slice(0, 3).join() !== 'iter,accBeta1,accBeta2' || (moments !== 0 && moments !== 2 * this.model.trainable.size)) {
-      throw new Error(`optimizer state has ${moments} moment tensors; this model needs ${2 * this.model.trainable.size}`);
+    if (
+      s.names.slice(0, 3).join() !== 'iter,accBeta1,accBeta2' ||
+      (moments !== 0 && moments !== 2 * this.model.trainable.size)
+    ) {
+      throw new Error(
+        `optimizer state has ${moments} moment tensors; this model needs ${2 * this.model.trainable.size}`,
+      );
     }
     const shapes = [...this.model.trainable.values()].map((v) => v.shape);
     for (let i = 0; i < moments; i++) {
       const want = shapes[i % shapes.length];
-      if (!tf.util.arraysEqual(want, s.shapes[3 + i])) throw new Error(`optimizer moment ${s.names[3 + i]} has shape [${s.shapes[3 + i]}], the parameter is [${want}]`);
+      if (!tf.util.arraysEqual(want, s.shapes[3 + i]))
+        throw new Error(
+          `optimizer moment ${s.names[3 + i]} has shape [${s.shapes[3 + i]}], the parameter is [${want}]`,
+        );
     }
-    const tensors = [{ name: 'iter', tensor: tf.scalar(s.values[0][0], 'int32') }, ...s.values.slice(3).map((v, i) => ({ name: s.names[3 + i], tensor: tf.tensor(v, s.shapes[3 + i]) }))];
+    const tensors = [
+      { name: 'iter', tensor: tf.scalar(s.values[0][0], 'int32') },
+      ...s.values.slice(3).map((v, i) => ({ name: s.names[3 + i], tensor: tf.tensor(v, s.shapes[3 + i]) })),
+    ];
     await this.optimizer.setWeights(tensors);
     tf.dispose(tensors.map((t) => t.tensor));
     const acc = this.optimizer as unknown as { accBeta1: tf.Variable; accBeta2: tf.Variable };

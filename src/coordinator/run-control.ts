@@ -39,14 +39,22 @@ export class RunControl {
    */
   submit(name: string, payload: string, answer: (reply: ControlReply) => void): void {
     if (!(CONTROL_COMMANDS as readonly string[]).includes(name)) {
-      answer({ ok: false, command: name, reason: `unknown command "${name}"; commands are ${CONTROL_COMMANDS.join(', ')}` });
+      answer({
+        ok: false,
+        command: name,
+        reason: `unknown command "${name}"; commands are ${CONTROL_COMMANDS.join(', ')}`,
+      });
       return;
     }
     let body: z.infer<typeof PayloadSchema>;
     try {
       body = PayloadSchema.parse(payload.trim() === '' ? {} : JSON.parse(payload));
     } catch (err) {
-      answer({ ok: false, command: name, reason: `malformed command: ${err instanceof SyntaxError ? 'payload is not JSON' : 'payload must be {} or {"token": "..."}'}` });
+      answer({
+        ok: false,
+        command: name,
+        reason: `malformed command: ${err instanceof SyntaxError ? 'payload is not JSON' : 'payload must be {} or {"token": "..."}'}`,
+      });
       return;
     }
     if (this.token && body.token !== this.token) {
@@ -90,18 +98,38 @@ export class RunControl {
           this.paused_ = true;
           p.answer({ ok: true, command: 'pause', done: `paused before step ${nextStep}`, step: nextStep });
         } else if (p.command === 'resume') {
-          p.answer({ ok: true, command: 'resume', done: this.paused_ ? `resumed at step ${nextStep}` : 'was not paused', step: nextStep });
+          p.answer({
+            ok: true,
+            command: 'resume',
+            done: this.paused_ ? `resumed at step ${nextStep}` : 'was not paused',
+            step: nextStep,
+          });
           this.paused_ = false;
         } else if (p.command === 'checkpoint') {
           try {
             const dir = await checkpoint('requested');
-            p.answer(dir ? { ok: true, command: 'checkpoint', done: `checkpoint saved at step ${nextStep}`, step: nextStep, checkpoint: dir } : { ok: false, command: 'checkpoint', reason: 'this run has no --checkpoint-dir' });
+            p.answer(
+              dir
+                ? {
+                    ok: true,
+                    command: 'checkpoint',
+                    done: `checkpoint saved at step ${nextStep}`,
+                    step: nextStep,
+                    checkpoint: dir,
+                  }
+                : { ok: false, command: 'checkpoint', reason: 'this run has no --checkpoint-dir' },
+            );
           } catch (err) {
             p.answer({ ok: false, command: 'checkpoint', reason: `checkpoint failed: ${(err as Error).message}` });
           }
         } else {
           this.stopping = true;
-          p.answer({ ok: true, command: 'stop', done: `stopping before step ${nextStep}; a checkpoint is written if the run has --checkpoint-dir`, step: nextStep });
+          p.answer({
+            ok: true,
+            command: 'stop',
+            done: `stopping before step ${nextStep}; a checkpoint is written if the run has --checkpoint-dir`,
+            step: nextStep,
+          });
         }
       }
       if (!this.paused_ || this.stopping || this.interrupted_) return;

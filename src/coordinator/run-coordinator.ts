@@ -29,7 +29,15 @@ import { TRICAPS_VERSION } from '../shared/version.js';
 import { encodeTensor, type EncodedChunk } from '../shared/tensor-codec.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
 import { UsageError } from '../shared/errors.js';
-import { FleetCoordinator, FleetRunError, StoppedError, type EmbedResult, type TensorSpec, type TrainResult, type WeightSource } from './fleet-coordinator.js';
+import {
+  FleetCoordinator,
+  FleetRunError,
+  StoppedError,
+  type EmbedResult,
+  type TensorSpec,
+  type TrainResult,
+  type WeightSource,
+} from './fleet-coordinator.js';
 import type { FleetConfig } from './fleet-config.js';
 import { newRunId } from './fleet-config.js';
 import { DEFAULT_GUARDS, serveFleet, type FleetServer } from './fleet-service.js';
@@ -61,7 +69,9 @@ export class ModelWeightSource implements WeightSource {
     const chunks: EncodedChunk[] = [];
     let offset = 0;
     for (const [name, v] of entries) {
-      chunks.push(...encodeTensor(name, host.subarray(offset, offset + v.size), v.shape, 'float32', undefined, { copy: false }));
+      chunks.push(
+        ...encodeTensor(name, host.subarray(offset, offset + v.size), v.shape, 'float32', undefined, { copy: false }),
+      );
       offset += v.size;
     }
     this.published = { version, chunks };
@@ -133,7 +143,13 @@ export interface CoordinatorRun {
   done: Promise<CoordinatorResult>;
 }
 
-export function startCoordinator(cfg: TrainConfig, fleet: FleetConfig, log: Logger, hooks: CoordinatorHooks = {}, opts: { evaluate?: boolean } = {}): CoordinatorRun {
+export function startCoordinator(
+  cfg: TrainConfig,
+  fleet: FleetConfig,
+  log: Logger,
+  hooks: CoordinatorHooks = {},
+  opts: { evaluate?: boolean } = {},
+): CoordinatorRun {
   let coordinator: FleetCoordinator | undefined;
   const control = new RunControl(fleet.natsControlToken);
   const done = runCoordinator(cfg, fleet, log, hooks, opts, control, (c) => {
@@ -162,18 +178,39 @@ async function runCoordinator(
   const items = trainItems(catalogue);
   const P = itemsPerBatch(cfg);
   const perEpoch = stepsPerEpoch([...items.values()].filter((ids) => ids.length >= 2).length, P);
-  if (perEpoch === 0) throw new UsageError(`${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`);
+  if (perEpoch === 0)
+    throw new UsageError(
+      `${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`,
+    );
   const shardCount = fleet.shards ?? fleet.minWorkers;
   if (P < 2 * shardCount) {
-    throw new UsageError(`a batch of ${P} items cannot be split into ${shardCount} mining shards of at least 2 items; use fewer --shards (or --min-workers) or more --batch-triplets`);
+    throw new UsageError(
+      `a batch of ${P} items cannot be split into ${shardCount} mining shards of at least 2 items; use fewer --shards (or --min-workers) or more --batch-triplets`,
+    );
   }
   const totalSteps = plannedSteps(cfg, perEpoch);
   hooks.onPlanned?.(totalSteps);
   const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
   // What must not change across a resume (the sampler cursor means nothing for another batch or data).
-  const jobKey = { model: arch.config, seed: cfg.seed, batchTriplets: cfg.batchTriplets, imagesPerItem: cfg.imagesPerItem, data: cfg.data, shards: shardCount, mining: cfg.mining };
-  const { store, resumed } = openCheckpoints(cfg.checkpointDir, { resume: fleet.resume, every: fleet.checkpointEvery, keep: fleet.keepCheckpoints }, jobKey, log);
-  if (resumed && fleet.runId && fleet.runId !== resumed.state.runId) throw new UsageError(`--run-id ${fleet.runId}, but ${resumed.dir} belongs to run ${resumed.state.runId}; drop --run-id to continue that run`);
+  const jobKey = {
+    model: arch.config,
+    seed: cfg.seed,
+    batchTriplets: cfg.batchTriplets,
+    imagesPerItem: cfg.imagesPerItem,
+    data: cfg.data,
+    shards: shardCount,
+    mining: cfg.mining,
+  };
+  const { store, resumed } = openCheckpoints(
+    cfg.checkpointDir,
+    { resume: fleet.resume, every: fleet.checkpointEvery, keep: fleet.keepCheckpoints },
+    jobKey,
+    log,
+  );
+  if (resumed && fleet.runId && fleet.runId !== resumed.state.runId)
+    throw new UsageError(
+      `--run-id ${fleet.runId}, but ${resumed.dir} belongs to run ${resumed.state.runId}; drop --run-id to continue that run`,
+    );
   const engine = await initEngine(cfg.engine, log);
   const model = createModelState(arch, cfg.seed, resumed?.weights.values);
   const updater = new ParameterUpdater(model, cfg.optimizer);
@@ -182,11 +219,20 @@ async function runCoordinator(
   await weights.publish(resumed?.state.nextStep ?? 0);
   const runId = resumed?.state.runId ?? fleet.runId ?? newRunId();
   const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
-  metrics?.info.set({ role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION }, 1);
+  metrics?.info.set(
+    { role: 'coordinator', run: runId, engine: engine.name, device: engine.device, version: TRICAPS_VERSION },
+    1,
+  );
   if (resumed) metrics?.resumes.inc();
-  const events: EventSink = fleet.nats ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc(), fleet.natsAuth) : { publish: () => undefined };
+  const events: EventSink = fleet.nats
+    ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc(), fleet.natsAuth)
+    : { publish: () => undefined };
   metrics?.step.set(resumed?.state.nextStep ?? 0);
-  const job: FleetJob = { train: { ...cfg, model: model.arch.config }, catalogue: catalogueFingerprint(catalogue), shards: shardCount };
+  const job: FleetJob = {
+    train: { ...cfg, model: model.arch.config },
+    catalogue: catalogueFingerprint(catalogue),
+    shards: shardCount,
+  };
   const coord = new FleetCoordinator(
     {
       runId,
@@ -203,7 +249,14 @@ async function runCoordinator(
       listener: {
         rejected: (m, kind) => metrics?.rejectedUpdates.inc({ reason: kind, worker: m.id }),
         joined: (m, workers, round) => {
-          events.publish('worker_joined', { worker: m.id, name: m.name, engine: m.engine, device: m.device, workers, round });
+          events.publish('worker_joined', {
+            worker: m.id,
+            name: m.name,
+            engine: m.engine,
+            device: m.device,
+            workers,
+            round,
+          });
           metrics?.joins.inc();
           metrics?.worldSize.set(workers);
           metrics?.round.set(round);
@@ -222,27 +275,60 @@ async function runCoordinator(
   expose(coord);
   if (resumed) {
     coord.membership.round = resumed.state.round;
-    log.info({ run: runId, checkpoint: resumed.dir, step: resumed.state.nextStep, round: resumed.state.round }, `resuming run ${runId} from ${resumed.dir} at step ${resumed.state.nextStep}`);
+    log.info(
+      { run: runId, checkpoint: resumed.dir, step: resumed.state.nextStep, round: resumed.state.round },
+      `resuming run ${runId} from ${resumed.dir} at step ${resumed.state.nextStep}`,
+    );
   }
   let lastEvaluation: { nextStep: number; recallAt1: number } | undefined;
   // The run's history for `tricaps report` (appended across resumes).
   const history = cfg.checkpointDir ? new RunHistory(join(cfg.checkpointDir, HISTORY_FILE)) : undefined;
-  history?.append({ type: 'run', runId, step: resumed?.state.nextStep ?? 0, resumedFrom: resumed?.dir ?? null, engine: engine.name, device: engine.device, shards: shardCount });
+  history?.append({
+    type: 'run',
+    runId,
+    step: resumed?.state.nextStep ?? 0,
+    resumedFrom: resumed?.dir ?? null,
+    engine: engine.name,
+    device: engine.device,
+    shards: shardCount,
+  });
   let lastSaved = -1;
   const saveCheckpoint = async (nextStep: number, reason: string, loss: number | null) => {
     if (!store || lastSaved === nextStep) return undefined;
     const saved = store.save(
-      await captureCheckpoint(model, updater, catalogue.categories, { runId, round: coord.membership.round, nextStep, epoch: Math.floor(nextStep / perEpoch), seed: cfg.seed, config: jobKey }, {
-        loss,
-        recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null,
-      }),
+      await captureCheckpoint(
+        model,
+        updater,
+        catalogue.categories,
+        {
+          runId,
+          round: coord.membership.round,
+          nextStep,
+          epoch: Math.floor(nextStep / perEpoch),
+          seed: cfg.seed,
+          config: jobKey,
+        },
+        {
+          loss,
+          recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null,
+        },
+      ),
     );
     lastSaved = nextStep;
     metrics?.checkpointDuration.observe(saved.seconds);
     metrics?.checkpointBytes.set(saved.bytes);
     metrics?.checkpointLast.set(Date.now() / 1000);
-    events.publish('checkpoint_saved', { step: nextStep, dir: saved.dir, reason, bytes: saved.bytes, seconds: saved.seconds });
-    log.info({ checkpoint: saved.dir, step: nextStep, reason, bytes: saved.bytes, seconds: saved.seconds }, `checkpoint ${saved.dir} saved (${reason}) in ${saved.seconds.toFixed(2)} s`);
+    events.publish('checkpoint_saved', {
+      step: nextStep,
+      dir: saved.dir,
+      reason,
+      bytes: saved.bytes,
+      seconds: saved.seconds,
+    });
+    log.info(
+      { checkpoint: saved.dir, step: nextStep, reason, bytes: saved.bytes, seconds: saved.seconds },
+      `checkpoint ${saved.dir} saved (${reason}) in ${saved.seconds.toFixed(2)} s`,
+    );
     return saved.dir;
   };
   let server: FleetServer | undefined;
@@ -256,7 +342,13 @@ async function runCoordinator(
   let step = resumed?.state.nextStep ?? 0;
   const started = performance.now();
   try {
-    server = await serveFleet(coord, fleet.listen, fleet.security, { ...DEFAULT_GUARDS, uploadTimeoutMs: fleet.uploadTimeoutMs }, log);
+    server = await serveFleet(
+      coord,
+      fleet.listen,
+      fleet.security,
+      { ...DEFAULT_GUARDS, uploadTimeoutMs: fleet.uploadTimeoutMs },
+      log,
+    );
     coord.start();
     if (metrics) {
       // Stalled = workers present, not paused by an operator, and no step applied for --stall-seconds.
@@ -264,17 +356,38 @@ async function runCoordinator(
       progressTick = () => (lastProgress = Date.now());
       metricsServer = await serveMetrics(metrics.registry, fleet.metricsPort!, '0.0.0.0', () => {
         const idle = (Date.now() - lastProgress) / 1000;
-        if (fleet.stallSeconds > 0 && idle > fleet.stallSeconds && coord.membership.size > 0 && !control.paused) return { ok: false, reason: `no step applied for ${idle.toFixed(0)} s with ${coord.membership.size} workers present (--stall-seconds ${fleet.stallSeconds})` };
+        if (fleet.stallSeconds > 0 && idle > fleet.stallSeconds && coord.membership.size > 0 && !control.paused)
+          return {
+            ok: false,
+            reason: `no step applied for ${idle.toFixed(0)} s with ${coord.membership.size} workers present (--stall-seconds ${fleet.stallSeconds})`,
+          };
         return { ok: true };
       });
       log.info({ metricsPort: metricsServer.port }, `metrics at http://0.0.0.0:${metricsServer.port}/metrics`);
     }
     log.info(
-      { run: runId, address: server.address, catalogue: catalogue.name, stepsPerEpoch: perEpoch, itemsPerBatch: P, shards: shardCount, minWorkers: fleet.minWorkers, maxWorkers: fleet.maxWorkers, wire: fleet.gradientWire },
+      {
+        run: runId,
+        address: server.address,
+        catalogue: catalogue.name,
+        stepsPerEpoch: perEpoch,
+        itemsPerBatch: P,
+        shards: shardCount,
+        minWorkers: fleet.minWorkers,
+        maxWorkers: fleet.maxWorkers,
+        wire: fleet.gradientWire,
+      },
       `coordinator of run ${runId} listening on ${server.address}`,
     );
     await hooks.onListening?.(server.address, runId);
-    events.publish('run_started', { address: server.address, step, totalSteps, resumedFrom: resumed?.dir ?? null, shards: shardCount, minWorkers: fleet.minWorkers });
+    events.publish('run_started', {
+      address: server.address,
+      step,
+      totalSteps,
+      resumedFrom: resumed?.dir ?? null,
+      shards: shardCount,
+      minWorkers: fleet.minWorkers,
+    });
     const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
     if (opts.evaluate) {
       before = await evaluateRetrieval(model, catalogue, evalOpts);
@@ -293,12 +406,23 @@ async function runCoordinator(
         break;
       }
       if (cfg.maxMinutes > 0 && performance.now() - started > cfg.maxMinutes * 60_000) {
-        log.warn({ step, maxMinutes: cfg.maxMinutes }, `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`);
+        log.warn(
+          { step, maxMinutes: cfg.maxMinutes },
+          `stopping after ${step} steps: --max-minutes ${cfg.maxMinutes} reached`,
+        );
         break;
       }
       const epoch = Math.floor(step / perEpoch);
-      if (fleet.hardNegativeEvery > 0 && step % fleet.hardNegativeEvery === 0) embeddings = await refreshHardNegatives(coord, items, step, epoch, log);
-      const batch = samplePkBatch({ seed: cfg.seed, epoch, step: step % perEpoch, itemsPerBatch: P, imagesPerItem: cfg.imagesPerItem, items });
+      if (fleet.hardNegativeEvery > 0 && step % fleet.hardNegativeEvery === 0)
+        embeddings = await refreshHardNegatives(coord, items, step, epoch, log);
+      const batch = samplePkBatch({
+        seed: cfg.seed,
+        epoch,
+        step: step % perEpoch,
+        itemsPerBatch: P,
+        imagesPerItem: cfg.imagesPerItem,
+        items,
+      });
       const affinity = embeddings ? confusableAffinity(batch.itemIds, embeddings, shardCount) : undefined;
       const work = new StepWork<TrainResult>('train', step, epoch, planShards(batch, shardCount, affinity));
       const t0 = performance.now();
@@ -317,7 +441,10 @@ async function runCoordinator(
       }
       // Shard order, not arrival order: the same fleet gives bit-identical averages every run.
       const ordered = [...work.results].sort((a, b) => a.units[0] - b.units[0]).map((r) => r.result);
-      const avg = weightedAverage(ordered.map((r) => ({ triplets: r.triplets, grads: r.grads })), averaged);
+      const avg = weightedAverage(
+        ordered.map((r) => ({ triplets: r.triplets, grads: r.grads })),
+        averaged,
+      );
       averaged = avg.grads;
       let sq = 0;
       for (const g of avg.grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
@@ -332,7 +459,10 @@ async function runCoordinator(
       await weights.publish(weights.version + 1);
       releaseBuffers();
       const t3 = performance.now();
-      const slowest = results.reduce((m, r) => (r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m), results[0]);
+      const slowest = results.reduce(
+        (m, r) => (r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m),
+        results[0],
+      );
       const seconds = (t3 - t0) / 1000;
       const images = work.units.reduce((s, u) => s + u.imageIds.length, 0);
       const report: FleetStepReport = {
@@ -356,7 +486,25 @@ async function runCoordinator(
       };
       reports.push(report);
       log.info(
-        { step, epoch, batch: hashInts(0, ...batch.imageIds), loss, grad_norm: Math.sqrt(sq), triplets, shards: work.units.length, shards_computed: results.reduce((n, r) => n + r.shards, 0), workers: report.workers, round: report.round, seconds, compute_s: report.workerComputeSeconds, data_s: report.workerDataSeconds, exchange_s: report.exchangeSeconds, average_s: report.averageSeconds, optimizer_s: report.optimizerSeconds, images_per_s: report.imagesPerSecond },
+        {
+          step,
+          epoch,
+          batch: hashInts(0, ...batch.imageIds),
+          loss,
+          grad_norm: Math.sqrt(sq),
+          triplets,
+          shards: work.units.length,
+          shards_computed: results.reduce((n, r) => n + r.shards, 0),
+          workers: report.workers,
+          round: report.round,
+          seconds,
+          compute_s: report.workerComputeSeconds,
+          data_s: report.workerDataSeconds,
+          exchange_s: report.exchangeSeconds,
+          average_s: report.averageSeconds,
+          optimizer_s: report.optimizerSeconds,
+          images_per_s: report.imagesPerSecond,
+        },
         `step ${step} loss ${loss.toFixed(4)} workers ${report.workers} ${seconds.toFixed(2)} s`,
       );
       hooks.onStep?.(report);
@@ -371,21 +519,61 @@ async function runCoordinator(
         triplets,
         activeTriplets: report.activeTriplets,
         seconds,
-        phases: { data: report.workerDataSeconds, compute: report.workerComputeSeconds, exchange: report.exchangeSeconds, averaging: report.averageSeconds, optimizer: report.optimizerSeconds },
-        workers: work.results.map((r) => ({ id: r.workerId, images: r.units.reduce((n, u) => n + work.units[u].imageIds.length, 0), dataSeconds: r.result.dataSeconds, computeSeconds: r.result.computeSeconds })),
+        phases: {
+          data: report.workerDataSeconds,
+          compute: report.workerComputeSeconds,
+          exchange: report.exchangeSeconds,
+          averaging: report.averageSeconds,
+          optimizer: report.optimizerSeconds,
+        },
+        workers: work.results.map((r) => ({
+          id: r.workerId,
+          images: r.units.reduce((n, u) => n + work.units[u].imageIds.length, 0),
+          dataSeconds: r.result.dataSeconds,
+          computeSeconds: r.result.computeSeconds,
+        })),
       });
       if ((step + 1) % fleet.natsStepInterval === 0) {
-        events.publish('step_summary', { step: step + 1, epoch, loss, gradientNorm: report.gradientNorm, triplets, activeTriplets: report.activeTriplets, workers: report.workers, seconds, imagesPerSecond: report.imagesPerSecond });
+        events.publish('step_summary', {
+          step: step + 1,
+          epoch,
+          loss,
+          gradientNorm: report.gradientNorm,
+          triplets,
+          activeTriplets: report.activeTriplets,
+          workers: report.workers,
+          seconds,
+          imagesPerSecond: report.imagesPerSecond,
+        });
       }
       if (fleet.evalEvery > 0 && (step + 1) % fleet.evalEvery === 0) {
-        const [headline] = await evaluateRetrieval(model, catalogue, { masks: [cfg.evalMasks[0]], batchSize: cfg.evalBatch, conv: engine.conv });
+        const [headline] = await evaluateRetrieval(model, catalogue, {
+          masks: [cfg.evalMasks[0]],
+          batchSize: cfg.evalBatch,
+          conv: engine.conv,
+        });
         lastEvaluation = { nextStep: step + 1, recallAt1: headline.recall[1] };
         for (const [k, r] of Object.entries(headline.recall)) metrics?.recall.set({ k, mask: headline.mask }, r);
-        events.publish('evaluation_done', { step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR });
-        history?.append({ type: 'evaluation', step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR });
-        log.info({ step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR }, `evaluation after ${step + 1} steps: R@1 ${(headline.recall[1] * 100).toFixed(1)}% (${headline.mask})`);
+        events.publish('evaluation_done', {
+          step: step + 1,
+          mask: headline.mask,
+          recall: headline.recall,
+          mapAtR: headline.mapAtR,
+        });
+        history?.append({
+          type: 'evaluation',
+          step: step + 1,
+          mask: headline.mask,
+          recall: headline.recall,
+          mapAtR: headline.mapAtR,
+        });
+        log.info(
+          { step: step + 1, mask: headline.mask, recall: headline.recall, mapAtR: headline.mapAtR },
+          `evaluation after ${step + 1} steps: R@1 ${(headline.recall[1] * 100).toFixed(1)}% (${headline.mask})`,
+        );
       }
-      if (fleet.checkpointEvery > 0 && (step + 1) % fleet.checkpointEvery === 0) await saveCheckpoint(step + 1, `every ${fleet.checkpointEvery} steps`, loss);
+      if (fleet.checkpointEvery > 0 && (step + 1) % fleet.checkpointEvery === 0)
+        await saveCheckpoint(step + 1, `every ${fleet.checkpointEvery} steps`, loss);
     }
   } catch (err) {
     if (!(err instanceof StoppedError)) {
@@ -398,7 +586,10 @@ async function runCoordinator(
     log.warn({ step }, `stopped at step ${step} (the step in progress was not applied)`);
   } finally {
     if (!stopped) {
-      log.info({ run: runId, steps: reports.length }, `run ${runId} ${operatorStop ? 'stopped' : 'complete'} after ${reports.length} steps; telling the workers`);
+      log.info(
+        { run: runId, steps: reports.length },
+        `run ${runId} ${operatorStop ? 'stopped' : 'complete'} after ${reports.length} steps; telling the workers`,
+      );
       await coord.finish(fleet.finishTimeoutMs).catch(() => undefined);
     }
     coord.close();
@@ -407,19 +598,49 @@ async function runCoordinator(
   }
   const seconds = (performance.now() - started) / 1000;
   if (opts.evaluate && !stopped) {
-    after = await evaluateRetrieval(model, catalogue, { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv });
+    after = await evaluateRetrieval(model, catalogue, {
+      masks: cfg.evalMasks,
+      batchSize: cfg.evalBatch,
+      conv: engine.conv,
+    });
     hooks.onEvaluation?.('after', after);
   }
-  const checkpoint = store ? ((await saveCheckpoint(step, stopped || operatorStop ? 'stopped' : 'end of run', reports.at(-1)?.loss ?? null)) ?? join(store.root, stepDirName(step))) : undefined;
-  events.publish('run_finished', { steps: step, stopped: stopped || operatorStop, checkpoint: checkpoint ?? null, loss: reports.at(-1)?.loss ?? null });
+  const checkpoint = store
+    ? ((await saveCheckpoint(step, stopped || operatorStop ? 'stopped' : 'end of run', reports.at(-1)?.loss ?? null)) ??
+      join(store.root, stepDirName(step)))
+    : undefined;
+  events.publish('run_finished', {
+    steps: step,
+    stopped: stopped || operatorStop,
+    checkpoint: checkpoint ?? null,
+    loss: reports.at(-1)?.loss ?? null,
+  });
   await (events as Partial<NatsBridge>).close?.();
   updater.dispose();
   model.dispose();
-  return { runId, engine, stepsRun: reports.length, losses: reports.map((r) => r.loss), reports, before, after, seconds, checkpoint, lost: coord.lost, stopped: stopped || operatorStop };
+  return {
+    runId,
+    engine,
+    stepsRun: reports.length,
+    losses: reports.map((r) => r.loss),
+    reports,
+    before,
+    after,
+    seconds,
+    checkpoint,
+    lost: coord.lost,
+    stopped: stopped || operatorStop,
+  };
 }
 
 /** Embeds one image of every train item over the fleet and returns item -> embedding. */
-async function refreshHardNegatives(coord: FleetCoordinator, items: Map<number, number[]>, step: number, epoch: number, log: Logger): Promise<Map<number, Float32Array>> {
+async function refreshHardNegatives(
+  coord: FleetCoordinator,
+  items: Map<number, number[]>,
+  step: number,
+  epoch: number,
+  log: Logger,
+): Promise<Map<number, Float32Array>> {
   const t0 = performance.now();
   const reps = [...items].filter(([, ids]) => ids.length >= 2).map(([item, ids]) => ({ item, image: ids[0] }));
   const units: PlannedShard[] = [];
@@ -435,12 +656,18 @@ async function refreshHardNegatives(coord: FleetCoordinator, items: Map<number, 
     itemIds.forEach((item, i) => out.set(item, result.embeddings.slice(i * result.dim, (i + 1) * result.dim)));
   }
   const seconds = (performance.now() - t0) / 1000;
-  log.info({ step, items: out.size, seconds }, `hard-negative plan refreshed at step ${step}: ${out.size} items embedded in ${seconds.toFixed(2)} s`);
+  log.info(
+    { step, items: out.size, seconds },
+    `hard-negative plan refreshed at step ${step}: ${out.size} items embedded in ${seconds.toFixed(2)} s`,
+  );
   return out;
 }
 
-
-function recordStep(m: CoordinatorMetrics, r: FleetStepReport, results: { workerId: string; result: TrainResult }[]): void {
+function recordStep(
+  m: CoordinatorMetrics,
+  r: FleetStepReport,
+  results: { workerId: string; result: TrainResult }[],
+): void {
   m.stepDuration.observe(r.seconds);
   m.stepPhase.observe({ phase: 'data' }, r.workerDataSeconds);
   m.stepPhase.observe({ phase: 'compute' }, r.workerComputeSeconds);
@@ -455,9 +682,16 @@ function recordStep(m: CoordinatorMetrics, r: FleetStepReport, results: { worker
   m.loss.set(r.loss);
   m.activeFraction.set(r.triplets ? r.activeTriplets / r.triplets : 0);
   m.gradientNorm.set(r.gradientNorm);
-  const weighted = (f: (t: TrainResult) => number) => results.reduce((acc, x) => acc + f(x.result) * x.result.triplets, 0) / Math.max(1, r.triplets);
-  m.distance.set({ pair: 'positive' }, weighted((t) => t.meanPositiveDistance));
-  m.distance.set({ pair: 'negative' }, weighted((t) => t.meanNegativeDistance));
+  const weighted = (f: (t: TrainResult) => number) =>
+    results.reduce((acc, x) => acc + f(x.result) * x.result.triplets, 0) / Math.max(1, r.triplets);
+  m.distance.set(
+    { pair: 'positive' },
+    weighted((t) => t.meanPositiveDistance),
+  );
+  m.distance.set(
+    { pair: 'negative' },
+    weighted((t) => t.meanNegativeDistance),
+  );
   const busy = results.map((x) => ({ worker: x.workerId, s: x.result.dataSeconds + x.result.computeSeconds }));
   const mid = median(busy.map((b) => b.s));
   m.workerLag.reset();

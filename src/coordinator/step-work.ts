@@ -55,17 +55,27 @@ export class StepWork<R> {
   }
 
   /** The assignment a result must answer, or why it cannot be accepted. */
-  check(workerId: string, ref: { step: number; round: number; units: number[] }): { ok: true } | { ok: false; reason: string } {
+  check(
+    workerId: string,
+    ref: { step: number; round: number; units: number[] },
+  ): { ok: true } | { ok: false; reason: string } {
     const a = this.inFlight.get(workerId);
-    if (ref.step !== this.step) return { ok: false, reason: `result for step ${ref.step}, the run is at step ${this.step}` };
-    if (!a) return { ok: false, reason: `no ${this.kind} assignment is outstanding for ${workerId} at step ${this.step}` };
-    if (ref.round !== a.round) return { ok: false, reason: `result for round ${ref.round}, the assignment is of round ${a.round}` };
+    if (ref.step !== this.step)
+      return { ok: false, reason: `result for step ${ref.step}, the run is at step ${this.step}` };
+    if (!a)
+      return { ok: false, reason: `no ${this.kind} assignment is outstanding for ${workerId} at step ${this.step}` };
+    if (ref.round !== a.round)
+      return { ok: false, reason: `result for round ${ref.round}, the assignment is of round ${a.round}` };
     const same = ref.units.length === a.units.length && ref.units.every((u, i) => u === a.units[i]);
     if (!same) return { ok: false, reason: `result for shards [${ref.units}], the assignment is shards [${a.units}]` };
     return { ok: true };
   }
 
-  accept(workerId: string, ref: { step: number; round: number; units: number[] }, result: R): { ok: true } | { ok: false; reason: string } {
+  accept(
+    workerId: string,
+    ref: { step: number; round: number; units: number[] },
+    result: R,
+  ): { ok: true } | { ok: false; reason: string } {
     const verdict = this.check(workerId, ref);
     if (!verdict.ok) return verdict;
     const a = this.inFlight.get(workerId)!;
@@ -77,7 +87,10 @@ export class StepWork<R> {
 
   /** A worker is gone: whatever it held (in flight or queued) goes back to be re-planned. */
   revoke(workerId: string): number[] {
-    const back = [...(this.inFlight.get(workerId)?.units ?? []), ...(this.queued.get(workerId) ?? []).flatMap((a) => a.units)];
+    const back = [
+      ...(this.inFlight.get(workerId)?.units ?? []),
+      ...(this.queued.get(workerId) ?? []).flatMap((a) => a.units),
+    ];
     this.inFlight.delete(workerId);
     this.queued.delete(workerId);
     this.unplanned = [...this.unplanned, ...back].sort((a, b) => a - b);

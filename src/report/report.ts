@@ -7,13 +7,20 @@ type Step = Extract<HistoryLine, { type: 'step' }>;
 type Evaluation = Extract<HistoryLine, { type: 'evaluation' }>;
 type RunStart = Extract<HistoryLine, { type: 'run' }>;
 
-const esc = (s: string) => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const esc = (s: string) =>
+  s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 const fmt = (x: number, digits = 3) => (Math.abs(x) >= 1000 ? x.toFixed(0) : Number(x.toPrecision(digits)).toString());
 
 const W = 560;
 const H = 260;
 const PAD = { left: 56, right: 16, top: 16, bottom: 40 };
-const PHASE_COLORS: Record<string, string> = { data: '#8da0cb', compute: '#66c2a5', exchange: '#fc8d62', averaging: '#e78ac3', optimizer: '#a6d854' };
+const PHASE_COLORS: Record<string, string> = {
+  data: '#8da0cb',
+  compute: '#66c2a5',
+  exchange: '#fc8d62',
+  averaging: '#e78ac3',
+  optimizer: '#a6d854',
+};
 const SERIES_COLORS = ['#1b6ca8', '#d95f02', '#1b9e77', '#7570b3', '#e7298a', '#66a61e'];
 
 interface Series {
@@ -33,7 +40,11 @@ function ticks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
-function lineChart(title: string, series: Series[], opts: { xLabel: string; yLabel: string; yMin?: number; yMax?: number }): string {
+function lineChart(
+  title: string,
+  series: Series[],
+  opts: { xLabel: string; yLabel: string; yMin?: number; yMax?: number },
+): string {
   const all = series.flatMap((s) => s.points);
   if (all.length === 0) return `<figure><figcaption>${esc(title)}</figcaption><p class="empty">no data</p></figure>`;
   const xs = all.map((p) => p[0]);
@@ -45,13 +56,19 @@ function lineChart(title: string, series: Series[], opts: { xLabel: string; yLab
   const sx = (x: number) => PAD.left + ((x - x0) / (x1 - x0)) * (W - PAD.left - PAD.right);
   const sy = (y: number) => H - PAD.bottom - ((y - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
   const grid = ticks(y0, y1)
-    .map((t) => `<line x1="${PAD.left}" x2="${W - PAD.right}" y1="${sy(t)}" y2="${sy(t)}" class="grid"/><text x="${PAD.left - 6}" y="${sy(t) + 4}" class="tick" text-anchor="end">${fmt(t)}</text>`)
+    .map(
+      (t) =>
+        `<line x1="${PAD.left}" x2="${W - PAD.right}" y1="${sy(t)}" y2="${sy(t)}" class="grid"/><text x="${PAD.left - 6}" y="${sy(t) + 4}" class="tick" text-anchor="end">${fmt(t)}</text>`,
+    )
     .join('');
   const xt = ticks(x0, x1)
     .map((t) => `<text x="${sx(t)}" y="${H - PAD.bottom + 16}" class="tick" text-anchor="middle">${fmt(t)}</text>`)
     .join('');
   const lines = series
-    .map((s) => `<polyline fill="none" stroke="${s.color}" stroke-width="${s.width ?? 2}" opacity="${s.opacity ?? 1}" points="${s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`)
+    .map(
+      (s) =>
+        `<polyline fill="none" stroke="${s.color}" stroke-width="${s.width ?? 2}" opacity="${s.opacity ?? 1}" points="${s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`,
+    )
     .join('');
   // The legend sits under the chart, where it cannot cover a line.
   const legend = `<div class="legend">${series
@@ -69,20 +86,31 @@ function stackedBars(title: string, bars: { label: string; parts: Record<string,
   const rects = bars
     .map((b, i) => {
       let y = H - PAD.bottom;
-      return Object.entries(b.parts)
-        .map(([name, v]) => {
-          const h = sy(v);
-          y -= h;
-          return `<rect x="${(PAD.left + i * bw + 2).toFixed(1)}" y="${y.toFixed(1)}" width="${Math.max(1, bw - 4).toFixed(1)}" height="${h.toFixed(1)}" fill="${PHASE_COLORS[name] ?? '#999'}"><title>${esc(`${b.label} ${name}: ${fmt(v)} s`)}</title></rect>`;
-        })
-        .join('') + (bars.length <= 12 || i % Math.ceil(bars.length / 10) === 0 ? `<text x="${PAD.left + i * bw + bw / 2}" y="${H - PAD.bottom + 16}" class="tick" text-anchor="middle">${esc(b.label)}</text>` : '');
+      return (
+        Object.entries(b.parts)
+          .map(([name, v]) => {
+            const h = sy(v);
+            y -= h;
+            return `<rect x="${(PAD.left + i * bw + 2).toFixed(1)}" y="${y.toFixed(1)}" width="${Math.max(1, bw - 4).toFixed(1)}" height="${h.toFixed(1)}" fill="${PHASE_COLORS[name] ?? '#999'}"><title>${esc(`${b.label} ${name}: ${fmt(v)} s`)}</title></rect>`;
+          })
+          .join('') +
+        (bars.length <= 12 || i % Math.ceil(bars.length / 10) === 0
+          ? `<text x="${PAD.left + i * bw + bw / 2}" y="${H - PAD.bottom + 16}" class="tick" text-anchor="middle">${esc(b.label)}</text>`
+          : '')
+      );
     })
     .join('');
   const grid = ticks(0, max)
-    .map((t) => `<line x1="${PAD.left}" x2="${W - PAD.right}" y1="${H - PAD.bottom - sy(t)}" y2="${H - PAD.bottom - sy(t)}" class="grid"/><text x="${PAD.left - 6}" y="${H - PAD.bottom - sy(t) + 4}" class="tick" text-anchor="end">${fmt(t)}</text>`)
+    .map(
+      (t) =>
+        `<line x1="${PAD.left}" x2="${W - PAD.right}" y1="${H - PAD.bottom - sy(t)}" y2="${H - PAD.bottom - sy(t)}" class="grid"/><text x="${PAD.left - 6}" y="${H - PAD.bottom - sy(t) + 4}" class="tick" text-anchor="end">${fmt(t)}</text>`,
+    )
     .join('');
   const legend = Object.keys(PHASE_COLORS)
-    .map((name, i) => `<rect x="${PAD.left + 8 + i * 95}" y="${PAD.top - 12}" width="10" height="10" fill="${PHASE_COLORS[name]}"/><text x="${PAD.left + 22 + i * 95}" y="${PAD.top - 3}" class="tick">${name}</text>`)
+    .map(
+      (name, i) =>
+        `<rect x="${PAD.left + 8 + i * 95}" y="${PAD.top - 12}" width="10" height="10" fill="${PHASE_COLORS[name]}"/><text x="${PAD.left + 22 + i * 95}" y="${PAD.top - 3}" class="tick">${name}</text>`,
+    )
     .join('');
   return `<figure><figcaption>${esc(title)}</figcaption><svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(title)}">${grid}${rects}${legend}<text x="14" y="${H / 2}" class="label" text-anchor="middle" transform="rotate(-90 14 ${H / 2})">${esc(yLabel)}</text></svg></figure>`;
 }
@@ -115,15 +143,23 @@ export function renderReport({ lines, gridPng, title }: ReportInput): string {
   const runIds = [...new Set(starts.map((s) => s.runId))];
 
   const loss: [number, number][] = steps.map((s) => [s.step, s.loss]);
-  const lossChart = lineChart('Loss per step', [
-    { name: 'loss', color: '#9ecae1', points: loss, width: 1 },
-    { name: `mean of ${Math.min(20, Math.max(1, loss.length))}`, color: '#1b6ca8', points: movingAverage(loss, 20) },
-  ], { xLabel: 'step', yLabel: 'triplet loss' });
+  const lossChart = lineChart(
+    'Loss per step',
+    [
+      { name: 'loss', color: '#9ecae1', points: loss, width: 1 },
+      { name: `mean of ${Math.min(20, Math.max(1, loss.length))}`, color: '#1b6ca8', points: movingAverage(loss, 20) },
+    ],
+    { xLabel: 'step', yLabel: 'triplet loss' },
+  );
 
   const ks = [...new Set(evaluations.flatMap((e) => Object.keys(e.recall)))].map(Number).sort((a, b) => a - b);
   const recallChart = lineChart(
     `Recall@K on held-out items${evaluations[0] ? ` (mask ${evaluations[0].mask})` : ''}`,
-    ks.map((k, i) => ({ name: `R@${k}`, color: SERIES_COLORS[i % SERIES_COLORS.length], points: evaluations.map((e) => [e.step, 100 * (e.recall[String(k)] ?? 0)] as [number, number]) })),
+    ks.map((k, i) => ({
+      name: `R@${k}`,
+      color: SERIES_COLORS[i % SERIES_COLORS.length],
+      points: evaluations.map((e) => [e.step, 100 * (e.recall[String(k)] ?? 0)] as [number, number]),
+    })),
     { xLabel: 'step', yLabel: 'recall (%)', yMin: 0, yMax: 100 },
   );
 
@@ -133,10 +169,15 @@ export function renderReport({ lines, gridPng, title }: ReportInput): string {
   for (let i = 0; i < steps.length; i += per) {
     const chunk = steps.slice(i, i + per);
     const parts: Record<string, number> = {};
-    for (const name of Object.keys(PHASE_COLORS)) parts[name] = chunk.reduce((a, s) => a + s.phases[name as keyof Step['phases']], 0) / chunk.length;
+    for (const name of Object.keys(PHASE_COLORS))
+      parts[name] = chunk.reduce((a, s) => a + s.phases[name as keyof Step['phases']], 0) / chunk.length;
     phaseBars.push({ label: `${chunk[0].step}`, parts });
   }
-  const phaseChart = stackedBars('Where a step\u2019s time goes (mean seconds per step, by window of steps)', phaseBars, 'seconds');
+  const phaseChart = stackedBars(
+    'Where a step\u2019s time goes (mean seconds per step, by window of steps)',
+    phaseBars,
+    'seconds',
+  );
 
   const perWorker = new Map<string, { images: number; seconds: number; steps: number }>();
   for (const s of steps) {
@@ -150,12 +191,20 @@ export function renderReport({ lines, gridPng, title }: ReportInput): string {
   }
   const workerRows = [...perWorker]
     .sort(([a], [b]) => a.localeCompare(b, undefined, { numeric: true }))
-    .map(([id, w]) => `<tr><td>${esc(id)}</td><td>${w.steps}</td><td>${fmt(w.images / Math.max(1e-9, w.seconds))}</td><td><div class="bar" style="width:${Math.round((200 * (w.images / Math.max(1e-9, w.seconds))) / Math.max(...[...perWorker.values()].map((v) => v.images / Math.max(1e-9, v.seconds))))}px"></div></td></tr>`)
+    .map(
+      ([id, w]) =>
+        `<tr><td>${esc(id)}</td><td>${w.steps}</td><td>${fmt(w.images / Math.max(1e-9, w.seconds))}</td><td><div class="bar" style="width:${Math.round((200 * (w.images / Math.max(1e-9, w.seconds))) / Math.max(...[...perWorker.values()].map((v) => v.images / Math.max(1e-9, v.seconds))))}px"></div></td></tr>`,
+    )
     .join('');
 
   const last10 = steps.slice(-10);
-  const best = evaluations.reduce<Evaluation | undefined>((b, e) => (!b || (e.recall['1'] ?? 0) > (b.recall['1'] ?? 0) ? e : b), undefined);
-  const ips = steps.length ? steps.reduce((a, s) => a + s.workers.reduce((n, w) => n + w.images, 0) / s.seconds, 0) / steps.length : 0;
+  const best = evaluations.reduce<Evaluation | undefined>(
+    (b, e) => (!b || (e.recall['1'] ?? 0) > (b.recall['1'] ?? 0) ? e : b),
+    undefined,
+  );
+  const ips = steps.length
+    ? steps.reduce((a, s) => a + s.workers.reduce((n, w) => n + w.images, 0) / s.seconds, 0) / steps.length
+    : 0;
   const tiles = [
     ['steps', String(steps.length ? steps[steps.length - 1].step + 1 : 0)],
     ['loss (last 10)', last10.length ? fmt(last10.reduce((a, s) => a + s.loss, 0) / last10.length) : '\u2013'],
@@ -167,7 +216,9 @@ export function renderReport({ lines, gridPng, title }: ReportInput): string {
     .map(([k, v]) => `<div class="tile"><div class="k">${esc(k)}</div><div class="v">${esc(v)}</div></div>`)
     .join('');
   const engine = starts.at(-1);
-  const grid = gridPng ? `<img alt="retrieval grid: query framed blue, same-item results green" src="data:image/png;base64,${Buffer.from(gridPng).toString('base64')}">` : '<p class="empty">no grid given (make one with <code>tricaps search --grid</code> and pass <code>--grid</code>)</p>';
+  const grid = gridPng
+    ? `<img alt="retrieval grid: query framed blue, same-item results green" src="data:image/png;base64,${Buffer.from(gridPng).toString('base64')}">`
+    : '<p class="empty">no grid given (make one with <code>tricaps search --grid</code> and pass <code>--grid</code>)</p>';
 
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(title ?? `tricaps run ${runIds.join(', ')}`)}</title>

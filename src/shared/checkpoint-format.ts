@@ -17,7 +17,14 @@ const ModelJsonSchema = z.object({
   modelConfig: ModelConfigSchema,
   step: z.number().int().min(0),
   categories: z.array(z.string()),
-  weightsManifest: z.array(z.object({ paths: z.array(z.string()), weights: z.array(z.object({ name: z.string(), shape: z.array(z.number().int()), dtype: z.literal('float32') })) })).length(1),
+  weightsManifest: z
+    .array(
+      z.object({
+        paths: z.array(z.string()),
+        weights: z.array(z.object({ name: z.string(), shape: z.array(z.number().int()), dtype: z.literal('float32') })),
+      }),
+    )
+    .length(1),
 });
 
 export interface SavedWeights {
@@ -40,25 +47,47 @@ export function writeWeightsFiles(dir: string, w: SavedWeights): void {
     offset += w.values.get(n)!.length;
   }
   writeFileSync(join(dir, 'weights.bin'), new Uint8Array(bin.buffer));
-  const manifest = { paths: ['weights.bin'], weights: names.map((name) => ({ name, shape: w.shapes.get(name)!, dtype: 'float32' as const })) };
-  writeFileSync(join(dir, 'model.json'), JSON.stringify({ format: CHECKPOINT_FORMAT, modelConfig: w.modelConfig, step: w.step, categories: w.categories, weightsManifest: [manifest] }, null, 1));
+  const manifest = {
+    paths: ['weights.bin'],
+    weights: names.map((name) => ({ name, shape: w.shapes.get(name)!, dtype: 'float32' as const })),
+  };
+  writeFileSync(
+    join(dir, 'model.json'),
+    JSON.stringify(
+      {
+        format: CHECKPOINT_FORMAT,
+        modelConfig: w.modelConfig,
+        step: w.step,
+        categories: w.categories,
+        weightsManifest: [manifest],
+      },
+      null,
+      1,
+    ),
+  );
 }
 
 export function loadWeights(dir: string): SavedWeights {
   const jsonPath = join(dir, 'model.json');
-  if (!existsSync(jsonPath)) throw new UsageError(`${dir}: no model.json; pass a directory written by \`tricaps train --checkpoint-dir\``);
+  if (!existsSync(jsonPath))
+    throw new UsageError(`${dir}: no model.json; pass a directory written by \`tricaps train --checkpoint-dir\``);
   let parsed: z.infer<typeof ModelJsonSchema>;
   try {
     parsed = ModelJsonSchema.parse(JSON.parse(readFileSync(jsonPath, 'utf8')));
   } catch (err) {
-    throw new UsageError(`${jsonPath}: not a tricaps checkpoint (${err instanceof z.ZodError ? err.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') : (err as Error).message})`);
+    throw new UsageError(
+      `${jsonPath}: not a tricaps checkpoint (${err instanceof z.ZodError ? err.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') : (err as Error).message})`,
+    );
   }
   const manifest = parsed.weightsManifest[0];
   const binPath = join(dir, manifest.paths[0]);
   if (!existsSync(binPath)) throw new UsageError(`${binPath}: missing weights file`);
   const bin = readFileSync(binPath);
   const expected = manifest.weights.reduce((s, w) => s + w.shape.reduce((a, b) => a * b, 1), 0) * 4;
-  if (bin.length !== expected) throw new UsageError(`${binPath}: ${bin.length} bytes, the manifest needs ${expected}; the checkpoint is truncated or corrupt`);
+  if (bin.length !== expected)
+    throw new UsageError(
+      `${binPath}: ${bin.length} bytes, the manifest needs ${expected}; the checkpoint is truncated or corrupt`,
+    );
   const values = new Map<string, Float32Array>();
   const shapes = new Map<string, number[]>();
   let offset = 0;
@@ -88,7 +117,19 @@ export function resolveCheckpoint(path: string): string {
     const named = join(path, name);
     if (isStepDirName(name) && existsSync(join(named, 'model.json'))) return named;
   }
-  const steps = readdirSync(path).filter((d) => /^step-\d+$/.test(d) && existsSync(join(path, d, 'model.json'))).sort();
-  if (!steps.length) throw new UsageError(`${path}: holds no checkpoint (no model.json, no step-* directories); train with --checkpoint-dir ${path}`);
+  const steps = readdirSync(path)
+    .filter((d) => /^step-\d+$/.test(d) && existsSync(join(path, d, 'model.json')))
+    .sort();
+  if (!steps.length)
+    throw new UsageError(
+      `${path}: holds no checkpoint (no model.json, no step-* directories); train with --checkpoint-dir ${path}`,
+    );
   return join(path, steps[steps.length - 1]);
+}
+
+export interface OptimizerState {
+  /** Adam's variables in order (iteration count, first and second moments), as float32. */
+  names: string[];
+  shapes: number[][];
+  values: Float32Array[];
 }

@@ -14,7 +14,8 @@ function real(path: string): string {
 /** Throws unless `path` (after resolving symlinks) is `root` or below it. */
 export function assertInside(root: string, path: string, what: string): void {
   const rel = relative(real(root), real(path));
-  if (rel.startsWith('..') || isAbsolute(rel)) throw new UsageError(`${path} is outside ${what} ${root}; refusing to use it`);
+  if (rel.startsWith('..') || isAbsolute(rel))
+    throw new UsageError(`${path} is outside ${what} ${root}; refusing to use it`);
 }
 
 /** A checkpoint directory name as `latest` may hold it: step-NNNNNNNN, nothing else. */

@@ -6,9 +6,23 @@ import { z } from 'zod';
 
 export const HISTORY_FILE = 'history.jsonl';
 
-const Phases = z.object({ data: z.number(), compute: z.number(), exchange: z.number(), averaging: z.number(), optimizer: z.number() });
+const Phases = z.object({
+  data: z.number(),
+  compute: z.number(),
+  exchange: z.number(),
+  averaging: z.number(),
+  optimizer: z.number(),
+});
 export const HistoryLineSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('run'), runId: z.string(), step: z.number(), resumedFrom: z.string().nullable(), engine: z.string(), device: z.string(), shards: z.number() }),
+  z.object({
+    type: z.literal('run'),
+    runId: z.string(),
+    step: z.number(),
+    resumedFrom: z.string().nullable(),
+    engine: z.string(),
+    device: z.string(),
+    shards: z.number(),
+  }),
   z.object({
     type: z.literal('step'),
     step: z.number(),
@@ -19,9 +33,17 @@ export const HistoryLineSchema = z.discriminatedUnion('type', [
     activeTriplets: z.number(),
     seconds: z.number(),
     phases: Phases,
-    workers: z.array(z.object({ id: z.string(), images: z.number(), dataSeconds: z.number(), computeSeconds: z.number() })),
+    workers: z.array(
+      z.object({ id: z.string(), images: z.number(), dataSeconds: z.number(), computeSeconds: z.number() }),
+    ),
   }),
-  z.object({ type: z.literal('evaluation'), step: z.number(), mask: z.string(), recall: z.record(z.string(), z.number()), mapAtR: z.number() }),
+  z.object({
+    type: z.literal('evaluation'),
+    step: z.number(),
+    mask: z.string(),
+    recall: z.record(z.string(), z.number()),
+    mapAtR: z.number(),
+  }),
 ]);
 export type HistoryLine = z.infer<typeof HistoryLineSchema>;
 

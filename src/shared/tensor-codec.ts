@@ -67,7 +67,14 @@ export function fromHalf(h: number): number {
  * Splits a tensor into chunks. With copy: false, float32 chunks on little-endian hosts are views of
  * `values` (no copy): the caller must not change `values` until the chunks have been sent.
  */
-export function encodeTensor(name: string, values: Float32Array, shape: number[], dtype: WireDType = 'float32', chunkBytes = DEFAULT_CHUNK_BYTES, opts: { copy?: boolean } = {}): EncodedChunk[] {
+export function encodeTensor(
+  name: string,
+  values: Float32Array,
+  shape: number[],
+  dtype: WireDType = 'float32',
+  chunkBytes = DEFAULT_CHUNK_BYTES,
+  opts: { copy?: boolean } = {},
+): EncodedChunk[] {
   const size = shape.reduce((a, b) => a * b, 1);
   if (size !== values.length) throw new Error(`tensor ${name}: ${values.length} values for shape [${shape}]`);
   const per = bytesPer(dtype);
@@ -130,7 +137,12 @@ export interface DecodeLimits {
  * Reassembles one tensor from its chunks (in order) and checks it against the expected shape.
  * Throws TensorDecodeError naming the problem; never returns a partial or non-finite tensor.
  */
-export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; shape: number[] }, limits: DecodeLimits, into?: Float32Array): Float32Array {
+export function decodeTensor(
+  chunks: EncodedChunk[],
+  expected: { name: string; shape: number[] },
+  limits: DecodeLimits,
+  into?: Float32Array,
+): Float32Array {
   const fail = (why: string): never => {
     throw new TensorDecodeError(`tensor ${expected.name}: ${why}`);
   };
@@ -139,7 +151,8 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
   const first = chunks[0];
   const size = expected.shape.reduce((a, b) => a * b, 1);
   if (size > limits.maxElements) fail(`${size} elements, more than the limit of ${limits.maxElements}`);
-  if (first.shape.length !== expected.shape.length || first.shape.some((d, i) => d !== expected.shape[i])) fail(`shape [${first.shape}] where [${expected.shape}] was expected`);
+  if (first.shape.length !== expected.shape.length || first.shape.some((d, i) => d !== expected.shape[i]))
+    fail(`shape [${first.shape}] where [${expected.shape}] was expected`);
   if (first.dtype !== 'float32' && first.dtype !== 'float16') fail(`unknown dtype ${String(first.dtype)}`);
   if (first.chunkCount !== chunks.length) fail(`${chunks.length} chunks received, ${first.chunkCount} announced`);
   const per = bytesPer(first.dtype);
@@ -148,10 +161,17 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
   for (let i = 0; i < chunks.length; i++) {
     const c = chunks[i];
     if (c.name !== expected.name) fail(`chunk ${i} belongs to tensor ${c.name}`);
-    if (c.dtype !== first.dtype || c.chunkCount !== first.chunkCount || c.shape.length !== first.shape.length || c.shape.some((d, k) => d !== first.shape[k])) fail(`chunk ${i} disagrees with chunk 0 on dtype, shape or count`);
+    if (
+      c.dtype !== first.dtype ||
+      c.chunkCount !== first.chunkCount ||
+      c.shape.length !== first.shape.length ||
+      c.shape.some((d, k) => d !== first.shape[k])
+    )
+      fail(`chunk ${i} disagrees with chunk 0 on dtype, shape or count`);
     if (c.chunkIndex !== i) fail(`chunk ${c.chunkIndex} arrived in position ${i}`);
     if (c.offset !== next) fail(`chunk ${i} starts at element ${c.offset}, expected ${next} (gap or overlap)`);
-    if (c.data.byteLength % per !== 0) fail(`chunk ${i} has ${c.data.byteLength} bytes, not a whole number of ${first.dtype} values`);
+    if (c.data.byteLength % per !== 0)
+      fail(`chunk ${i} has ${c.data.byteLength} bytes, not a whole number of ${first.dtype} values`);
     const count = c.data.byteLength / per;
     if (next + count > size) fail(`chunk ${i} runs past the end of the tensor`);
     if (per === 4 && LITTLE_ENDIAN) {
@@ -162,7 +182,8 @@ export function decodeTensor(chunks: EncodedChunk[], expected: { name: string; s
       for (let k = 0; k < count; k++) out[next + k] = HALF_TO_FLOAT[half[k]];
     } else {
       const view = new DataView(c.data.buffer, c.data.byteOffset, c.data.byteLength);
-      for (let k = 0; k < count; k++) out[next + k] = per === 4 ? view.getFloat32(k * 4, true) : HALF_TO_FLOAT[view.getUint16(k * 2, true)];
+      for (let k = 0; k < count; k++)
+        out[next + k] = per === 4 ? view.getFloat32(k * 4, true) : HALF_TO_FLOAT[view.getUint16(k * 2, true)];
     }
     next += count;
   }

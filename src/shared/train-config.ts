@@ -1,7 +1,7 @@
 // The training job's configuration: one zod schema nesting each component's own (model, optimizer,
 // data, loss), validated once at the edge (CLI flags or a file) and passed down as plain data.
 import { z } from 'zod';
-import { OptimizerConfigSchema } from '../coordinator/optimizer.js';
+import { OptimizerConfigSchema } from './optimizer-config.js';
 import { ENGINE_NAMES } from './engine/engine.js';
 import { ModelConfigSchema } from './model/config.js';
 import { MINING_STRATEGIES } from './model/mining.js';
@@ -49,7 +49,11 @@ export const TrainConfigSchema = z
   })
   .superRefine((c, ctx) => {
     if ((3 * c.batchTriplets) % c.imagesPerItem !== 0) {
-      ctx.addIssue({ code: 'custom', path: ['batchTriplets'], message: `a batch of ${c.batchTriplets} triplets has ${3 * c.batchTriplets} images, not a whole number of items with ${c.imagesPerItem} images each; change --batch-triplets or --images-per-item` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['batchTriplets'],
+        message: `a batch of ${c.batchTriplets} triplets has ${3 * c.batchTriplets} images, not a whole number of items with ${c.imagesPerItem} images each; change --batch-triplets or --images-per-item`,
+      });
     }
   });
 

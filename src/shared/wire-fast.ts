@@ -55,11 +55,15 @@ function encodeWithChunk(prefix: Uint8Array, field: number, chunk: TensorChunk):
 }
 
 export function serializePushGradients(m: PushGradientsRequest): Buffer {
-  return m.chunk ? encodeWithChunk(new Uint8Array(0), 2, m.chunk) : Buffer.from(PushGradientsRequest.encode(m).finish());
+  return m.chunk
+    ? encodeWithChunk(new Uint8Array(0), 2, m.chunk)
+    : Buffer.from(PushGradientsRequest.encode(m).finish());
 }
 
 export function serializePushEmbeddings(m: PushEmbeddingsRequest): Buffer {
-  return m.chunk ? encodeWithChunk(new Uint8Array(0), 2, m.chunk) : Buffer.from(PushEmbeddingsRequest.encode(m).finish());
+  return m.chunk
+    ? encodeWithChunk(new Uint8Array(0), 2, m.chunk)
+    : Buffer.from(PushEmbeddingsRequest.encode(m).finish());
 }
 
 /**

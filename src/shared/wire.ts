@@ -24,5 +24,13 @@ export function fromProtoChunk(m: TensorChunk): EncodedChunk {
   if (m.dtype === WireDType.WIRE_D_TYPE_FLOAT32) dtype = 'float32';
   else if (m.dtype === WireDType.WIRE_D_TYPE_FLOAT16) dtype = 'float16';
   else throw new TensorDecodeError(`tensor ${m.name}: unsupported wire dtype ${m.dtype}`);
-  return { name: m.name, dtype, shape: m.shape, chunkIndex: m.chunkIndex, chunkCount: m.chunkCount, offset: m.offset, data: m.data };
+  return {
+    name: m.name,
+    dtype,
+    shape: m.shape,
+    chunkIndex: m.chunkIndex,
+    chunkCount: m.chunkCount,
+    offset: m.offset,
+    data: m.data,
+  };
 }

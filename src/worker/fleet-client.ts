@@ -14,16 +14,30 @@ import {
   type RegisterResponse,
   type RunRef,
 } from '../shared/gen/tricaps/v1/fleet.js';
-import { DEFAULT_CHUNK_BYTES, decodeTensor, encodeTensor, type EncodedChunk, type WireDType } from '../shared/tensor-codec.js';
+import {
+  DEFAULT_CHUNK_BYTES,
+  decodeTensor,
+  encodeTensor,
+  type EncodedChunk,
+  type WireDType,
+} from '../shared/tensor-codec.js';
 import { fromProtoChunk, toProtoChunk } from '../shared/wire.js';
 
-
 export function isServiceError(err: unknown): err is grpc.ServiceError {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'number' && 'details' in err;
+  return (
+    typeof err === 'object' &&
+    err !== null &&
+    'code' in err &&
+    typeof (err as { code: unknown }).code === 'number' &&
+    'details' in err
+  );
 }
 
 /** The generated client, built over the service definition with the fast bulk serializers. */
-const FastFleetServiceClient = grpc.makeGenericClientConstructor(FastFleetServiceDefinition, 'tricaps.v1.FleetService') as unknown as new (
+const FastFleetServiceClient = grpc.makeGenericClientConstructor(
+  FastFleetServiceDefinition,
+  'tricaps.v1.FleetService',
+) as unknown as new (
   address: string,
   credentials: grpc.ChannelCredentials,
   options?: Partial<grpc.ClientOptions>,
@@ -52,11 +66,17 @@ export class FleetClient {
   }
 
   register(req: RegisterRequest, ms: number): Promise<RegisterResponse> {
-    return new Promise((resolve, reject) => this.client.register(req, this.md(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
+    return new Promise((resolve, reject) =>
+      this.client.register(req, this.md(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))),
+    );
   }
 
   heartbeat(run: RunRef, workerId: string, ms: number): Promise<HeartbeatResponse> {
-    return new Promise((resolve, reject) => this.client.heartbeat({ run, workerId }, this.md(), deadline(ms), (err, res) => (err ? reject(err) : resolve(res))));
+    return new Promise((resolve, reject) =>
+      this.client.heartbeat({ run, workerId }, this.md(), deadline(ms), (err, res) =>
+        err ? reject(err) : resolve(res),
+      ),
+    );
   }
 
   /** Long poll; the signal cancels it (SIGTERM). */
@@ -73,11 +93,18 @@ export class FleetClient {
   }
 
   leave(run: RunRef, workerId: string, reason: string, ms: number): Promise<void> {
-    return new Promise((resolve, reject) => this.client.leave({ run, workerId, reason }, this.md(), deadline(ms), (err) => (err ? reject(err) : resolve())));
+    return new Promise((resolve, reject) =>
+      this.client.leave({ run, workerId, reason }, this.md(), deadline(ms), (err) => (err ? reject(err) : resolve())),
+    );
   }
 
   /** Downloads the current weights; every tensor is checked against the shape the model expects. */
-  fetchWeights(run: RunRef, workerId: string, shapes: Map<string, number[]>, ms: number): Promise<{ version: number; values: Map<string, Float32Array> }> {
+  fetchWeights(
+    run: RunRef,
+    workerId: string,
+    shapes: Map<string, number[]>,
+    ms: number,
+  ): Promise<{ version: number; values: Map<string, Float32Array> }> {
     return new Promise((resolve, reject) => {
       const stream = this.client.fetchWeights({ run, workerId }, this.md(), deadline(ms));
       const values = new Map<string, Float32Array>();
@@ -91,43 +118,70 @@ export class FleetClient {
         stream.cancel();
         reject(err);
       };
-      stream.on('data', (msg: { weightsVersion: number; tensorCount: number; chunk?: Parameters<typeof fromProtoChunk>[0] }) => {
-        if (failed) return;
-        try {
-          if (!msg.chunk) throw new Error('weights message without a chunk');
-          version = msg.weightsVersion;
-          count = msg.tensorCount;
-          const c = fromProtoChunk(msg.chunk);
-          pending.push(c);
-          if (pending.length < c.chunkCount) return;
-          const shape = shapes.get(c.name);
-          if (!shape) throw new Error(`the coordinator sent weights for ${c.name}, which this model does not have (different model configuration?)`);
-          const size = shape.reduce((a, b) => a * b, 1);
-          values.set(c.name, decodeTensor(pending, { name: c.name, shape }, { maxElements: size, maxChunks: 100_000 }));
-          pending = [];
-        } catch (err) {
-          fail(err as Error);
-        }
-      });
+      stream.on(
+        'data',
+        (msg: { weightsVersion: number; tensorCount: number; chunk?: Parameters<typeof fromProtoChunk>[0] }) => {
+          if (failed) return;
+          try {
+            if (!msg.chunk) throw new Error('weights message without a chunk');
+            version = msg.weightsVersion;
+            count = msg.tensorCount;
+            const c = fromProtoChunk(msg.chunk);
+            pending.push(c);
+            if (pending.length < c.chunkCount) return;
+            const shape = shapes.get(c.name);
+            if (!shape)
+              throw new Error(
+                `the coordinator sent weights for ${c.name}, which this model does not have (different model configuration?)`,
+              );
+            const size = shape.reduce((a, b) => a * b, 1);
+            values.set(
+              c.name,
+              decodeTensor(pending, { name: c.name, shape }, { maxElements: size, maxChunks: 100_000 }),
+            );
+            pending = [];
+          } catch (err) {
+            fail(err as Error);
+          }
+        },
+      );
       stream.on('error', (err) => fail(err));
       stream.on('end', () => {
         if (failed) return;
-        if (values.size !== count || values.size !== shapes.size) fail(new Error(`weights download ended with ${values.size} of ${shapes.size} tensors`));
+        if (values.size !== count || values.size !== shapes.size)
+          fail(new Error(`weights download ended with ${values.size} of ${shapes.size} tensors`));
         else resolve({ version, values });
       });
     });
   }
 
-  pushGradients(header: GradientHeader, tensors: [string, Float32Array, number[]][], dtype: WireDType, ms: number): Promise<{ accepted: boolean; reason: string }> {
+  pushGradients(
+    header: GradientHeader,
+    tensors: [string, Float32Array, number[]][],
+    dtype: WireDType,
+    ms: number,
+  ): Promise<{ accepted: boolean; reason: string }> {
     return this.upload((cb) => this.client.pushGradients(this.md(), deadline(ms), cb), { header }, tensors, dtype);
   }
 
-  pushEmbeddings(header: EmbeddingHeader, embeddings: Float32Array, shape: [number, number], ms: number): Promise<{ accepted: boolean; reason: string }> {
-    return this.upload((cb) => this.client.pushEmbeddings(this.md(), deadline(ms), cb), { header }, [['embeddings', embeddings, shape]], 'float32');
+  pushEmbeddings(
+    header: EmbeddingHeader,
+    embeddings: Float32Array,
+    shape: [number, number],
+    ms: number,
+  ): Promise<{ accepted: boolean; reason: string }> {
+    return this.upload(
+      (cb) => this.client.pushEmbeddings(this.md(), deadline(ms), cb),
+      { header },
+      [['embeddings', embeddings, shape]],
+      'float32',
+    );
   }
 
   private upload<Req>(
-    open: (cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void) => grpc.ClientWritableStream<Req>,
+    open: (
+      cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void,
+    ) => grpc.ClientWritableStream<Req>,
     first: Req,
     tensors: [string, Float32Array, number[]][],
     dtype: WireDType,
@@ -142,7 +196,8 @@ export class FleetClient {
       const messages = function* () {
         yield first;
         for (const [name, values, shape] of tensors) {
-          for (const c of encodeTensor(name, values, shape, dtype, DEFAULT_CHUNK_BYTES, { copy: false })) yield { chunk: toProtoChunk(c) } as Req;
+          for (const c of encodeTensor(name, values, shape, dtype, DEFAULT_CHUNK_BYTES, { copy: false }))
+            yield { chunk: toProtoChunk(c) } as Req;
         }
       };
       const it = messages();

@@ -20,7 +20,7 @@ import { createModelState, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
 import { FleetClient, isServiceError } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
-import { computeShardsGradient } from './shard-gradients.js';
+import { computeShardsGradient } from '../shared/train/shard-gradients.js';
 import type { WorkerMetrics } from '../shared/metrics.js';
 import { assertInside } from '../shared/paths.js';
 import type { FleetSecurity } from '../shared/fleet-security.js';
@@ -64,7 +64,13 @@ interface Loaded {
   version: number;
 }
 
-const UNREACHABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED, grpc.status.UNKNOWN, grpc.status.INTERNAL]);
+const UNREACHABLE = new Set([
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.CANCELLED,
+  grpc.status.UNKNOWN,
+  grpc.status.INTERNAL,
+]);
 const REREGISTER = new Set([grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION]);
 
 export class FleetWorker {
@@ -107,20 +113,40 @@ export class FleetWorker {
     for (;;) {
       if (this.stop.stopping) return undefined;
       try {
-        const res = await this.client.register({ workerName: this.opts.name, engine: this.engine.name, device: this.engine.device, runId: this.opts.runId }, 10_000);
+        const res = await this.client.register(
+          { workerName: this.opts.name, engine: this.engine.name, device: this.engine.device, runId: this.opts.runId },
+          10_000,
+        );
         this.reachable();
         let job: FleetJob;
         try {
           job = FleetJobSchema.parse(JSON.parse(res.configJson));
         } catch (err) {
-          throw new UsageError(`the coordinator's job configuration is not one this worker understands (${err instanceof z.ZodError ? err.issues[0]?.message : (err as Error).message}); run the same tricaps version on both sides`);
+          throw new UsageError(
+            `the coordinator's job configuration is not one this worker understands (${err instanceof z.ZodError ? err.issues[0]?.message : (err as Error).message}); run the same tricaps version on both sides`,
+          );
         }
-        const setup: HeartbeatSetup = { address: this.opts.coordinator, run: res.run!, workerId: res.workerId, intervalMs: res.heartbeatIntervalMs, security: this.opts.security };
+        const setup: HeartbeatSetup = {
+          address: this.opts.coordinator,
+          run: res.run!,
+          workerId: res.workerId,
+          intervalMs: res.heartbeatIntervalMs,
+          security: this.opts.security,
+        };
         // Heartbeats start at once: preparing the model and data may take longer than the timeout.
         const heartbeat = new Thread(new URL('./heartbeat-thread.js', import.meta.url), { workerData: setup });
-        const session: Session = { workerId: res.workerId, run: res.run!, job, gradientDtype: res.gradientDtype === WireDType.WIRE_D_TYPE_FLOAT16 ? 'float16' : 'float32', heartbeat, events: [] };
+        const session: Session = {
+          workerId: res.workerId,
+          run: res.run!,
+          job,
+          gradientDtype: res.gradientDtype === WireDType.WIRE_D_TYPE_FLOAT16 ? 'float16' : 'float32',
+          heartbeat,
+          events: [],
+        };
         heartbeat.on('message', (e: HeartbeatEvent) => session.events.push(e));
-        heartbeat.on('error', (err) => session.events.push({ type: 'gone', details: `heartbeat thread failed: ${err.message}` }));
+        heartbeat.on('error', (err) =>
+          session.events.push({ type: 'gone', details: `heartbeat thread failed: ${err.message}` }),
+        );
         heartbeat.unref();
         try {
           await this.prepare(res.run!.runId, job);
@@ -132,10 +158,22 @@ export class FleetWorker {
           await heartbeat.terminate();
           throw err;
         }
-        this.log.info({ worker: res.workerId, run: res.run!.runId, coordinator: this.opts.coordinator, engine: this.engine.name }, `joined run ${res.run!.runId} as ${res.workerId}`);
+        this.log.info(
+          { worker: res.workerId, run: res.run!.runId, coordinator: this.opts.coordinator, engine: this.engine.name },
+          `joined run ${res.run!.runId} as ${res.workerId}`,
+        );
         this.metrics?.registrations.inc();
         this.metrics?.info.reset();
-        this.metrics?.info.set({ role: 'worker', run: res.run!.runId, engine: this.engine.name, device: this.engine.device, version: TRICAPS_VERSION }, 1);
+        this.metrics?.info.set(
+          {
+            role: 'worker',
+            run: res.run!.runId,
+            engine: this.engine.name,
+            device: this.engine.device,
+            version: TRICAPS_VERSION,
+          },
+          1,
+        );
         return session;
       } catch (err) {
         if (!isServiceError(err)) throw err;
@@ -150,7 +188,8 @@ export class FleetWorker {
         if (err.code === grpc.status.FAILED_PRECONDITION && this.opts.runId) {
           throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
         }
-        if (err.code === grpc.status.RESOURCE_EXHAUSTED) this.log.warn({ details: err.details }, `the run is full (${err.details}); retrying`);
+        if (err.code === grpc.status.RESOURCE_EXHAUSTED)
+          this.log.warn({ details: err.details }, `the run is full (${err.details}); retrying`);
         else if (!(await this.unreachable(err))) return undefined;
         await this.sleep();
       }
@@ -177,7 +216,10 @@ export class FleetWorker {
       if (events.some((e) => e.type === 'stop')) return 'done';
       const gone = events.find((e) => e.type === 'gone');
       if (gone?.type === 'gone') {
-        this.log.warn({ details: gone.details }, `the coordinator no longer knows this worker (${gone.details}); registering again`);
+        this.log.warn(
+          { details: gone.details },
+          `the coordinator no longer knows this worker (${gone.details}); registering again`,
+        );
         return 'reregister';
       }
       if (this.stop.stopping) {
@@ -220,7 +262,12 @@ export class FleetWorker {
     const loaded = this.loaded!;
     if (loaded.version !== next.weightsVersion) {
       const t0 = performance.now();
-      const { version, values } = await this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs);
+      const { version, values } = await this.client.fetchWeights(
+        s.run,
+        s.workerId,
+        loaded.shapes,
+        this.opts.transferTimeoutMs,
+      );
       for (const [name, v] of [...loaded.model.trainable, ...loaded.model.buffers]) {
         const t = tf.tensor(values.get(name)!, v.shape);
         v.assign(t);
@@ -235,13 +282,25 @@ export class FleetWorker {
     if (next.action === StepAction.STEP_ACTION_EMBED) {
       const imageIds = next.shards.flatMap((sh) => sh.imageIds);
       const embeddings = await this.embed(imageIds);
-      const res = await this.client.pushEmbeddings({ run, workerId: s.workerId, shardIndexes: units, weightsVersion: loaded.version }, embeddings.values, [imageIds.length, embeddings.dim], this.opts.transferTimeoutMs);
+      const res = await this.client.pushEmbeddings(
+        { run, workerId: s.workerId, shardIndexes: units, weightsVersion: loaded.version },
+        embeddings.values,
+        [imageIds.length, embeddings.dim],
+        this.opts.transferTimeoutMs,
+      );
       this.log.debug({ step: run.step, images: imageIds.length, accepted: res.accepted }, 'embeddings sent');
       return;
     }
     const g = await computeShardsGradient(
       next.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
-      { model: loaded.model, catalogue: loaded.catalogue, cfg: s.job.train, conv: this.engine.conv, step: run.step, epoch: next.epoch },
+      {
+        model: loaded.model,
+        catalogue: loaded.catalogue,
+        cfg: s.job.train,
+        conv: this.engine.conv,
+        step: run.step,
+        epoch: next.epoch,
+      },
     );
     const tensors: [string, Float32Array, number[]][] = [];
     for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
@@ -270,12 +329,27 @@ export class FleetWorker {
       this.metrics.steps.inc();
       this.metrics.loss.set(g.loss);
     }
-    this.log.debug({ step: run.step, round: run.round, shards: units, loss: g.loss, triplets: g.triplets, compute_s: g.computeSeconds }, `step ${run.step} shards [${units}] loss ${g.loss.toFixed(4)}`);
+    this.log.debug(
+      {
+        step: run.step,
+        round: run.round,
+        shards: units,
+        loss: g.loss,
+        triplets: g.triplets,
+        compute_s: g.computeSeconds,
+      },
+      `step ${run.step} shards [${units}] loss ${g.loss.toFixed(4)}`,
+    );
   }
 
   private async embed(imageIds: number[]): Promise<{ values: Float32Array; dim: number }> {
     const { model, catalogue } = this.loaded!;
-    const u = await unitCapsules(model, catalogue, imageIds.map((id) => catalogue.images[id]), { batchSize: 32, conv: this.engine.conv });
+    const u = await unitCapsules(
+      model,
+      catalogue,
+      imageIds.map((id) => catalogue.images[id]),
+      { batchSize: 32, conv: this.engine.conv },
+    );
     return { values: u.unit, dim: u.categories * u.dim };
   }
 
@@ -321,10 +395,17 @@ export class FleetWorker {
     this.unreachableSince ??= now;
     const gone = now - this.unreachableSince;
     if (gone > this.opts.reconnectTimeoutMs) {
-      this.log.error({ coordinator: this.opts.coordinator, seconds: gone / 1000 }, `the coordinator at ${this.opts.coordinator} has been unreachable for ${(gone / 1000).toFixed(0)} s (${err.details}); giving up`);
+      this.log.error(
+        { coordinator: this.opts.coordinator, seconds: gone / 1000 },
+        `the coordinator at ${this.opts.coordinator} has been unreachable for ${(gone / 1000).toFixed(0)} s (${err.details}); giving up`,
+      );
       return false;
     }
-    if (this.backoffMs >= 1600 || gone === 0) this.log.warn({ coordinator: this.opts.coordinator, details: err.details }, `coordinator ${this.opts.coordinator} unreachable (${grpc.status[err.code]}); retrying`);
+    if (this.backoffMs >= 1600 || gone === 0)
+      this.log.warn(
+        { coordinator: this.opts.coordinator, details: err.details },
+        `coordinator ${this.opts.coordinator} unreachable (${grpc.status[err.code]}); retrying`,
+      );
     return true;
   }
 
@@ -353,7 +434,9 @@ export class FleetWorker {
 /** Workers load images by index: their catalogue must be the coordinator's. */
 export function assertSameCatalogue(mine: FleetJob['catalogue'], theirs: FleetJob['catalogue']): void {
   if (mine.images !== theirs.images || mine.categories !== theirs.categories) {
-    throw new UsageError(`the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${theirs.name}: ${theirs.images} images, ${theirs.categories} categories); mount the same --data path on every machine`);
+    throw new UsageError(
+      `the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${theirs.name}: ${theirs.images} images, ${theirs.categories} categories); mount the same --data path on every machine`,
+    );
   }
 }
 

@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { buildArchitecture, convOutputSize, forwardMacsPerImage, parameterCounts } from '../../src/shared/model/architecture.js';
+import {
+  buildArchitecture,
+  convOutputSize,
+  forwardMacsPerImage,
+  parameterCounts,
+} from '../../src/shared/model/architecture.js';
 import { modelConfig } from '../../src/shared/model/config.js';
 import { computeOutputShape } from '../../src/shared/model/class-capsules.js';
 
@@ -8,7 +13,13 @@ describe('TriCapsNet architecture', () => {
     const arch = buildArchitecture(modelConfig({ variant: 'sc' }));
     expect(parameterCounts(arch)).toEqual({ total: 2_425_536, trainable: 2_425_024, nonTrainable: 512 });
     expect(arch.primaryCapsules).toBe(8192);
-    expect(arch.summary.map((l) => l.outputShape)).toEqual([[128, 128, 64], [64, 64, 128], [32, 32, 64], [8192, 16], [23, 16]]);
+    expect(arch.summary.map((l) => l.outputShape)).toEqual([
+      [128, 128, 64],
+      [64, 64, 128],
+      [32, 32, 64],
+      [8192, 16],
+      [23, 16],
+    ]);
     expect(arch.summary.find((l) => l.name === 'class_capsules')!.trainableParams).toBe(5888);
   });
 
@@ -27,7 +38,9 @@ describe('TriCapsNet architecture', () => {
     expect(half.params.find((p) => p.name === 'stem/conv/kernel')!.shape).toEqual([7, 7, 3, 32]);
     expect(half.params.find((p) => p.name === 'class_capsules/W')!.shape).toEqual([16, 80]);
     expect(half.outputShape).toEqual([10, 8]);
-    expect(forwardMacsPerImage(small)).toBeLessThan(forwardMacsPerImage(buildArchitecture(modelConfig({ variant: 'sc' }))));
+    expect(forwardMacsPerImage(small)).toBeLessThan(
+      forwardMacsPerImage(buildArchitecture(modelConfig({ variant: 'sc' }))),
+    );
   });
 
   it('names every parameter once', () => {
@@ -42,7 +55,9 @@ describe('TriCapsNet architecture', () => {
   });
 
   it('rejects primary channels that are not whole capsules', () => {
-    expect(() => buildArchitecture(modelConfig({ primaryCapsuleDim: 24 }))).toThrow(/not divisible by the capsule dim 24/);
+    expect(() => buildArchitecture(modelConfig({ primaryCapsuleDim: 24 }))).toThrow(
+      /not divisible by the capsule dim 24/,
+    );
   });
 
   it('computes output shapes without tensors', () => {

@@ -1,18 +1,25 @@
 import { describe, expect, it } from 'vitest';
-import { applyAugmentation, augmentParams, AugmentConfigSchema, type AugmentParams } from '../../src/shared/data/augment.js';
+import {
+  applyAugmentation,
+  augmentParams,
+  AugmentConfigSchema,
+  type AugmentParams,
+} from '../../src/shared/data/augment.js';
 import { Prefetcher } from '../../src/shared/data/prefetch.js';
 
 const size = 8;
 const image = Float32Array.from({ length: size * size * 3 }, (_, i) => ((i * 37) % 101) / 101);
 const none: AugmentParams = { angle: 0, tx: 0, ty: 0, shear: 0, zx: 1, zy: 1, brightness: 1, flip: false };
-const px = (img: Float32Array, x: number, y: number) => Array.from(img.subarray((y * size + x) * 3, (y * size + x) * 3 + 3));
+const px = (img: Float32Array, x: number, y: number) =>
+  Array.from(img.subarray((y * size + x) * 3, (y * size + x) * 3 + 3));
 
 describe('augmentation', () => {
   it('is a pure function of (seed, epoch, step, worker, sample)', () => {
     const cfg = AugmentConfigSchema.parse({});
     const key = { seed: 1, epoch: 2, step: 3, worker: 0, sample: 4 };
     expect(augmentParams(cfg, key)).toEqual(augmentParams(cfg, key));
-    for (const other of [{ epoch: 3 }, { step: 4 }, { worker: 1 }, { sample: 5 }]) expect(augmentParams(cfg, { ...key, ...other })).not.toEqual(augmentParams(cfg, key));
+    for (const other of [{ epoch: 3 }, { step: 4 }, { worker: 1 }, { sample: 5 }])
+      expect(augmentParams(cfg, { ...key, ...other })).not.toEqual(augmentParams(cfg, key));
   });
 
   it('draws within the configured ranges, and each transform switches off', () => {
@@ -30,7 +37,14 @@ describe('augmentation', () => {
       expect(p.brightness).toBeGreaterThanOrEqual(0.5);
       expect(p.brightness).toBeLessThanOrEqual(1.5);
     }
-    const off = AugmentConfigSchema.parse({ rotationDegrees: 0, shift: 0, brightness: [1, 1], shearDegrees: 0, zoom: 0, horizontalFlip: false });
+    const off = AugmentConfigSchema.parse({
+      rotationDegrees: 0,
+      shift: 0,
+      brightness: [1, 1],
+      shearDegrees: 0,
+      zoom: 0,
+      horizontalFlip: false,
+    });
     expect(augmentParams(off, { seed: 1, epoch: 0, step: 0, worker: 0, sample: 0 })).toEqual(none);
   });
 

@@ -8,7 +8,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { pino } from 'pino';
 import { CheckpointStore, type SaveRequest } from '../../src/coordinator/checkpoint.js';
-import { OptimizerConfigSchema, ParameterUpdater } from '../../src/coordinator/optimizer.js';
+import { ParameterUpdater } from '../../src/coordinator/optimizer.js';
+import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
 import { modelConfig } from '../../src/shared/model/config.js';
 import { resolveCheckpoint } from '../../src/shared/checkpoint-format.js';
 import { useBackend } from '../helpers.js';
@@ -19,8 +20,18 @@ const log = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.pars
 
 function request(nextStep: number, recall: number | null): SaveRequest {
   return {
-    weights: { modelConfig: modelConfig({}), step: nextStep, categories: ['a'], values: new Map([['w', Float32Array.of(nextStep, 2)]]), shapes: new Map([['w', [2]]]) },
-    optimizer: { names: ['iter', 'accBeta1', 'accBeta2'], shapes: [[1], [1], [1]], values: [Float32Array.of(nextStep), Float32Array.of(0.9), Float32Array.of(0.99)] },
+    weights: {
+      modelConfig: modelConfig({}),
+      step: nextStep,
+      categories: ['a'],
+      values: new Map([['w', Float32Array.of(nextStep, 2)]]),
+      shapes: new Map([['w', [2]]]),
+    },
+    optimizer: {
+      names: ['iter', 'accBeta1', 'accBeta2'],
+      shapes: [[1], [1], [1]],
+      values: [Float32Array.of(nextStep), Float32Array.of(0.9), Float32Array.of(0.99)],
+    },
     state: { runId: 'r', round: 2, nextStep, epoch: 0, seed: 1, config: { x: 1 } },
     metrics: { loss: 1, recall_at_1: recall },
   };
@@ -36,7 +47,11 @@ describe('checkpoint store', () => {
       store.save(request(2, 0.5));
       store.save(request(3, 0.1));
       store.save(request(4, null));
-      expect(readdirSync(root).filter((d) => d.startsWith('step-')).sort()).toEqual(['step-00000002', 'step-00000003', 'step-00000004']);
+      expect(
+        readdirSync(root)
+          .filter((d) => d.startsWith('step-'))
+          .sort(),
+      ).toEqual(['step-00000002', 'step-00000003', 'step-00000004']);
       expect(store.loadLatest()?.state.nextStep).toBe(4);
       expect(resolveCheckpoint(root)).toBe(join(root, 'step-00000004'));
       rmSync(join(root, 'step-00000004'), { recursive: true });
@@ -47,7 +62,9 @@ describe('checkpoint store', () => {
       expect(lines).toContain('latest names step-00000004, which does not exist; looking for an older checkpoint');
       writeFileSync(join(root, 'step-00000003', 'manifest.json'), '{"format": "something else"}');
       expect(store.loadLatest()?.state.nextStep).toBe(2);
-      expect(lines.at(-1)).toMatch(/skipping checkpoint step-00000003: manifest.json is not a tricaps checkpoint manifest/);
+      expect(lines.at(-1)).toMatch(
+        /skipping checkpoint step-00000003: manifest.json is not a tricaps checkpoint manifest/,
+      );
       expect(existsSync(join(root, 'latest'))).toBe(true);
     } finally {
       rmSync(root, { recursive: true, force: true });
@@ -71,7 +88,8 @@ describe('checkpoint store', () => {
 
   it('round-trips Adam exactly: a restored optimizer takes the same next step', async () => {
     await useBackend('cpu');
-    const grads = (m: ReturnType<typeof tinyModel>, k: number) => new Map([...m.trainable].map(([n, v]) => [n, tf.fill(v.shape, 0.01 * k + 0.001)]));
+    const grads = (m: ReturnType<typeof tinyModel>, k: number) =>
+      new Map([...m.trainable].map(([n, v]) => [n, tf.fill(v.shape, 0.01 * k + 0.001)]));
     const a = tinyModel();
     const ua = new ParameterUpdater(a, OptimizerConfigSchema.parse({}));
     for (let k = 1; k <= 3; k++) ua.apply(grads(a, k), new Map(), 0);
@@ -82,10 +100,20 @@ describe('checkpoint store', () => {
     await ub.restore(saved);
     ua.apply(grads(a, 4), new Map(), 0);
     ub.apply(grads(b, 4), new Map(), 0);
-    for (const [n, v] of a.trainable) expect(Array.from(b.trainable.get(n)!.dataSync())).toEqual(Array.from(v.dataSync()));
-    await expect(ub.restore({ ...saved, values: saved.values.slice(0, 5), names: saved.names.slice(0, 5), shapes: saved.shapes.slice(0, 5) })).rejects.toThrow(/optimizer state has 2 moment tensors; this model needs/);
+    for (const [n, v] of a.trainable)
+      expect(Array.from(b.trainable.get(n)!.dataSync())).toEqual(Array.from(v.dataSync()));
+    await expect(
+      ub.restore({
+        ...saved,
+        values: saved.values.slice(0, 5),
+        names: saved.names.slice(0, 5),
+        shapes: saved.shapes.slice(0, 5),
+      }),
+    ).rejects.toThrow(/optimizer state has 2 moment tensors; this model needs/);
     const wrongShape = { ...saved, shapes: saved.shapes.map((sh, i) => (i === 3 ? [sh[0] + 1, ...sh.slice(1)] : sh)) };
-    await expect(new ParameterUpdater(b, OptimizerConfigSchema.parse({})).restore(wrongShape)).rejects.toThrow(/optimizer moment .* has shape \[\d+/);
+    await expect(new ParameterUpdater(b, OptimizerConfigSchema.parse({})).restore(wrongShape)).rejects.toThrow(
+      /optimizer moment .* has shape \[\d+/,
+    );
     ua.dispose();
     ub.dispose();
     a.dispose();

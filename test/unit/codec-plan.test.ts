@@ -38,8 +38,20 @@ describe('tensor codec', () => {
     ['a wrong shape', (c) => c.map((x) => ({ ...x, shape: [999] })), /shape \[999\] where \[1000\] was expected/],
     ['another tensor', (c) => [c[0], { ...c[1], name: 'v' }, c[2], c[3]], /chunk 1 belongs to tensor v/],
     ['a gap', (c) => [c[0], { ...c[1], offset: c[1].offset + 1 }, c[2], c[3]], /gap or overlap/],
-    ['a torn value', (c) => [c[0], { ...c[1], data: c[1].data.subarray(0, 1021) }, c[2], c[3]], /not a whole number of float32 values/],
-    ['a NaN', (c) => { const d = new Uint8Array(c[0].data); new DataView(d.buffer).setFloat32(8, Number.NaN, true); return [{ ...c[0], data: d }, ...c.slice(1)]; }, /non-finite value NaN at element 2/],
+    [
+      'a torn value',
+      (c) => [c[0], { ...c[1], data: c[1].data.subarray(0, 1021) }, c[2], c[3]],
+      /not a whole number of float32 values/,
+    ],
+    [
+      'a NaN',
+      (c) => {
+        const d = new Uint8Array(c[0].data);
+        new DataView(d.buffer).setFloat32(8, Number.NaN, true);
+        return [{ ...c[0], data: d }, ...c.slice(1)];
+      },
+      /non-finite value NaN at element 2/,
+    ],
     ['too many chunks', (c) => c, /4 chunks, more than the limit of 2/],
   ])('rejects %s', (label, breakIt, message) => {
     const lim = label === 'too many chunks' ? { ...limits, maxChunks: 2 } : limits;
@@ -48,11 +60,19 @@ describe('tensor codec', () => {
 
   it('refuses to encode values that do not fill the shape, or decode an unknown dtype', () => {
     expect(() => encodeTensor('w', values, [3, 3])).toThrow(/1000 values for shape \[3,3\]/);
-    expect(() => decodeTensor(good().map((c) => ({ ...c, dtype: 'int8' as never })), { name: 'w', shape: [1000] }, limits)).toThrow(/unknown dtype int8/);
+    expect(() =>
+      decodeTensor(
+        good().map((c) => ({ ...c, dtype: 'int8' as never })),
+        { name: 'w', shape: [1000] },
+        limits,
+      ),
+    ).toThrow(/unknown dtype int8/);
   });
 
   it('rejects a tensor larger than the element limit before reading it', () => {
-    expect(() => decodeTensor(good(), { name: 'w', shape: [1000] }, { maxElements: 100, maxChunks: 10 })).toThrow(/1000 elements, more than the limit of 100/);
+    expect(() => decodeTensor(good(), { name: 'w', shape: [1000] }, { maxElements: 100, maxChunks: 10 })).toThrow(
+      /1000 elements, more than the limit of 100/,
+    );
   });
 });
 
@@ -62,19 +82,30 @@ describe('step plan', () => {
 
   it('gives every worker whole items, every image exactly once, sizes within one item', () => {
     for (const n of [1, 2, 3, 7]) {
-      const shards = shardBatch(batch, Array.from({ length: n }, (_, i) => `w${i}`));
-      expect(shards.flatMap((s) => s.imageIds).sort((a, b) => a - b)).toEqual([...batch.imageIds].sort((a, b) => a - b));
+      const shards = shardBatch(
+        batch,
+        Array.from({ length: n }, (_, i) => `w${i}`),
+      );
+      expect(shards.flatMap((s) => s.imageIds).sort((a, b) => a - b)).toEqual(
+        [...batch.imageIds].sort((a, b) => a - b),
+      );
       const itemsPerShard = shards.map((s) => new Set(s.itemIds).size);
       expect(Math.max(...itemsPerShard) - Math.min(...itemsPerShard)).toBeLessThanOrEqual(1);
-      for (const s of shards) for (const item of new Set(s.itemIds)) expect(s.itemIds.filter((x) => x === item)).toHaveLength(3);
+      for (const s of shards)
+        for (const item of new Set(s.itemIds)) expect(s.itemIds.filter((x) => x === item)).toHaveLength(3);
       const owners = new Map<number, string>();
-      for (const s of shards) for (const item of s.itemIds) expect(owners.get(item) ?? (owners.set(item, s.worker), s.worker)).toBe(s.worker);
+      for (const s of shards)
+        for (const item of s.itemIds) expect(owners.get(item) ?? (owners.set(item, s.worker), s.worker)).toBe(s.worker);
     }
   });
 
   it('keeps an affinity group on one worker when it fits', () => {
     const ids = [...new Set(batch.itemIds)];
-    const affinity = new Map([[ids[0], 1], [ids[4], 1], [ids[6], 1]]);
+    const affinity = new Map([
+      [ids[0], 1],
+      [ids[4], 1],
+      [ids[6], 1],
+    ]);
     const shards = shardBatch(batch, ['a', 'b', 'c'], affinity);
     const owner = shards.find((s) => s.itemIds.includes(ids[0]))!;
     expect(owner.itemIds).toContain(ids[4]);
@@ -93,7 +124,8 @@ describe('gradient averaging', () => {
     // Per-triplet "gradients" g_t; a shard reports the mean of its triplets' gradients.
     const rng = new Rng(3);
     const perTriplet = Array.from({ length: 10 }, () => Float32Array.from({ length: 5 }, () => rng.normal()));
-    const mean = (xs: Float32Array[]) => xs.reduce((acc, x) => acc.map((v, i) => v + x[i] / xs.length), new Float32Array(5));
+    const mean = (xs: Float32Array[]) =>
+      xs.reduce((acc, x) => acc.map((v, i) => v + x[i] / xs.length), new Float32Array(5));
     const split = [perTriplet.slice(0, 3), perTriplet.slice(3, 10), []];
     const shards = split.map((ts) => ({ triplets: ts.length, grads: new Map(ts.length ? [['w', mean(ts)]] : []) }));
     const { grads, triplets } = weightedAverage(shards);
@@ -103,8 +135,18 @@ describe('gradient averaging', () => {
 
   it('refuses empty or inconsistent input', () => {
     expect(() => weightedAverage([{ triplets: 0, grads: new Map() }])).toThrow(/no shard contributed/);
-    expect(() => weightedAverage([{ triplets: 1, grads: new Map([['w', new Float32Array(2)]]) }, { triplets: 1, grads: new Map() }])).toThrow(/lacks gradient w/);
-    expect(() => weightedAverage([{ triplets: 1, grads: new Map([['w', new Float32Array(2)]]) }, { triplets: 1, grads: new Map([['w', new Float32Array(3)]]) }])).toThrow(/3 values in one shard and 2/);
+    expect(() =>
+      weightedAverage([
+        { triplets: 1, grads: new Map([['w', new Float32Array(2)]]) },
+        { triplets: 1, grads: new Map() },
+      ]),
+    ).toThrow(/lacks gradient w/);
+    expect(() =>
+      weightedAverage([
+        { triplets: 1, grads: new Map([['w', new Float32Array(2)]]) },
+        { triplets: 1, grads: new Map([['w', new Float32Array(3)]]) },
+      ]),
+    ).toThrow(/3 values in one shard and 2/);
     expect(Array.from(meanOf([Float32Array.of(1, 2), Float32Array.of(3, 4)]))).toEqual([2, 3]);
     expect(() => meanOf([])).toThrow(/nothing to average/);
     expect(() => meanOf([Float32Array.of(1), Float32Array.of(1, 2)])).toThrow(/lengths/);
@@ -113,20 +155,54 @@ describe('gradient averaging', () => {
 
 describe('fast bulk serializers', () => {
   it('write exactly the bytes the generated encoders write', async () => {
-    const { FetchWeightsResponse, PushEmbeddingsRequest, PushGradientsRequest } = await import('../../src/shared/gen/tricaps/v1/fleet.js');
-    const { serializeFetchWeights, serializePushEmbeddings, serializePushGradients } = await import('../../src/shared/wire-fast.js');
+    const { FetchWeightsResponse, PushEmbeddingsRequest, PushGradientsRequest } =
+      await import('../../src/shared/gen/tricaps/v1/fleet.js');
+    const { serializeFetchWeights, serializePushEmbeddings, serializePushGradients } =
+      await import('../../src/shared/wire-fast.js');
     const { toProtoChunk } = await import('../../src/shared/wire.js');
     const big = Float32Array.from({ length: 70_000 }, (_, i) => Math.cos(i));
-    const chunks = [...encodeTensor('block1/conv/kernel', big, [70_000], 'float32', 100_000, { copy: false }), ...encodeTensor('e', new Float32Array(0), [0])];
+    const chunks = [
+      ...encodeTensor('block1/conv/kernel', big, [70_000], 'float32', 100_000, { copy: false }),
+      ...encodeTensor('e', new Float32Array(0), [0]),
+    ];
     for (const c of chunks.map(toProtoChunk)) {
-      expect(Buffer.compare(serializePushGradients({ chunk: c }), Buffer.from(PushGradientsRequest.encode({ chunk: c }).finish()))).toBe(0);
-      expect(Buffer.compare(serializePushEmbeddings({ chunk: c }), Buffer.from(PushEmbeddingsRequest.encode({ chunk: c }).finish()))).toBe(0);
+      expect(
+        Buffer.compare(
+          serializePushGradients({ chunk: c }),
+          Buffer.from(PushGradientsRequest.encode({ chunk: c }).finish()),
+        ),
+      ).toBe(0);
+      expect(
+        Buffer.compare(
+          serializePushEmbeddings({ chunk: c }),
+          Buffer.from(PushEmbeddingsRequest.encode({ chunk: c }).finish()),
+        ),
+      ).toBe(0);
       const w = { weightsVersion: 2 ** 40 + 3, tensorCount: 41, chunk: c };
       expect(Buffer.compare(serializeFetchWeights(w), Buffer.from(FetchWeightsResponse.encode(w).finish()))).toBe(0);
-      expect(FetchWeightsResponse.decode(serializeFetchWeights(w))).toEqual(FetchWeightsResponse.decode(FetchWeightsResponse.encode(w).finish()));
+      expect(FetchWeightsResponse.decode(serializeFetchWeights(w))).toEqual(
+        FetchWeightsResponse.decode(FetchWeightsResponse.encode(w).finish()),
+      );
     }
-    const header = { header: { run: { runId: 'r', round: 3, step: 9 }, workerId: 'w1', contributingTriplets: 4, activeTriplets: 2, loss: 0.5, tensorCount: 2, shardIndexes: [1, 2], weightsVersion: 7, dataSeconds: 0.1, computeSeconds: 0.2, meanPositiveDistance: 0.5, meanNegativeDistance: 1.5 } };
-    expect(Buffer.compare(serializePushGradients(header), Buffer.from(PushGradientsRequest.encode(header).finish()))).toBe(0);
+    const header = {
+      header: {
+        run: { runId: 'r', round: 3, step: 9 },
+        workerId: 'w1',
+        contributingTriplets: 4,
+        activeTriplets: 2,
+        loss: 0.5,
+        tensorCount: 2,
+        shardIndexes: [1, 2],
+        weightsVersion: 7,
+        dataSeconds: 0.1,
+        computeSeconds: 0.2,
+        meanPositiveDistance: 0.5,
+        meanNegativeDistance: 1.5,
+      },
+    };
+    expect(
+      Buffer.compare(serializePushGradients(header), Buffer.from(PushGradientsRequest.encode(header).finish())),
+    ).toBe(0);
   });
 
   it('pass a pre-serialized weights message through unchanged (one encoding per version serves every worker)', async () => {
@@ -167,7 +243,9 @@ describe('float16 chunks', () => {
     const odd = { ...c, data: shifted.subarray(1) };
     expect(odd.data.byteOffset % 2).toBe(1);
     const limits2 = { maxElements: 1000, maxChunks: 4 };
-    expect(Array.from(decodeTensor([odd], { name: 'h', shape: [257] }, limits2))).toEqual(Array.from(decodeTensor([c], { name: 'h', shape: [257] }, limits2)));
+    expect(Array.from(decodeTensor([odd], { name: 'h', shape: [257] }, limits2))).toEqual(
+      Array.from(decodeTensor([c], { name: 'h', shape: [257] }, limits2)),
+    );
     const back = decodeTensor([c], { name: 'h', shape: [257] }, limits2);
     back.forEach((x, i) => expect(x).toBe(fromHalf(toHalf(v[i]))));
   });

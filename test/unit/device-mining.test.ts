@@ -9,7 +9,7 @@ import { useBackend } from '../helpers.js';
 import { deviceResult, hostReference, randomBatch } from '../mining-fixtures.js';
 
 describe('on-device mining', () => {
-  it.each(['cpu', 'wasm'] as const)('chooses the host miner\'s triplets for every strategy (%s)', async (backend) => {
+  it.each(['cpu', 'wasm'] as const)("chooses the host miner's triplets for every strategy (%s)", async (backend) => {
     await useBackend(backend);
     let compared = 0;
     for (let seed = 1; seed <= 12; seed++) {
@@ -54,6 +54,8 @@ describe('on-device mining', () => {
   });
 
   it('refuses a distance matrix that does not fit the labels', () => {
-    expect(() => deviceTripletLoss(tf.zeros([3, 3]) as tf.Tensor2D, [0, 0, 1, 1], 'batch-hard', 1, 0)).toThrow(/distance matrix is \[3,3\] for 4 labels/);
+    expect(() => deviceTripletLoss(tf.zeros([3, 3]) as tf.Tensor2D, [0, 0, 1, 1], 'batch-hard', 1, 0)).toThrow(
+      /distance matrix is \[3,3\] for 4 labels/,
+    );
   });
 });

@@ -13,7 +13,7 @@ import { loadWeights, resolveCheckpoint } from '../../src/shared/checkpoint-form
 import { evaluateRetrieval } from '../../src/shared/eval/evaluate.js';
 import { openInshopCatalogue, BBOX_FILE } from '../../src/shared/data/inshop.js';
 import { writeSyntheticInshop } from '../../src/shared/data/synth-writer.js';
-import { assertFiniteLoss } from '../../src/worker/trainer.js';
+import { assertFiniteLoss } from '../../src/shared/train/gradients.js';
 import { useBackend } from '../helpers.js';
 import { tinyModel } from '../tiny-model.js';
 
@@ -25,13 +25,22 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('error paths', () => {
   it('a non-finite loss is refused before the optimizer step', () => {
-    const stats = { loss: Number.NaN, triplets: 4, activeTriplets: 0, meanPositiveDistance: 0, meanNegativeDistance: 0, skippedAnchors: 0 };
+    const stats = {
+      loss: Number.NaN,
+      triplets: 4,
+      activeTriplets: 0,
+      meanPositiveDistance: 0,
+      meanNegativeDistance: 0,
+      skippedAnchors: 0,
+    };
     expect(() => assertFiniteLoss(stats, 7)).toThrow(/step 7: loss is NaN \(4 triplets\); not applying this update/);
     expect(() => assertFiniteLoss({ ...stats, loss: 1.5 }, 7)).not.toThrow();
   });
 
   it('an unknown engine name is refused with the choices', async () => {
-    await expect(initEngine('gpu' as never)).rejects.toThrow(/unknown engine "gpu": choose one of auto, tensorflow, webgpu, wasm, cpu/);
+    await expect(initEngine('gpu' as never)).rejects.toThrow(
+      /unknown engine "gpu": choose one of auto, tensorflow, webgpu, wasm, cpu/,
+    );
   });
 
   it('the synthetic catalogue refuses impossible shapes', () => {
@@ -41,8 +50,12 @@ describe('error paths', () => {
 
   it('model state refuses values of the wrong size', async () => {
     await useBackend('cpu');
-    const arch = buildArchitecture(modelConfig({ imageSize: 16, width: 0.0625, categories: 3, primaryCapsuleDim: 4, classCapsuleDim: 4 }));
-    expect(() => createModelState(arch, 1, new Map([['stem/conv/bias', new Float32Array(99)]]))).toThrow(/stem\/conv\/bias: 99 values for shape \[4\]/);
+    const arch = buildArchitecture(
+      modelConfig({ imageSize: 16, width: 0.0625, categories: 3, primaryCapsuleDim: 4, classCapsuleDim: 4 }),
+    );
+    expect(() => createModelState(arch, 1, new Map([['stem/conv/bias', new Float32Array(99)]]))).toThrow(
+      /stem\/conv\/bias: 99 values for shape \[4\]/,
+    );
   });
 
   it('evaluation needs query and gallery images', async () => {
@@ -50,7 +63,9 @@ describe('error paths', () => {
     const model = tinyModel();
     const trainOnly = { ...syntheticCatalogue({ items: 8, categories: 3, views: 2, seed: 1 }), name: 'train-only' };
     trainOnly.images = trainOnly.images.map((r) => ({ ...r, split: 'train' as const }));
-    await expect(evaluateRetrieval(model, trainOnly, { masks: ['predicted'], batchSize: 4 })).rejects.toThrow(/train-only has 0 and 0/);
+    await expect(evaluateRetrieval(model, trainOnly, { masks: ['predicted'], batchSize: 4 })).rejects.toThrow(
+      /train-only has 0 and 0/,
+    );
     model.dispose();
   });
 
@@ -65,14 +80,18 @@ describe('error paths', () => {
     expect(() => loadWeights(dir)).toThrow(/no model.json/);
     const empty = join(dir, 'empty-root');
     mkdirSync(empty);
-    expect(() => resolveCheckpoint(empty)).toThrow(/empty-root: holds no checkpoint \(no model.json, no step-\* directories\)/);
+    expect(() => resolveCheckpoint(empty)).toThrow(
+      /empty-root: holds no checkpoint \(no model.json, no step-\* directories\)/,
+    );
   });
 
   it('a bounding-box crop needs the bbox file', async () => {
     const root = join(dir, 'shop');
     await writeSyntheticInshop({ out: root, items: 8, categories: 2, views: 2, imageSize: 16, seed: 1 });
     rmSync(join(root, BBOX_FILE));
-    await expect(openInshopCatalogue({ root, bboxCrop: true })).rejects.toThrow(/list_bbox_inshop.txt: file not found; it is needed for bounding-box crops/);
+    await expect(openInshopCatalogue({ root, bboxCrop: true })).rejects.toThrow(
+      /list_bbox_inshop.txt: file not found; it is needed for bounding-box crops/,
+    );
     expect((await openInshopCatalogue({ root })).hasBoxes).toBe(false);
   });
 });

@@ -8,7 +8,13 @@ import { relativeError, seededNormal, useBackend } from '../helpers.js';
 
 type Case = { kernel: number; stride: number; padding: 'same' | 'valid'; size: number; cin: number; cout: number };
 const cases: Case[] = [];
-for (const [kernel, stride] of [[7, 2], [3, 2], [3, 1], [1, 2], [7, 1]]) {
+for (const [kernel, stride] of [
+  [7, 2],
+  [3, 2],
+  [3, 1],
+  [1, 2],
+  [7, 1],
+]) {
   for (const size of [9, 12, 16]) {
     for (const padding of ['same', 'valid'] as const) {
       if (padding === 'valid' && size < kernel) continue;
@@ -24,7 +30,14 @@ async function gradients(backend: 'cpu' | 'wasm', c: Case, fast: boolean) {
     const w = seededNormal([c.kernel, c.kernel, c.cin, c.cout], 2) as tf.Tensor4D;
     const probe = seededNormal(tf.conv2d(x, w, c.stride, c.padding).shape, 3);
     const f = (xi: tf.Tensor, wi: tf.Tensor) =>
-      tf.sum(tf.mul(fast ? conv2dFastGrad(xi as tf.Tensor4D, wi as tf.Tensor4D, c) : tf.conv2d(xi as tf.Tensor4D, wi as tf.Tensor4D, c.stride, c.padding), probe));
+      tf.sum(
+        tf.mul(
+          fast
+            ? conv2dFastGrad(xi as tf.Tensor4D, wi as tf.Tensor4D, c)
+            : tf.conv2d(xi as tf.Tensor4D, wi as tf.Tensor4D, c.stride, c.padding),
+          probe,
+        ),
+      );
     const [dx, dw] = tf.grads(f)([x, w]);
     return { dx: dx.dataSync().slice(), dw: dw.dataSync().slice() };
   });
@@ -46,7 +59,9 @@ describe('fast convolution gradients', () => {
       const x = seededNormal([2, 16, 17, 3], 1) as tf.Tensor4D;
       const w = seededNormal([7, 7, 3, 4], 2) as tf.Tensor4D;
       const probe = seededNormal(tf.conv2d(x, w, 2, 'same').shape, 3);
-      const [gx, gw] = tf.grads((xi: tf.Tensor, wi: tf.Tensor) => tf.sum(tf.mul(conv2dFastGrad(xi as tf.Tensor4D, wi as tf.Tensor4D, { ...c, inputGrad: false }), probe)))([x, w]);
+      const [gx, gw] = tf.grads((xi: tf.Tensor, wi: tf.Tensor) =>
+        tf.sum(tf.mul(conv2dFastGrad(xi as tf.Tensor4D, wi as tf.Tensor4D, { ...c, inputGrad: false }), probe)),
+      )([x, w]);
       return { dx: gx.dataSync().slice(), dw: gw.dataSync().slice() };
     });
     expect(Math.max(...dx.map(Math.abs))).toBe(0);
@@ -55,7 +70,12 @@ describe('fast convolution gradients', () => {
 
   it('builds the same phase sub-filters on the host (cpu/wasm) and with gathers (GPU backends)', async () => {
     await useBackend('cpu');
-    for (const [kernel, stride] of [[7, 2], [3, 2], [1, 2], [3, 1]]) {
+    for (const [kernel, stride] of [
+      [7, 2],
+      [3, 2],
+      [1, 2],
+      [3, 1],
+    ]) {
       const w = seededNormal([kernel, kernel, 3, 5], kernel * 10 + stride) as tf.Tensor4D;
       const host = phaseFilters(w, stride, true);
       const device = phaseFilters(w, stride, false);

@@ -8,10 +8,15 @@ import { assignShards, planShards } from '../../src/shared/plan/step-plan.js';
 import { samplePkBatch } from '../../src/shared/data/pk-sampler.js';
 import { StepWork } from '../../src/coordinator/step-work.js';
 import { Membership, FleetFullError } from '../../src/coordinator/membership.js';
-import { FleetCoordinator, FleetError, type TrainResult, type WeightSource } from '../../src/coordinator/fleet-coordinator.js';
+import {
+  FleetCoordinator,
+  FleetError,
+  type TrainResult,
+  type WeightSource,
+} from '../../src/coordinator/fleet-coordinator.js';
 import { confusableAffinity, meanWithinShardDistance } from '../../src/shared/plan/hard-negatives.js';
 import { weightedAverage, meanOf } from '../../src/shared/plan/average.js';
-import { computeShardsGradient } from '../../src/worker/shard-gradients.js';
+import { computeShardsGradient } from '../../src/shared/train/shard-gradients.js';
 import { assertSameCatalogue } from '../../src/worker/worker.js';
 import { syntheticCatalogue } from '../../src/shared/data/synthetic.js';
 import { trainItems } from '../../src/shared/data/catalogue.js';
@@ -25,7 +30,9 @@ import { UploadReader } from '../../src/coordinator/fleet-service.js';
 import { WireDType } from '../../src/shared/gen/tricaps/v1/fleet.js';
 
 const silent = pino({ level: 'silent' });
-const items = new Map<number, number[]>(Array.from({ length: 30 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2, i * 10 + 3]]));
+const items = new Map<number, number[]>(
+  Array.from({ length: 30 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2, i * 10 + 3]]),
+);
 const batch = samplePkBatch({ seed: 3, epoch: 0, step: 1, itemsPerBatch: 8, imagesPerItem: 3, items });
 
 describe('shard plan', () => {
@@ -36,7 +43,9 @@ describe('shard plan', () => {
       expect(shards.flatMap((s) => s.imageIds).sort()).toEqual([...batch.imageIds].sort());
       for (const s of shards) expect(new Set(s.itemIds).size).toBeGreaterThanOrEqual(2);
       const owner = new Map<number, number>();
-      shards.forEach((s) => s.itemIds.forEach((item) => expect(owner.get(item) ?? s.index).toBe(s.index) && owner.set(item, s.index)));
+      shards.forEach((s) =>
+        s.itemIds.forEach((item) => expect(owner.get(item) ?? s.index).toBe(s.index) && owner.set(item, s.index)),
+      );
     }
     expect(planShards(batch, 2)).toEqual(planShards(batch, 2));
     expect(() => planShards(batch, 5)).toThrow(/8 items cannot fill 5 shards with at least 2 items each/);
@@ -44,7 +53,10 @@ describe('shard plan', () => {
   });
 
   it('deals shard indexes to workers in contiguous runs that differ by at most one', () => {
-    expect([...assignShards([0, 1, 2, 3, 4], ['a', 'b'])]).toEqual([['a', [0, 1, 2]], ['b', [3, 4]]]);
+    expect([...assignShards([0, 1, 2, 3, 4], ['a', 'b'])]).toEqual([
+      ['a', [0, 1, 2]],
+      ['b', [3, 4]],
+    ]);
     expect([...assignShards([2], ['a', 'b', 'c'])]).toEqual([['a', [2]]]);
     expect(() => assignShards([0], [])).toThrow(/no workers/);
   });
@@ -62,16 +74,28 @@ describe('step work', () => {
     expect(b.units).toEqual([2]);
     expect(work.take('a', 5)).toBe(a); // asking again returns the same assignment
     expect(work.accept('a', { step: 7, round: 4, units: [0, 1] }, 'ga')).toEqual({ ok: true });
-    expect(work.accept('a', { step: 7, round: 4, units: [0, 1] }, 'again')).toEqual({ ok: false, reason: 'no train assignment is outstanding for a at step 7' });
+    expect(work.accept('a', { step: 7, round: 4, units: [0, 1] }, 'again')).toEqual({
+      ok: false,
+      reason: 'no train assignment is outstanding for a at step 7',
+    });
     expect(work.finished).toBe(false);
     expect(work.revoke('b')).toEqual([2]);
     expect(work.unplannedUnits).toEqual([2]);
     work.plan(['a'], 5);
     const again = work.take('a', 10)!;
     expect(again).toMatchObject({ round: 5, units: [2] });
-    expect(work.check('a', { step: 7, round: 4, units: [2] })).toEqual({ ok: false, reason: 'result for round 4, the assignment is of round 5' });
-    expect(work.check('a', { step: 6, round: 5, units: [2] })).toEqual({ ok: false, reason: 'result for step 6, the run is at step 7' });
-    expect(work.check('a', { step: 7, round: 5, units: [1] })).toEqual({ ok: false, reason: 'result for shards [1], the assignment is shards [2]' });
+    expect(work.check('a', { step: 7, round: 4, units: [2] })).toEqual({
+      ok: false,
+      reason: 'result for round 4, the assignment is of round 5',
+    });
+    expect(work.check('a', { step: 6, round: 5, units: [2] })).toEqual({
+      ok: false,
+      reason: 'result for step 6, the run is at step 7',
+    });
+    expect(work.check('a', { step: 7, round: 5, units: [1] })).toEqual({
+      ok: false,
+      reason: 'result for shards [1], the assignment is shards [2]',
+    });
     expect(work.overdue(1000, 500)).toEqual(['a']);
     work.accept('a', { step: 7, round: 5, units: [2] }, 'gb');
     expect(work.finished).toBe(true);
@@ -96,11 +120,42 @@ describe('membership', () => {
 });
 
 describe('fleet coordinator (no transport)', () => {
-  const weights: WeightSource = { version: 0, chunks: () => [], gradientSpecs: [{ name: 'g', shape: [2] }], statSpecs: [] };
+  const weights: WeightSource = {
+    version: 0,
+    chunks: () => [],
+    gradientSpecs: [{ name: 'g', shape: [2] }],
+    statSpecs: [],
+  };
   const make = (over: Partial<ConstructorParameters<typeof FleetCoordinator>[0]> = {}) =>
-    new FleetCoordinator({ runId: 'r1', minWorkers: 1, maxWorkers: 4, heartbeatIntervalMs: 50, heartbeatTimeoutMs: 300, assignmentTimeoutMs: 10_000, longPollMs: 200, gradientDtype: 'float32', configJson: '{}', ...over }, weights, silent);
+    new FleetCoordinator(
+      {
+        runId: 'r1',
+        minWorkers: 1,
+        maxWorkers: 4,
+        heartbeatIntervalMs: 50,
+        heartbeatTimeoutMs: 300,
+        assignmentTimeoutMs: 10_000,
+        longPollMs: 200,
+        gradientDtype: 'float32',
+        configJson: '{}',
+        ...over,
+      },
+      weights,
+      silent,
+    );
   const run = { runId: 'r1', round: 0, step: 0 };
-  const result = (): TrainResult => ({ triplets: 3, activeTriplets: 1, loss: 1, shards: 1, grads: new Map([['g', new Float32Array(2)]]), bnStats: new Map(), dataSeconds: 0, computeSeconds: 0, meanPositiveDistance: 0, meanNegativeDistance: 0 });
+  const result = (): TrainResult => ({
+    triplets: 3,
+    activeTriplets: 1,
+    loss: 1,
+    shards: 1,
+    grads: new Map([['g', new Float32Array(2)]]),
+    bnStats: new Map(),
+    dataSeconds: 0,
+    computeSeconds: 0,
+    meanPositiveDistance: 0,
+    meanNegativeDistance: 0,
+  });
 
   it('answers WAIT when there is no work, then the assignment, and completes the step', async () => {
     const c = make();
@@ -113,8 +168,12 @@ describe('fleet coordinator (no transport)', () => {
     expect(answer.action).toBe('train');
     if (answer.action !== 'train') return;
     expect(answer.shards.map((s) => s.index)).toEqual([0, 1]);
-    expect(() => c.acceptTrain(member.id, { ...answer.run, round: answer.run.round + 1 }, [0, 1], 0, result())).toThrow(FleetError);
-    expect(() => c.acceptTrain(member.id, answer.run, [0, 1], 3, result())).toThrow(/weights version 3, the current version is 0/);
+    expect(() => c.acceptTrain(member.id, { ...answer.run, round: answer.run.round + 1 }, [0, 1], 0, result())).toThrow(
+      FleetError,
+    );
+    expect(() => c.acceptTrain(member.id, answer.run, [0, 1], 3, result())).toThrow(
+      /weights version 3, the current version is 0/,
+    );
     c.acceptTrain(member.id, answer.run, [0, 1], 0, result());
     await executing;
     expect(work.results).toHaveLength(1);
@@ -141,7 +200,13 @@ describe('fleet coordinator (no transport)', () => {
       expect(tb.action).toBe('train');
       if (tb.action !== 'train') return;
       expect(tb.shards.map((s) => s.index)).toEqual([1]);
-      expect(c.lost).toEqual([expect.objectContaining({ id: b.id, name: 'b', reason: expect.stringMatching(/^no heartbeat for \d\.\d s \(limit 0\.3 s\)$/) })]);
+      expect(c.lost).toEqual([
+        expect.objectContaining({
+          id: b.id,
+          name: 'b',
+          reason: expect.stringMatching(/^no heartbeat for \d\.\d s \(limit 0\.3 s\)$/),
+        }),
+      ]);
       expect(() => c.heartbeat(b.id, run)).toThrow(/worker w2 is not a member of run r1 \(removed: no heartbeat/);
       c.acceptTrain(a.id, tb.run, [1], 0, result());
       await executing;
@@ -154,7 +219,9 @@ describe('fleet coordinator (no transport)', () => {
 
   it('refuses a worker of another run and messages without a run', () => {
     const c = make();
-    expect(() => c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: 'r2' })).toThrow(/belongs to run r2; this coordinator runs r1/);
+    expect(() => c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: 'r2' })).toThrow(
+      /belongs to run r2; this coordinator runs r1/,
+    );
     expect(() => c.heartbeat('w1', undefined)).toThrow(/without a run reference/);
     c.close();
   });
@@ -164,17 +231,53 @@ describe('worker gradients over several shards', () => {
   it('equal the triplet-weighted average of the shards computed one by one (what the coordinator does)', async () => {
     await useBackend('wasm');
     const catalogue = syntheticCatalogue({ items: 40, categories: 3, views: 4, seed: 2 });
-    const model = createModelState(buildArchitecture(modelConfig({ imageSize: 16, width: 0.0625, categories: 3, primaryCapsuleDim: 4, classCapsuleDim: 4, dropout: 0.3 })), 4);
-    const b = samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 6, imagesPerItem: 3, items: trainItems(catalogue) });
+    const model = createModelState(
+      buildArchitecture(
+        modelConfig({
+          imageSize: 16,
+          width: 0.0625,
+          categories: 3,
+          primaryCapsuleDim: 4,
+          classCapsuleDim: 4,
+          dropout: 0.3,
+        }),
+      ),
+      4,
+    );
+    const b = samplePkBatch({
+      seed: 1,
+      epoch: 0,
+      step: 0,
+      itemsPerBatch: 6,
+      imagesPerItem: 3,
+      items: trainItems(catalogue),
+    });
     const shards = planShards(b, 2);
-    const ctx = { model, catalogue, conv: fastGradConv, step: 3, epoch: 0, cfg: { seed: 1, augment: AugmentConfigSchema.parse({}), mining: 'random' as const, margin: 2, marginLossWeight: 0.5 } };
+    const ctx = {
+      model,
+      catalogue,
+      conv: fastGradConv,
+      step: 3,
+      epoch: 0,
+      cfg: {
+        seed: 1,
+        augment: AugmentConfigSchema.parse({}),
+        mining: 'random' as const,
+        margin: 2,
+        marginLossWeight: 0.5,
+      },
+    };
     const both = await computeShardsGradient(shards, ctx);
     const each = [await computeShardsGradient([shards[0]], ctx), await computeShardsGradient([shards[1]], ctx)];
     const avg = weightedAverage(each.map((g) => ({ triplets: g.triplets, grads: g.grads })));
     expect(both.triplets).toBe(each[0].triplets + each[1].triplets);
     for (const [name, g] of both.grads) expect(relativeError(g, avg.grads.get(name)!)).toBeLessThan(1e-5);
-    for (const [name, s] of both.bnStats) expect(relativeError(s, meanOf([each[0].bnStats.get(name)!, each[1].bnStats.get(name)!]))).toBeLessThan(1e-6);
-    expect(both.loss).toBeCloseTo((each[0].loss * each[0].triplets + each[1].loss * each[1].triplets) / both.triplets, 5);
+    for (const [name, s] of both.bnStats)
+      expect(relativeError(s, meanOf([each[0].bnStats.get(name)!, each[1].bnStats.get(name)!]))).toBeLessThan(1e-6);
+    expect(both.loss).toBeCloseTo(
+      (each[0].loss * each[0].triplets + each[1].loss * each[1].triplets) / both.triplets,
+      5,
+    );
     await expect(computeShardsGradient([], ctx)).rejects.toThrow(/no shards/);
     model.dispose();
   });
@@ -183,7 +286,9 @@ describe('worker gradients over several shards', () => {
 describe('hard-negative plan', () => {
   it('groups confusable items of a batch so they share a shard', () => {
     // Items 0..7: pairs (0,7), (1,6), (2,5), (3,4) are near-duplicates.
-    const emb = new Map<number, Float32Array>(Array.from({ length: 8 }, (_, i) => [i, Float32Array.from([Math.min(i, 7 - i), i >= 4 ? 0.01 : 0])]));
+    const emb = new Map<number, Float32Array>(
+      Array.from({ length: 8 }, (_, i) => [i, Float32Array.from([Math.min(i, 7 - i), i >= 4 ? 0.01 : 0])]),
+    );
     const batchItems = [0, 1, 2, 3, 4, 5, 6, 7].flatMap((i) => [i, i, i]);
     const affinity = confusableAffinity(batchItems, emb, 4);
     for (let i = 0; i < 4; i++) expect(affinity.get(i)).toBe(affinity.get(7 - i));
@@ -197,15 +302,39 @@ describe('hard-negative plan', () => {
 
 describe('worker data check', () => {
   it('refuses to train on data that differs from the coordinator', () => {
-    expect(() => assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'b', images: 12, categories: 3 })).toThrow(/differs from the coordinator's \(b: 12 images, 3 categories\); mount the same --data path/);
-    expect(() => assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'a', images: 10, categories: 3 })).not.toThrow();
+    expect(() =>
+      assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'b', images: 12, categories: 3 }),
+    ).toThrow(/differs from the coordinator's \(b: 12 images, 3 categories\); mount the same --data path/);
+    expect(() =>
+      assertSameCatalogue({ name: 'a', images: 10, categories: 3 }, { name: 'a', images: 10, categories: 3 }),
+    ).not.toThrow();
   });
 });
 
 describe('fleet coordinator failure paths (no transport)', () => {
-  const weights: WeightSource = { version: 0, chunks: () => [], gradientSpecs: [{ name: 'g', shape: [2] }], statSpecs: [] };
+  const weights: WeightSource = {
+    version: 0,
+    chunks: () => [],
+    gradientSpecs: [{ name: 'g', shape: [2] }],
+    statSpecs: [],
+  };
   const make = (now?: () => number) =>
-    new FleetCoordinator({ runId: 'r1', minWorkers: 1, maxWorkers: 4, heartbeatIntervalMs: 50, heartbeatTimeoutMs: 1000, assignmentTimeoutMs: 10_000, longPollMs: 100, gradientDtype: 'float32', configJson: '{}', now }, weights, silent);
+    new FleetCoordinator(
+      {
+        runId: 'r1',
+        minWorkers: 1,
+        maxWorkers: 4,
+        heartbeatIntervalMs: 50,
+        heartbeatTimeoutMs: 1000,
+        assignmentTimeoutMs: 10_000,
+        longPollMs: 100,
+        gradientDtype: 'float32',
+        configJson: '{}',
+        now,
+      },
+      weights,
+      silent,
+    );
   const run = { runId: 'r1', round: 0, step: 0 };
 
   it('stops the run when the same shard is refused on two workers, instead of dropping the fleet one by one', async () => {
@@ -222,7 +351,9 @@ describe('fleet coordinator failure paths (no transport)', () => {
     do t = await c.nextStep(b.id, run);
     while (t.action === 'wait');
     c.rejectResult(b.id, 'loss is NaN');
-    await expect(executing).rejects.toThrow(/step 4: shard 0 gave unusable results on 2 workers \(w1: loss is NaN; w2: loss is NaN\); stopping the run/);
+    await expect(executing).rejects.toThrow(
+      /step 4: shard 0 gave unusable results on 2 workers \(w1: loss is NaN; w2: loss is NaN\); stopping the run/,
+    );
     c.close();
   });
 
@@ -248,7 +379,9 @@ describe('fleet coordinator failure paths (no transport)', () => {
     const c = make();
     const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
     await c.finish(0);
-    expect(() => c.register({ workerName: 'late', engine: 'cpu', device: 'cpu', runId: '' })).toThrow(expect.objectContaining({ code: 'finished', message: 'run r1 is over' }));
+    expect(() => c.register({ workerName: 'late', engine: 'cpu', device: 'cpu', runId: '' })).toThrow(
+      expect.objectContaining({ code: 'finished', message: 'run r1 is over' }),
+    );
     const d = make();
     const m = d.register({ workerName: 'x', engine: 'cpu', device: 'cpu', runId: '' }).member;
     d.close();
@@ -261,14 +394,38 @@ describe('fleet coordinator failure paths (no transport)', () => {
 describe('upload reader', () => {
   const specs = new Map([['w', { name: 'w', shape: [4] }]]);
   const reader = () => new UploadReader((name) => specs.get(name));
-  const chunk = (over: Partial<Parameters<UploadReader['add']>[0]> = {}) => ({ name: 'w', dtype: WireDType.WIRE_D_TYPE_FLOAT32, shape: [4], chunkIndex: 0, chunkCount: 1, offset: 0, data: Buffer.alloc(16), ...over });
+  const chunk = (over: Partial<Parameters<UploadReader['add']>[0]> = {}) => ({
+    name: 'w',
+    dtype: WireDType.WIRE_D_TYPE_FLOAT32,
+    shape: [4],
+    chunkIndex: 0,
+    chunkCount: 1,
+    offset: 0,
+    data: Buffer.alloc(16),
+    ...over,
+  });
 
   it.each<[string, Parameters<UploadReader['add']>[0][], RegExp]>([
     ['an unexpected tensor', [chunk({ name: 'x' })], /tensor x: not expected in this upload/],
-    ['a wrong shape, before buffering', [chunk({ shape: [1_000_000_000] })], /shape \[1000000000\] where \[4\] was expected/],
+    [
+      'a wrong shape, before buffering',
+      [chunk({ shape: [1_000_000_000] })],
+      /shape \[1000000000\] where \[4\] was expected/,
+    ],
     ['an absurd chunk count', [chunk({ chunkCount: 1000 })], /1000 chunks announced for 4 values/],
-    ['more bytes than the tensor holds', [chunk({ chunkCount: 2, data: Buffer.alloc(16) }), chunk({ chunkCount: 2, chunkIndex: 1, data: Buffer.alloc(16) })], /more bytes than 4 values can take/],
-    ['interleaved tensors', [chunk({ chunkCount: 2, data: Buffer.alloc(8) }), chunk({ name: 'v' })], /chunk of v arrived before its 2 chunks were complete/],
+    [
+      'more bytes than the tensor holds',
+      [
+        chunk({ chunkCount: 2, data: Buffer.alloc(16) }),
+        chunk({ chunkCount: 2, chunkIndex: 1, data: Buffer.alloc(16) }),
+      ],
+      /more bytes than 4 values can take/,
+    ],
+    [
+      'interleaved tensors',
+      [chunk({ chunkCount: 2, data: Buffer.alloc(8) }), chunk({ name: 'v' })],
+      /chunk of v arrived before its 2 chunks were complete/,
+    ],
     ['a tensor sent twice', [chunk(), chunk()], /tensor w: sent twice/],
   ])('refuses %s', (_label, chunks, message) => {
     const r = reader();

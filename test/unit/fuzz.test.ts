@@ -3,7 +3,12 @@
 // never accepted unless they are exactly what was expected.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { FetchWeightsResponse, GradientHeader, PushGradientsRequest, WireDType } from '../../src/shared/gen/tricaps/v1/fleet.js';
+import {
+  FetchWeightsResponse,
+  GradientHeader,
+  PushGradientsRequest,
+  WireDType,
+} from '../../src/shared/gen/tricaps/v1/fleet.js';
 import { decodeTensor, encodeTensor, TensorDecodeError } from '../../src/shared/tensor-codec.js';
 import { fromProtoChunk } from '../../src/shared/wire.js';
 import { UploadReader } from '../../src/coordinator/fleet-service.js';
@@ -17,7 +22,11 @@ const limits = { maxElements: 15, maxChunks: 64 };
 // cut inside one is refused with the DataView's bounds error: that is its "truncated" message (1 in
 // ~50,000 random inputs, which is why CI once met it and 2,000 runs locally did not).
 const decodeRefusal = (e: unknown) => e instanceof TensorDecodeError;
-const protobufRefusal = (e: unknown) => e instanceof Error && /^(premature EOF|Offset is outside the bounds of the DataView|cant skip wire type|illegal tag|incomplete data|invalid end group tag|invalid varint|Value is (larger|smaller) than Number\.M(AX|IN)_SAFE_INTEGER|protobuf decode recursion limit exceeded|maximum recursion depth reached)/.test(e.message);
+const protobufRefusal = (e: unknown) =>
+  e instanceof Error &&
+  /^(premature EOF|Offset is outside the bounds of the DataView|cant skip wire type|illegal tag|incomplete data|invalid end group tag|invalid varint|Value is (larger|smaller) than Number\.M(AX|IN)_SAFE_INTEGER|protobuf decode recursion limit exceeded|maximum recursion depth reached)/.test(
+    e.message,
+  );
 
 describe('decoders under random input', () => {
   it('protobuf decoding of random bytes either yields a message or throws an error, never hangs', () => {
@@ -35,7 +44,7 @@ describe('decoders under random input', () => {
     );
   });
 
-  it('a message cut inside a float field is refused with the reader\'s bounds error, not decoded', () => {
+  it("a message cut inside a float field is refused with the reader's bounds error, not decoded", () => {
     const header = GradientHeader.encode(GradientHeader.fromPartial({ loss: 1.5 })).finish();
     let refused: unknown;
     try {
@@ -49,7 +58,12 @@ describe('decoders under random input', () => {
 
   const chunkArb = fc.record({
     name: fc.constantFrom('w', 'v', ''),
-    dtype: fc.constantFrom(WireDType.WIRE_D_TYPE_FLOAT32, WireDType.WIRE_D_TYPE_FLOAT16, WireDType.WIRE_D_TYPE_UNSPECIFIED, 7 as WireDType),
+    dtype: fc.constantFrom(
+      WireDType.WIRE_D_TYPE_FLOAT32,
+      WireDType.WIRE_D_TYPE_FLOAT16,
+      WireDType.WIRE_D_TYPE_UNSPECIFIED,
+      7 as WireDType,
+    ),
     shape: fc.oneof(fc.constant([3, 5]), fc.array(fc.nat(20), { maxLength: 3 })),
     chunkIndex: fc.nat(4),
     chunkCount: fc.nat(4),
@@ -70,7 +84,9 @@ describe('decoders under random input', () => {
         // Accepted: then it must be exactly a valid stream.
         expect(decoded).toHaveLength(15);
         expect(decoded.every(Number.isFinite)).toBe(true);
-        expect(chunks.every((c) => c.name === 'w' && c.shape.join() === '3,5' && c.chunkCount === chunks.length)).toBe(true);
+        expect(chunks.every((c) => c.name === 'w' && c.shape.join() === '3,5' && c.chunkCount === chunks.length)).toBe(
+          true,
+        );
         expect(chunks.map((c) => c.chunkIndex)).toEqual(chunks.map((_, i) => i));
       }),
       { numRuns: 3000 },
@@ -79,10 +95,22 @@ describe('decoders under random input', () => {
 
   it('valid encodings always decode to the values (float32 exactly)', () => {
     fc.assert(
-      fc.property(fc.array(fc.float({ noNaN: true, noDefaultInfinity: true }), { minLength: 15, maxLength: 15 }), fc.integer({ min: 4, max: 64 }), (values, chunkBytes) => {
-        const v = Float32Array.from(values);
-        expect(Array.from(decodeTensor(encodeTensor('w', v, expectedShape, 'float32', chunkBytes), { name: 'w', shape: expectedShape }, limits))).toEqual(Array.from(v));
-      }),
+      fc.property(
+        fc.array(fc.float({ noNaN: true, noDefaultInfinity: true }), { minLength: 15, maxLength: 15 }),
+        fc.integer({ min: 4, max: 64 }),
+        (values, chunkBytes) => {
+          const v = Float32Array.from(values);
+          expect(
+            Array.from(
+              decodeTensor(
+                encodeTensor('w', v, expectedShape, 'float32', chunkBytes),
+                { name: 'w', shape: expectedShape },
+                limits,
+              ),
+            ),
+          ).toEqual(Array.from(v));
+        },
+      ),
       { numRuns: 500 },
     );
   });
@@ -109,11 +137,15 @@ describe('decoders under random input', () => {
     fc.assert(
       fc.property(fc.string({ maxLength: 30 }), (s) => {
         if (isStepDirName(s)) expect(s).toMatch(/^step-\d{8}$/);
-        expect(() => assertInside('/srv/data', `/srv/data/../${s.replace(/\//g, '')}x`, '--data-root')).toThrow(/outside --data-root/);
+        expect(() => assertInside('/srv/data', `/srv/data/../${s.replace(/\//g, '')}x`, '--data-root')).toThrow(
+          /outside --data-root/,
+        );
       }),
       { numRuns: 500 },
     );
     expect(() => assertInside('/srv/data', '/srv/data/inshop', '--data-root')).not.toThrow();
-    expect(() => assertInside('/srv/data', '/srv/database', '--data-root')).toThrow(/\/srv\/database is outside --data-root \/srv\/data/);
+    expect(() => assertInside('/srv/data', '/srv/database', '--data-root')).toThrow(
+      /\/srv\/database is outside --data-root \/srv\/data/,
+    );
   });
 });

@@ -5,7 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { fastGradConv, stockConv } from '../../src/shared/engine/engine.js';
 import { Rng } from '../../src/shared/rng.js';
-import { computeGradients, type LossOptions } from '../../src/worker/trainer.js';
+import { computeGradients, type LossOptions } from '../../src/shared/train/gradients.js';
 import { expectTensorsClose, useBackend } from '../helpers.js';
 import { tinyBatch, tinyModel } from '../tiny-model.js';
 
@@ -37,34 +37,47 @@ describe('gradients of the whole loss', () => {
       const norm = Math.hypot(...direction);
       direction.forEach((_, i) => (direction[i] /= norm));
       const shifted = async (sign: number) => {
-        variable.assign(tf.tensor(original.map((v, i) => v + sign * eps * direction[i]), variable.shape));
+        variable.assign(
+          tf.tensor(
+            original.map((v, i) => v + sign * eps * direction[i]),
+            variable.shape,
+          ),
+        );
         return evalLoss();
       };
       const numeric = ((await shifted(1)) - (await shifted(-1))) / (2 * eps);
       variable.assign(tf.tensor(original, variable.shape));
       const g = analytic.grads.get(name)!.dataSync();
       const exact = g.reduce((s, v, i) => s + v * direction[i], 0);
-      if (Math.abs(exact - numeric) > 5e-2 * Math.max(Math.abs(exact), Math.abs(numeric)) + 5e-3) failures.push(`${name}: analytic ${exact} vs numeric ${numeric}`);
+      if (Math.abs(exact - numeric) > 5e-2 * Math.max(Math.abs(exact), Math.abs(numeric)) + 5e-3)
+        failures.push(`${name}: analytic ${exact} vs numeric ${numeric}`);
     }
     analytic.dispose();
     expect(failures).toEqual([]);
     model.dispose();
   });
 
-  it.each(['sc', 'rc'] as const)('%s: wasm engine with fast conv gradients equals cpu stock gradients', async (variant) => {
-    const grads = async (backend: 'cpu' | 'wasm') => {
-      await useBackend(backend);
-      const model = tinyModel({ variant });
-      const batch = tinyBatch();
-      const r = computeGradients(model, batch, { ...loss, conv: backend === 'wasm' ? fastGradConv : stockConv, seed: 4 });
-      const out = new Map([...r.grads].map(([k, v]) => [k, v.dataSync().slice()]));
-      r.dispose();
-      model.dispose();
-      return out;
-    };
-    const cpu = await grads('cpu');
-    const wasm = await grads('wasm');
-    expect([...wasm.keys()]).toEqual([...cpu.keys()]);
-    expectTensorsClose(wasm, cpu, 'gradient', (diff, tolerance, name) => expect(diff, name).toBeLessThan(tolerance));
-  });
+  it.each(['sc', 'rc'] as const)(
+    '%s: wasm engine with fast conv gradients equals cpu stock gradients',
+    async (variant) => {
+      const grads = async (backend: 'cpu' | 'wasm') => {
+        await useBackend(backend);
+        const model = tinyModel({ variant });
+        const batch = tinyBatch();
+        const r = computeGradients(model, batch, {
+          ...loss,
+          conv: backend === 'wasm' ? fastGradConv : stockConv,
+          seed: 4,
+        });
+        const out = new Map([...r.grads].map(([k, v]) => [k, v.dataSync().slice()]));
+        r.dispose();
+        model.dispose();
+        return out;
+      };
+      const cpu = await grads('cpu');
+      const wasm = await grads('wasm');
+      expect([...wasm.keys()]).toEqual([...cpu.keys()]);
+      expectTensorsClose(wasm, cpu, 'gradient', (diff, tolerance, name) => expect(diff, name).toBeLessThan(tolerance));
+    },
+  );
 });

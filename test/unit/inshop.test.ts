@@ -65,14 +65,46 @@ describe('In-shop catalogue', () => {
   });
 
   it.each([
-    ['a missing partition file', (dir: string) => unlinkSync(join(dir, PARTITION_FILE)), /list_eval_partition.txt: file not found/],
-    ['a bad count line', (dir: string) => edit(dir, (l) => ['many', ...l.slice(1)]), /list_eval_partition.txt:1: expected the row count, found "many"/],
-    ['a wrong header', (dir: string) => edit(dir, (l) => [l[0], 'image item split', ...l.slice(2)]), /:2: expected the header "image_name item_id evaluation_status"/],
-    ['a malformed line', (dir: string) => edit(dir, (l) => [...l.slice(0, 4), 'img/MEN/Denim/x.png id_1', ...l.slice(5)]), /:5: expected 3 fields/],
-    ['an unknown split name', (dir: string) => edit(dir, (l) => [...l.slice(0, 3), l[3].replace(/train$/, 'validation'), ...l.slice(4)]), /:4: unknown split "validation"/],
-    ['a count that does not match', (dir: string) => edit(dir, (l) => ['99', ...l.slice(1)]), /declares 99 rows but the file has 48/],
-    ['an image path outside the layout', (dir: string) => edit(dir, (l) => [...l.slice(0, 2), l[2].replace('img/MEN/Denim/', 'pictures/'), ...l.slice(3)]), /:3: image name "pictures\/.*" is not of the form img\/GENDER\/Category\/id_XXXXXXXX\/FILE/],
-    ['an empty split', (dir: string) => edit(dir, (l) => recount(l.filter((line) => !line.endsWith('gallery')))), /the gallery split has no usable images/],
+    [
+      'a missing partition file',
+      (dir: string) => unlinkSync(join(dir, PARTITION_FILE)),
+      /list_eval_partition.txt: file not found/,
+    ],
+    [
+      'a bad count line',
+      (dir: string) => edit(dir, (l) => ['many', ...l.slice(1)]),
+      /list_eval_partition.txt:1: expected the row count, found "many"/,
+    ],
+    [
+      'a wrong header',
+      (dir: string) => edit(dir, (l) => [l[0], 'image item split', ...l.slice(2)]),
+      /:2: expected the header "image_name item_id evaluation_status"/,
+    ],
+    [
+      'a malformed line',
+      (dir: string) => edit(dir, (l) => [...l.slice(0, 4), 'img/MEN/Denim/x.png id_1', ...l.slice(5)]),
+      /:5: expected 3 fields/,
+    ],
+    [
+      'an unknown split name',
+      (dir: string) => edit(dir, (l) => [...l.slice(0, 3), l[3].replace(/train$/, 'validation'), ...l.slice(4)]),
+      /:4: unknown split "validation"/,
+    ],
+    [
+      'a count that does not match',
+      (dir: string) => edit(dir, (l) => ['99', ...l.slice(1)]),
+      /declares 99 rows but the file has 48/,
+    ],
+    [
+      'an image path outside the layout',
+      (dir: string) => edit(dir, (l) => [...l.slice(0, 2), l[2].replace('img/MEN/Denim/', 'pictures/'), ...l.slice(3)]),
+      /:3: image name "pictures\/.*" is not of the form img\/GENDER\/Category\/id_XXXXXXXX\/FILE/,
+    ],
+    [
+      'an empty split',
+      (dir: string) => edit(dir, (l) => recount(l.filter((line) => !line.endsWith('gallery')))),
+      /the gallery split has no usable images/,
+    ],
   ])('rejects %s with the file and line', async (_label, breakIt, message) => {
     const dir = join(base, `bad-${_label.replace(/\W+/g, '-')}`);
     cpSync(good, dir, { recursive: true });
@@ -87,7 +119,9 @@ describe('In-shop catalogue', () => {
     const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
     lines[3] = lines[3].replace(/\d+ \d+ \d+ \d+$/, '30 10 5 20');
     writeFileSync(file, lines.join('\n'));
-    await expect(openInshopCatalogue({ root: dir })).rejects.toThrow(/list_bbox_inshop.txt:4: bad bounding box "30 10 5 20"/);
+    await expect(openInshopCatalogue({ root: dir })).rejects.toThrow(
+      /list_bbox_inshop.txt:4: bad bounding box "30 10 5 20"/,
+    );
   });
 
   it('fails on a missing image, or skips and counts it', async () => {
@@ -95,7 +129,9 @@ describe('In-shop catalogue', () => {
     cpSync(good, dir, { recursive: true });
     const name = readFileSync(join(dir, PARTITION_FILE), 'utf8').split('\n')[5].split(/\s+/)[0];
     unlinkSync(join(dir, name));
-    await expect(openInshopCatalogue({ root: dir })).rejects.toThrow(new RegExp(`:6: image .*${name.split('/').pop()} is missing \\(use --on-bad-image skip`));
+    await expect(openInshopCatalogue({ root: dir })).rejects.toThrow(
+      new RegExp(`:6: image .*${name.split('/').pop()} is missing \\(use --on-bad-image skip`),
+    );
     const c = await openInshopCatalogue({ root: dir, onBadImage: 'skip' });
     expect(c.images).toHaveLength(47);
     expect(c.skipped).toEqual([expect.objectContaining({ line: 6, reason: expect.stringMatching(/is missing/) })]);
@@ -106,11 +142,15 @@ describe('In-shop catalogue', () => {
     cpSync(good, dir, { recursive: true });
     const name = readFileSync(join(dir, PARTITION_FILE), 'utf8').split('\n')[2].split(/\s+/)[0];
     writeFileSync(join(dir, name), 'not an image');
-    await expect(openInshopCatalogue({ root: dir, verifyImages: true })).rejects.toThrow(/:3: image .* cannot be decoded/);
+    await expect(openInshopCatalogue({ root: dir, verifyImages: true })).rejects.toThrow(
+      /:3: image .* cannot be decoded/,
+    );
     const skipping = await openInshopCatalogue({ root: dir, verifyImages: true, onBadImage: 'skip' });
     expect(skipping.skipped.map((s) => s.line)).toEqual([3]);
     const lazy = await openInshopCatalogue({ root: dir });
-    await expect(lazy.loadImage(0, 16)).rejects.toThrow(/cannot decode image .*tricaps data inspect --root .* --verify-images/);
+    await expect(lazy.loadImage(0, 16)).rejects.toThrow(
+      /cannot decode image .*tricaps data inspect --root .* --verify-images/,
+    );
   });
 
   it('fails on a train item with a single image, or skips it', async () => {
@@ -120,9 +160,13 @@ describe('In-shop catalogue', () => {
       const firstTrain = l.findIndex((line, i) => i >= 2 && line.endsWith('train'));
       const item = l[firstTrain].split(/\s+/)[1];
       keptLine = firstTrain + 1;
-      return recount(l.filter((line, i) => i <= firstTrain || !(line.split(/\s+/)[1] === item && line.endsWith('train'))));
+      return recount(
+        l.filter((line, i) => i <= firstTrain || !(line.split(/\s+/)[1] === item && line.endsWith('train'))),
+      );
     });
-    await expect(openInshopCatalogue({ root: dir })).rejects.toThrow(new RegExp(`:${keptLine}: train item id_\\d+ has a single image, so it cannot form a positive pair`));
+    await expect(openInshopCatalogue({ root: dir })).rejects.toThrow(
+      new RegExp(`:${keptLine}: train item id_\\d+ has a single image, so it cannot form a positive pair`),
+    );
     const c = await openInshopCatalogue({ root: dir, onBadImage: 'skip' });
     expect(c.skipped).toHaveLength(1);
     expect(trainItems(c).size).toBe(5);

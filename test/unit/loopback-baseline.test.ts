@@ -15,14 +15,20 @@ describe('loopback baseline', () => {
   it('http2: a round in which the receiver got another number of bytes than it expected fails', async () => {
     const receiver = await listenForRounds('http2', 2000);
     try {
-      await expect(sendRounds(receiver.port, 1000, 1, 'http2')).rejects.toThrow(/loopback baseline \(http2\): cannot send to 127\.0\.0\.1:\d+: the receiver got a different number of bytes/);
+      await expect(sendRounds(receiver.port, 1000, 1, 'http2')).rejects.toThrow(
+        /loopback baseline \(http2\): cannot send to 127\.0\.0\.1:\d+: the receiver got a different number of bytes/,
+      );
     } finally {
       await receiver.close();
     }
   });
 
   it('says where it could not send, over either protocol', async () => {
-    await expect(sendRounds(1, 1000, 1)).rejects.toThrow(/loopback baseline \(tcp\): cannot send to 127\.0\.0\.1:1: connect ECONNREFUSED/);
-    await expect(sendRounds(1, 1000, 1, 'http2')).rejects.toThrow(/loopback baseline \(http2\): cannot send to 127\.0\.0\.1:1: connect ECONNREFUSED/);
+    await expect(sendRounds(1, 1000, 1)).rejects.toThrow(
+      /loopback baseline \(tcp\): cannot send to 127\.0\.0\.1:1: connect ECONNREFUSED/,
+    );
+    await expect(sendRounds(1, 1000, 1, 'http2')).rejects.toThrow(
+      /loopback baseline \(http2\): cannot send to 127\.0\.0\.1:1: connect ECONNREFUSED/,
+    );
   });
 });

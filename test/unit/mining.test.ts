@@ -49,13 +49,19 @@ describe('in-batch triplet mining', () => {
   });
 
   it('counts anchors that have no positive or no negative', () => {
-    const { triplets, skippedAnchors } = mineTriplets('batch-hard', { distances: [0, 1, 1, 1, 0, 1, 1, 1, 0], labels: [0, 0, 1], margin: 1 });
+    const { triplets, skippedAnchors } = mineTriplets('batch-hard', {
+      distances: [0, 1, 1, 1, 0, 1, 1, 1, 0],
+      labels: [0, 0, 1],
+      margin: 1,
+    });
     expect(skippedAnchors).toBe(1);
     expect(triplets).toHaveLength(2);
   });
 
   it('rejects a distance matrix of the wrong size', () => {
-    expect(() => mineTriplets('batch-hard', { distances: [0, 1], labels: [0, 1], margin: 1 })).toThrow(/2 entries for 2 labels/);
+    expect(() => mineTriplets('batch-hard', { distances: [0, 1], labels: [0, 1], margin: 1 })).toThrow(
+      /2 entries for 2 labels/,
+    );
   });
 });
 
@@ -67,7 +73,9 @@ describe('anchor-masked training distances', () => {
     const { anchorMaskedDistances } = await import('../../src/shared/model/loss.js');
     const { l2Normalize } = await import('../../src/shared/model/squash.js');
     await useBackend('cpu');
-    const unit = l2Normalize(tf.randomNormal([4, 3, 5], 0, 1, 'float32', 7)) as import('@tensorflow/tfjs-core').Tensor3D;
+    const unit = l2Normalize(
+      tf.randomNormal([4, 3, 5], 0, 1, 'float32', 7),
+    ) as import('@tensorflow/tfjs-core').Tensor3D;
     const categories = [0, 2, 2, 1];
     const d = anchorMaskedDistances(unit, categories).arraySync();
     const u = unit.arraySync();

@@ -25,12 +25,19 @@ describe('no NaN at zero', () => {
   it('embeddings and both losses of all-zero capsules have finite values and gradients', async () => {
     await useBackend('cpu');
     const capsules = tf.zeros([4, 3, 4]) as tf.Tensor3D;
-    const triplets = [{ anchor: 0, positive: 1, negative: 2 }, { anchor: 2, positive: 3, negative: 0 }];
+    const triplets = [
+      { anchor: 0, positive: 1, negative: 2 },
+      { anchor: 2, positive: 3, negative: 0 },
+    ];
     for (const mode of ['predicted', 'oracle', 'none'] as const) {
       const g = tf.grad((c: tf.Tensor) => {
         const e = embed(c as tf.Tensor3D, mode, [0, 0, 1, 1]);
         const masked = anchorMaskedDistances(l2Normalize(c) as tf.Tensor3D, [0, 0, 1, 1]);
-        return tf.addN([tripletLoss(pairwiseSquaredDistances(e), triplets, 2).loss, tripletLoss(masked, triplets, 2).loss, capsuleMarginLoss(c as tf.Tensor3D, [0, 0, 1, 1])]);
+        return tf.addN([
+          tripletLoss(pairwiseSquaredDistances(e), triplets, 2).loss,
+          tripletLoss(masked, triplets, 2).loss,
+          capsuleMarginLoss(c as tf.Tensor3D, [0, 0, 1, 1]),
+        ]);
       })(capsules);
       expect(allFinite(g)).toBe(true);
     }

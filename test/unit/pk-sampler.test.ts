@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { samplePkBatch, stepsPerEpoch } from '../../src/shared/data/pk-sampler.js';
 
-const items = new Map<number, number[]>(Array.from({ length: 10 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2, i * 10 + 3]]));
+const items = new Map<number, number[]>(
+  Array.from({ length: 10 }, (_, i) => [i, [i * 10, i * 10 + 1, i * 10 + 2, i * 10 + 3]]),
+);
 
 describe('PK sampler', () => {
   it('is a pure function of (seed, epoch, step)', () => {
@@ -33,14 +35,24 @@ describe('PK sampler', () => {
   });
 
   it('repeats images when an item has fewer than K', () => {
-    const few = new Map([[0, [1, 2]], [1, [3, 4]]]);
+    const few = new Map([
+      [0, [1, 2]],
+      [1, [3, 4]],
+    ]);
     const b = samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 2, imagesPerItem: 3, items: few });
     expect(b.imageIds).toHaveLength(6);
   });
 
   it('explains when there are too few items or the step is outside the epoch', () => {
-    const single = new Map([[0, [1]], [1, [2, 3]]]);
-    expect(() => samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 2, imagesPerItem: 2, items: single })).toThrow(/1 items with at least 2 images/);
-    expect(() => samplePkBatch({ seed: 1, epoch: 0, step: 5, itemsPerBatch: 3, imagesPerItem: 2, items })).toThrow(/outside the epoch's 3 steps/);
+    const single = new Map([
+      [0, [1]],
+      [1, [2, 3]],
+    ]);
+    expect(() =>
+      samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 2, imagesPerItem: 2, items: single }),
+    ).toThrow(/1 items with at least 2 images/);
+    expect(() => samplePkBatch({ seed: 1, epoch: 0, step: 5, itemsPerBatch: 3, imagesPerItem: 2, items })).toThrow(
+      /outside the epoch's 3 steps/,
+    );
   });
 });

@@ -18,10 +18,18 @@ describe('Recall@K (In-shop definition)', () => {
   it('computes hand-checked recall for several queries and K larger than the gallery', () => {
     const gallery = [10, 11, 12];
     const distances = [
-      0.1, 0.5, 0.9, // query of item 10: rank 1
-      0.1, 0.5, 0.9, // query of item 11: rank 2
-      0.1, 0.5, 0.9, // query of item 12: rank 3
-      0.3, 0.2, 0.1, // query of item 13: no gallery image (excluded)
+      0.1,
+      0.5,
+      0.9, // query of item 10: rank 1
+      0.1,
+      0.5,
+      0.9, // query of item 11: rank 2
+      0.1,
+      0.5,
+      0.9, // query of item 12: rank 3
+      0.3,
+      0.2,
+      0.1, // query of item 13: no gallery image (excluded)
     ];
     const r = recallAtK(distances, [10, 11, 12, 13], gallery, [1, 2, 50]);
     expect(r.queries).toBe(3);

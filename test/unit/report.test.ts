@@ -4,7 +4,14 @@ import { renderReport } from '../../src/report/report.js';
 import type { HistoryLine } from '../../src/shared/run-history.js';
 
 const step = (s: number, loss: number, worker = 'w1'): HistoryLine => ({
-  type: 'step', step: s, epoch: 0, loss, gradientNorm: 1, triplets: 24, activeTriplets: 12, seconds: 0.5,
+  type: 'step',
+  step: s,
+  epoch: 0,
+  loss,
+  gradientNorm: 1,
+  triplets: 24,
+  activeTriplets: 12,
+  seconds: 0.5,
   phases: { data: 0.05, compute: 0.3, exchange: 0.1, averaging: 0.02, optimizer: 0.03 },
   workers: [{ id: worker, images: 24, dataSeconds: 0.05, computeSeconds: 0.3 }],
 });
@@ -17,7 +24,15 @@ describe('run report', () => {
       { type: 'evaluation', step: 10, mask: 'oracle', recall: { '1': 0.1, '10': 0.5 }, mapAtR: 0.1 },
       { type: 'evaluation', step: 20, mask: 'oracle', recall: { '1': 0.3, '10': 0.7 }, mapAtR: 0.2 },
       // A resumed run repeats step 29: the later record wins.
-      { type: 'run', runId: 'r<1>', step: 29, resumedFrom: '/ck/step-00000029', engine: 'wasm', device: 'cpu', shards: 2 },
+      {
+        type: 'run',
+        runId: 'r<1>',
+        step: 29,
+        resumedFrom: '/ck/step-00000029',
+        engine: 'wasm',
+        device: 'cpu',
+        shards: 2,
+      },
       step(29, 0.5),
     ];
     const html = renderReport({ lines, gridPng: Uint8Array.of(137, 80, 78, 71), title: 'demo' });

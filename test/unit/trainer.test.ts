@@ -3,8 +3,9 @@ import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { fastGradConv } from '../../src/shared/engine/engine.js';
-import { ParameterUpdater, OptimizerConfigSchema } from '../../src/coordinator/optimizer.js';
-import { computeGradients } from '../../src/worker/trainer.js';
+import { ParameterUpdater } from '../../src/coordinator/optimizer.js';
+import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
+import { computeGradients } from '../../src/shared/train/gradients.js';
 import { useBackend } from '../helpers.js';
 import { tinyBatch, tinyModel } from '../tiny-model.js';
 
@@ -18,7 +19,13 @@ describe('training step', () => {
     const tensorCounts: number[] = [];
     for (let step = 0; step < 25; step++) {
       // Same seed every step: the same random triplets, so the objective is fixed and must fall.
-      const r = computeGradients(model, batch, { mining: 'random', margin: 2, marginLossWeight: 0.5, conv: fastGradConv, seed: 1 });
+      const r = computeGradients(model, batch, {
+        mining: 'random',
+        margin: 2,
+        marginLossWeight: 0.5,
+        conv: fastGradConv,
+        seed: 1,
+      });
       expect(r.grads.size).toBe(model.trainable.size);
       expect(r.bnUpdates.size).toBe(model.buffers.size);
       const stats = await r.readStats();
@@ -40,7 +47,13 @@ describe('training step', () => {
     const model = tinyModel();
     const updater = new ParameterUpdater(model, OptimizerConfigSchema.parse({}));
     const before = model.buffers.get('stem/bn/moving_variance')!.dataSync().slice();
-    const r = computeGradients(model, tinyBatch(), { mining: 'batch-hard', margin: 2, marginLossWeight: 0, conv: fastGradConv, seed: 1 });
+    const r = computeGradients(model, tinyBatch(), {
+      mining: 'batch-hard',
+      margin: 2,
+      marginLossWeight: 0,
+      conv: fastGradConv,
+      seed: 1,
+    });
     const proposed = r.bnUpdates.get('stem/bn/moving_variance')!.dataSync().slice();
     updater.apply(r.grads, r.bnUpdates, 0);
     r.dispose();
@@ -55,10 +68,20 @@ describe('training step', () => {
     const model = tinyModel();
     const updater = new ParameterUpdater(model, OptimizerConfigSchema.parse({}));
     expect(() => updater.apply(new Map([['nope', tf.zeros([1])]]), new Map(), 0)).toThrow(/unknown parameter nope/);
-    expect(() => updater.apply(new Map([['stem/conv/bias', tf.zeros([3])]]), new Map(), 0)).toThrow(/no gradient for parameter stem\/conv\/kernel/);
-    const all = new Map([...model.trainable].map(([n, v]) => [n, n === 'stem/conv/bias' ? tf.zeros([3]) : tf.zerosLike(v)]));
+    expect(() => updater.apply(new Map([['stem/conv/bias', tf.zeros([3])]]), new Map(), 0)).toThrow(
+      /no gradient for parameter stem\/conv\/kernel/,
+    );
+    const all = new Map(
+      [...model.trainable].map(([n, v]) => [n, n === 'stem/conv/bias' ? tf.zeros([3]) : tf.zerosLike(v)]),
+    );
     expect(() => updater.apply(all, new Map(), 0)).toThrow(/gradient for stem\/conv\/bias has shape \[3\]/);
-    expect(() => computeGradients(model, { ...tinyBatch(), itemIds: [1] }, { mining: 'random', margin: 2, marginLossWeight: 0, conv: fastGradConv, seed: 1 })).toThrow(/1 item ids/);
+    expect(() =>
+      computeGradients(
+        model,
+        { ...tinyBatch(), itemIds: [1] },
+        { mining: 'random', margin: 2, marginLossWeight: 0, conv: fastGradConv, seed: 1 },
+      ),
+    ).toThrow(/1 item ids/);
     updater.dispose();
     model.dispose();
   });

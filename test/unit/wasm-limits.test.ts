@@ -15,7 +15,9 @@ describe('wasm memory limit', () => {
       caught = err;
     }
     expect(caught).toBeInstanceOf(WebAssembly.RuntimeError);
-    expect(explainResourceFailure(caught)).toMatch(/wasm engine failed inside WebAssembly .* memory \(at most 4 GB\) ran out\. Use fewer images per step \(--batch-triplets\)/);
+    expect(explainResourceFailure(caught)).toMatch(
+      /wasm engine failed inside WebAssembly .* memory \(at most 4 GB\) ran out\. Use fewer images per step \(--batch-triplets\)/,
+    );
     expect(explainResourceFailure(new Error('other'))).toBeUndefined();
   });
 });

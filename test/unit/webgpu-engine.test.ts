@@ -8,7 +8,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
-import { ParameterUpdater, OptimizerConfigSchema } from '../../src/coordinator/optimizer.js';
+import { ParameterUpdater } from '../../src/coordinator/optimizer.js';
+import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
 import { DeviceCounters } from '../../src/shared/engine/device-counters.js';
 import { fastGradConv, initEngine, softwareAdapterReason, stockConv } from '../../src/shared/engine/engine.js';
 import { conv2dFastGrad } from '../../src/shared/engine/fast-conv.js';
@@ -17,7 +18,7 @@ import { embed } from '../../src/shared/model/embedding.js';
 import { squash } from '../../src/shared/model/squash.js';
 import { MINING_STRATEGIES, type MiningStrategy } from '../../src/shared/model/mining.js';
 import { forward } from '../../src/shared/model/tricapsnet.js';
-import { computeGradients } from '../../src/worker/trainer.js';
+import { computeGradients } from '../../src/shared/train/gradients.js';
 import { expectTensorsClose, relativeError, seededNormal, useBackend, webgpuSkipReason } from '../helpers.js';
 import { tinyBatch, tinyModel } from '../tiny-model.js';
 import { deviceResult, hostReference, randomBatch } from '../mining-fixtures.js';
@@ -33,12 +34,14 @@ async function runModel(backend: 'cpu' | 'webgpu', variant: 'sc' | 'rc', mining:
   const inference = forward(model, batch.images, { training: false, conv });
   const capsules = Array.from(await inference.capsules.data());
   const embeddings = Object.fromEntries(
-    await Promise.all((['predicted', 'oracle', 'none'] as const).map(async (m) => {
-      const e = embed(inference.capsules, m, batch.categories);
-      const values = Array.from(await e.data());
-      e.dispose();
-      return [m, values] as const;
-    })),
+    await Promise.all(
+      (['predicted', 'oracle', 'none'] as const).map(async (m) => {
+        const e = embed(inference.capsules, m, batch.categories);
+        const values = Array.from(await e.data());
+        e.dispose();
+        return [m, values] as const;
+      }),
+    ),
   );
   inference.capsules.dispose();
   const r = computeGradients(model, batch, { mining, margin: 2, marginLossWeight: 0.5, conv, seed: 4 });
@@ -71,7 +74,13 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
       for (const mining of MINING_STRATEGIES) {
         // The fleet worker's step: gradients, BN statistics and statistics in one read.
         counters.reset();
-        const worker = computeGradients(model, batch, { mining, margin: 2, marginLossWeight: 0.5, conv: fastGradConv, seed: 1 });
+        const worker = computeGradients(model, batch, {
+          mining,
+          margin: 2,
+          marginLossWeight: 0.5,
+          conv: fastGradConv,
+          seed: 1,
+        });
         const host = await worker.readAll();
         worker.dispose();
         expect(host.grads.size).toBe(model.trainable.size);
@@ -79,7 +88,13 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
         expect(counters.snapshot().dispatches).toBeGreaterThan(50);
         // The local loop's step: statistics read (loss checked), then Adam on the device.
         counters.reset();
-        const local = computeGradients(model, batch, { mining, margin: 2, marginLossWeight: 0.5, conv: fastGradConv, seed: 1 });
+        const local = computeGradients(model, batch, {
+          mining,
+          margin: 2,
+          marginLossWeight: 0.5,
+          conv: fastGradConv,
+          seed: 1,
+        });
         const stats = await local.readStats();
         updater.apply(local.grads, local.bnUpdates, 0);
         local.dispose();
@@ -101,20 +116,24 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
     }
   });
 
-  it.each(['sc', 'rc'] as const)('%s: capsules, embeddings, loss, gradients and BN statistics match the cpu backend', async (variant) => {
-    for (const mining of ['batch-hard', 'random'] as const) {
-      const cpu = await runModel('cpu', variant, mining);
-      const gpu = await runModel('webgpu', variant, mining);
-      expect(relativeError(gpu.capsules, cpu.capsules), 'capsules').toBeLessThan(1e-3);
-      for (const m of ['predicted', 'oracle', 'none'] as const) expect(relativeError(gpu.embeddings[m], cpu.embeddings[m]), `embeddings ${m}`).toBeLessThan(1e-3);
-      expect(gpu.stats.triplets).toBe(cpu.stats.triplets);
-      expect(gpu.stats.activeTriplets).toBe(cpu.stats.activeTriplets);
-      expect(gpu.stats.loss).toBeCloseTo(cpu.stats.loss, 4);
-      expect(gpu.stats.meanNegativeDistance).toBeCloseTo(cpu.stats.meanNegativeDistance, 4);
-      expectClose(gpu.grads, cpu.grads, `${variant} ${mining} gradient`);
-      expectClose(gpu.bn, cpu.bn, `${variant} BN statistic`);
-    }
-  });
+  it.each(['sc', 'rc'] as const)(
+    '%s: capsules, embeddings, loss, gradients and BN statistics match the cpu backend',
+    async (variant) => {
+      for (const mining of ['batch-hard', 'random'] as const) {
+        const cpu = await runModel('cpu', variant, mining);
+        const gpu = await runModel('webgpu', variant, mining);
+        expect(relativeError(gpu.capsules, cpu.capsules), 'capsules').toBeLessThan(1e-3);
+        for (const m of ['predicted', 'oracle', 'none'] as const)
+          expect(relativeError(gpu.embeddings[m], cpu.embeddings[m]), `embeddings ${m}`).toBeLessThan(1e-3);
+        expect(gpu.stats.triplets).toBe(cpu.stats.triplets);
+        expect(gpu.stats.activeTriplets).toBe(cpu.stats.activeTriplets);
+        expect(gpu.stats.loss).toBeCloseTo(cpu.stats.loss, 4);
+        expect(gpu.stats.meanNegativeDistance).toBeCloseTo(cpu.stats.meanNegativeDistance, 4);
+        expectClose(gpu.grads, cpu.grads, `${variant} ${mining} gradient`);
+        expectClose(gpu.bn, cpu.bn, `${variant} BN statistic`);
+      }
+    },
+  );
 
   it('the fused squash kernel and its gradient equal the plain ops on the cpu backend (zero, tiny and long capsules)', async () => {
     const run = async (backend: 'cpu' | 'webgpu') => {
@@ -159,14 +178,20 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
         return tf.sum(tf.mul(t.y, probe));
       })([x, gamma, beta]);
       const read = async (t: tf.Tensor) => Array.from(await t.data());
-      const out = { y: await read(r.y), mean: await read(r.mean), variance: await read(r.variance), grads: await Promise.all(grads.map(read)) };
+      const out = {
+        y: await read(r.y),
+        mean: await read(r.mean),
+        variance: await read(r.variance),
+        grads: await Promise.all(grads.map(read)),
+      };
       tf.dispose([x, gamma, beta, probe, r.y, r.mean, r.variance, ...grads]);
       return out;
     };
     const cpu = await run('cpu');
     const gpu = await run('webgpu');
     for (const k of ['y', 'mean', 'variance'] as const) expect(relativeError(gpu[k], cpu[k]), k).toBeLessThan(1e-5);
-    for (let i = 0; i < 3; i++) expect(relativeError(gpu.grads[i], cpu.grads[i]), ['dx', 'dgamma', 'dbeta'][i]).toBeLessThan(1e-4);
+    for (let i = 0; i < 3; i++)
+      expect(relativeError(gpu.grads[i], cpu.grads[i]), ['dx', 'dgamma', 'dbeta'][i]).toBeLessThan(1e-4);
     expect(tf.getKernel('TricapsBnApply', 'webgpu')).toBeDefined();
   });
 
@@ -185,12 +210,19 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
 
   // The same kernel / stride / padding / size cases as the wasm test (fast-conv.test.ts).
   const convCases: { kernel: number; stride: number; padding: 'same' | 'valid'; size: number }[] = [];
-  for (const [kernel, stride] of [[7, 2], [3, 2], [3, 1], [1, 2], [7, 1]]) {
+  for (const [kernel, stride] of [
+    [7, 2],
+    [3, 2],
+    [3, 1],
+    [1, 2],
+    [7, 1],
+  ]) {
     for (const size of [9, 12, 16]) {
-      for (const padding of ['same', 'valid'] as const) if (padding === 'same' || size >= kernel) convCases.push({ kernel, stride, padding, size });
+      for (const padding of ['same', 'valid'] as const)
+        if (padding === 'same' || size >= kernel) convCases.push({ kernel, stride, padding, size });
     }
   }
-  it('fast convolution gradients match the cpu backend\'s stock gradients (every case of the wasm test)', async () => {
+  it("fast convolution gradients match the cpu backend's stock gradients (every case of the wasm test)", async () => {
     const grads = async (backend: 'cpu' | 'webgpu', c: (typeof convCases)[number]) => {
       await useBackend(backend);
       const { dx, dw } = tf.tidy(() => {
@@ -198,7 +230,14 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
         const w = seededNormal([c.kernel, c.kernel, 3, 5], 2) as tf.Tensor4D;
         const probe = seededNormal(tf.conv2d(x, w, c.stride, c.padding).shape, 3);
         const f = (xi: tf.Tensor, wi: tf.Tensor) =>
-          tf.sum(tf.mul(backend === 'webgpu' ? conv2dFastGrad(xi as tf.Tensor4D, wi as tf.Tensor4D, c) : tf.conv2d(xi as tf.Tensor4D, wi as tf.Tensor4D, c.stride, c.padding), probe));
+          tf.sum(
+            tf.mul(
+              backend === 'webgpu'
+                ? conv2dFastGrad(xi as tf.Tensor4D, wi as tf.Tensor4D, c)
+                : tf.conv2d(xi as tf.Tensor4D, wi as tf.Tensor4D, c.stride, c.padding),
+              probe,
+            ),
+          );
         const [gx, gw] = tf.grads(f)([x, w]);
         return { dx: gx, dw: gw };
       });
@@ -222,16 +261,22 @@ describe.skipIf(skip !== null)('webgpu engine', () => {
     if (softwareAdapterReason({ description: explicit.device }) === null) return; // a hardware GPU: auto may take it
     const auto = await initEngine('auto', createLogger('test', 'silent'));
     expect(auto.name).not.toBe('webgpu');
-    expect(auto.passedOver.find((p) => p.engine === 'webgpu')?.reason).toMatch(/software.*slower than wasm.*--engine webgpu/);
+    expect(auto.passedOver.find((p) => p.engine === 'webgpu')?.reason).toMatch(
+      /software.*slower than wasm.*--engine webgpu/,
+    );
     await useBackend('webgpu');
   });
 });
 
 describe('software adapters', () => {
   it('are recognised by fallback flag, architecture or name', () => {
-    expect(softwareAdapterReason({ description: 'NVIDIA H100 80GB HBM3', vendor: 'nvidia', architecture: 'hopper' })).toBeNull();
+    expect(
+      softwareAdapterReason({ description: 'NVIDIA H100 80GB HBM3', vendor: 'nvidia', architecture: 'hopper' }),
+    ).toBeNull();
     expect(softwareAdapterReason({ description: 'AMD Radeon RX 7900', architecture: 'rdna-3' })).toBeNull();
-    expect(softwareAdapterReason({ description: 'llvmpipe: Mesa 25.0.7', isFallbackAdapter: true })).toMatch(/fallback/);
+    expect(softwareAdapterReason({ description: 'llvmpipe: Mesa 25.0.7', isFallbackAdapter: true })).toMatch(
+      /fallback/,
+    );
     expect(softwareAdapterReason({ description: 'x', architecture: 'software' })).toMatch(/software architecture/);
     expect(softwareAdapterReason({ description: 'SwiftShader Device (Subzero)' })).toMatch(/software renderer/);
     expect(softwareAdapterReason({ device: 'llvmpipe (LLVM 15.0.6, 256 bits)' })).toMatch(/software renderer/);

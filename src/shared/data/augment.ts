@@ -48,7 +48,8 @@ export function augmentParams(cfg: AugmentConfig, k: SampleKey): AugmentParams {
     shear: sym(cfg.shearDegrees) * deg,
     zx: 1 + sym(cfg.zoom),
     zy: 1 + sym(cfg.zoom),
-    brightness: cfg.brightness[0] === cfg.brightness[1] ? cfg.brightness[0] : rng.uniform(cfg.brightness[0], cfg.brightness[1]),
+    brightness:
+      cfg.brightness[0] === cfg.brightness[1] ? cfg.brightness[0] : rng.uniform(cfg.brightness[0], cfg.brightness[1]),
     flip: cfg.horizontalFlip && rng.next() < 0.5,
   };
 }

@@ -14,7 +14,13 @@ export async function loadImages(catalogue: Catalogue, ids: number[], size: numb
  * Pixels of a training batch, each image augmented as its sample key says (the same images and
  * augmentations whichever process loads them: `key` names the step and shard, `sample` the image).
  */
-export async function loadTrainingImages(catalogue: Catalogue, ids: number[], size: number, augment: AugmentConfig, key: Omit<SampleKey, 'sample'>): Promise<Float32Array> {
+export async function loadTrainingImages(
+  catalogue: Catalogue,
+  ids: number[],
+  size: number,
+  augment: AugmentConfig,
+  key: Omit<SampleKey, 'sample'>,
+): Promise<Float32Array> {
   const pixels = await loadImages(catalogue, ids, size);
   if (augment.enabled) {
     const per = size * size * 3;

@@ -55,22 +55,32 @@ interface Row {
 function readTable(root: string, file: string, header: string[], columns: number): Row[] {
   const path = join(root, file);
   if (!existsSync(path)) {
-    throw new UsageError(`${path}: file not found. An In-shop catalogue needs ${PARTITION_FILE} under its root (make one with \`tricaps data synth --out DIR\`)`);
+    throw new UsageError(
+      `${path}: file not found. An In-shop catalogue needs ${PARTITION_FILE} under its root (make one with \`tricaps data synth --out DIR\`)`,
+    );
   }
   const lines = readFileSync(path, 'utf8').split(/\r?\n/);
   const declared = Number(lines[0]?.trim());
-  if (!Number.isInteger(declared) || declared < 0) throw new UsageError(`${path}:1: expected the row count, found "${lines[0] ?? ''}"`);
+  if (!Number.isInteger(declared) || declared < 0)
+    throw new UsageError(`${path}:1: expected the row count, found "${lines[0] ?? ''}"`);
   const got = (lines[1] ?? '').trim().split(/\s+/);
-  if (got.join(' ') !== header.join(' ')) throw new UsageError(`${path}:2: expected the header "${header.join(' ')}", found "${lines[1] ?? ''}"`);
+  if (got.join(' ') !== header.join(' '))
+    throw new UsageError(`${path}:2: expected the header "${header.join(' ')}", found "${lines[1] ?? ''}"`);
   const rows: Row[] = [];
   for (let i = 2; i < lines.length; i++) {
     const text = lines[i].trim();
     if (!text) continue;
     const fields = text.split(/\s+/);
-    if (fields.length !== columns) throw new UsageError(`${path}:${i + 1}: expected ${columns} fields (${header.join(' ')}), found ${fields.length}: "${text}"`);
+    if (fields.length !== columns)
+      throw new UsageError(
+        `${path}:${i + 1}: expected ${columns} fields (${header.join(' ')}), found ${fields.length}: "${text}"`,
+      );
     rows.push({ line: i + 1, fields });
   }
-  if (rows.length !== declared) throw new UsageError(`${path}:1: declares ${declared} rows but the file has ${rows.length}; fix the count or the rows`);
+  if (rows.length !== declared)
+    throw new UsageError(
+      `${path}:1: declares ${declared} rows but the file has ${rows.length}; fix the count or the rows`,
+    );
   return rows;
 }
 
@@ -83,17 +93,25 @@ function categoryOf(imageName: string): string | undefined {
 
 export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCatalogue> {
   const { root, onBadImage = 'fail', bboxCrop = false, verifyImages = false } = opts;
-  if (!existsSync(root)) throw new UsageError(`${root}: no such directory (give the root of an In-shop catalogue: it holds img/ and ${PARTITION_FILE})`);
+  if (!existsSync(root))
+    throw new UsageError(
+      `${root}: no such directory (give the root of an In-shop catalogue: it holds img/ and ${PARTITION_FILE})`,
+    );
   const partitionPath = join(root, PARTITION_FILE);
   const rows = readTable(root, PARTITION_FILE, PARTITION_HEADER, 3);
   const boxes = new Map<string, [number, number, number, number]>();
   const hasBoxes = existsSync(join(root, BBOX_FILE));
-  if (bboxCrop && !hasBoxes) throw new UsageError(`${join(root, BBOX_FILE)}: file not found; it is needed for bounding-box crops (drop --bbox-crop to use whole images)`);
+  if (bboxCrop && !hasBoxes)
+    throw new UsageError(
+      `${join(root, BBOX_FILE)}: file not found; it is needed for bounding-box crops (drop --bbox-crop to use whole images)`,
+    );
   if (hasBoxes) {
     for (const row of readTable(root, BBOX_FILE, BBOX_HEADER, 7)) {
       const coords = row.fields.slice(3).map(Number);
       if (coords.some((c) => !Number.isInteger(c) || c < 0) || coords[2] < coords[0] || coords[3] < coords[1]) {
-        throw new UsageError(`${join(root, BBOX_FILE)}:${row.line}: bad bounding box "${row.fields.slice(3).join(' ')}" (want x_1 y_1 x_2 y_2, integers, x_1 <= x_2, y_1 <= y_2)`);
+        throw new UsageError(
+          `${join(root, BBOX_FILE)}:${row.line}: bad bounding box "${row.fields.slice(3).join(' ')}" (want x_1 y_1 x_2 y_2, integers, x_1 <= x_2, y_1 <= y_2)`,
+        );
       }
       boxes.set(row.fields[0], coords as [number, number, number, number]);
     }
@@ -101,7 +119,8 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
 
   const skipped: SkippedEntry[] = [];
   const bad = (line: number, reason: string, file = partitionPath) => {
-    if (onBadImage === 'fail') throw new UsageError(`${file}:${line}: ${reason} (use --on-bad-image skip to skip such entries and count them)`);
+    if (onBadImage === 'fail')
+      throw new UsageError(`${file}:${line}: ${reason} (use --on-bad-image skip to skip such entries and count them)`);
     skipped.push({ file, line, reason });
   };
 
@@ -116,9 +135,13 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
   const seen = new Set<string>();
   for (const { line, fields } of rows) {
     const [name, item, split] = fields;
-    if (!(SPLITS as readonly string[]).includes(split)) throw new UsageError(`${partitionPath}:${line}: unknown split "${split}" (expected train, query or gallery)`);
+    if (!(SPLITS as readonly string[]).includes(split))
+      throw new UsageError(`${partitionPath}:${line}: unknown split "${split}" (expected train, query or gallery)`);
     const category = categoryOf(name);
-    if (!category) throw new UsageError(`${partitionPath}:${line}: image name "${name}" is not of the form img/GENDER/Category/id_XXXXXXXX/FILE`);
+    if (!category)
+      throw new UsageError(
+        `${partitionPath}:${line}: image name "${name}" is not of the form img/GENDER/Category/id_XXXXXXXX/FILE`,
+      );
     if (seen.has(name)) throw new UsageError(`${partitionPath}:${line}: image "${name}" is listed twice`);
     seen.add(name);
     if (!existsSync(join(root, name))) {
@@ -148,14 +171,22 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
   }
   const kept = entries.filter((e) => !dropped.has(e));
   for (const split of SPLITS) {
-    if (!kept.some((e) => e.split === split)) throw new UsageError(`${partitionPath}: the ${split} split has no usable images${skipped.length ? ` (${skipped.length} entries were skipped)` : ''}`);
+    if (!kept.some((e) => e.split === split))
+      throw new UsageError(
+        `${partitionPath}: the ${split} split has no usable images${skipped.length ? ` (${skipped.length} entries were skipped)` : ''}`,
+      );
   }
 
   const categories = [...new Set(kept.map((e) => e.category))].sort();
   const itemNames = [...new Set(kept.map((e) => e.item))].sort();
   const itemIndex = new Map(itemNames.map((n, i) => [n, i]));
   const categoryIndex = new Map(categories.map((n, i) => [n, i]));
-  const images: ImageRecord[] = kept.map((e, id) => ({ id, itemId: itemIndex.get(e.item)!, category: categoryIndex.get(e.category)!, split: e.split }));
+  const images: ImageRecord[] = kept.map((e, id) => ({
+    id,
+    itemId: itemIndex.get(e.item)!,
+    category: categoryIndex.get(e.category)!,
+    split: e.split,
+  }));
   const paths = kept.map((e) => e.name);
 
   return {
@@ -171,12 +202,20 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
       const path = join(root, paths[id]);
       let pipeline = sharp(path);
       const box = bboxCrop ? boxes.get(paths[id]) : undefined;
-      if (box) pipeline = pipeline.extract({ left: box[0], top: box[1], width: box[2] - box[0] + 1, height: box[3] - box[1] + 1 });
+      if (box)
+        pipeline = pipeline.extract({
+          left: box[0],
+          top: box[1],
+          width: box[2] - box[0] + 1,
+          height: box[3] - box[1] + 1,
+        });
       let raw: Buffer;
       try {
         raw = await pipeline.resize(size, size, { fit: 'fill' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
       } catch (err) {
-        throw new UsageError(`${path}: cannot decode image (${(err as Error).message}); run \`tricaps data inspect --root ${root} --verify-images\` to find every bad file`);
+        throw new UsageError(
+          `${path}: cannot decode image (${(err as Error).message}); run \`tricaps data inspect --root ${root} --verify-images\` to find every bad file`,
+        );
       }
       const out = new Float32Array(size * size * 3);
       for (let i = 0; i < out.length; i++) out[i] = raw[i] / 255;
@@ -190,8 +229,24 @@ export function describeCatalogue(c: InshopCatalogue) {
   const perSplit = Object.fromEntries(
     SPLITS.map((split) => {
       const records = c.images.filter((r) => r.split === split);
-      return [split, { images: records.length, items: new Set(records.map((r) => r.itemId)).size, categories: new Set(records.map((r) => r.category)).size }];
+      return [
+        split,
+        {
+          images: records.length,
+          items: new Set(records.map((r) => r.itemId)).size,
+          categories: new Set(records.map((r) => r.category)).size,
+        },
+      ];
     }),
   );
-  return { root: c.root, images: c.images.length, items: c.itemNames.length, categories: c.categories, splits: perSplit, bounding_boxes: c.hasBoxes, skipped: c.skipped.length, skipped_entries: c.skipped.slice(0, 20) };
+  return {
+    root: c.root,
+    images: c.images.length,
+    items: c.itemNames.length,
+    categories: c.categories,
+    splits: perSplit,
+    bounding_boxes: c.hasBoxes,
+    skipped: c.skipped.length,
+    skipped_entries: c.skipped.slice(0, 20),
+  };
 }

@@ -6,7 +6,9 @@ import { syntheticCatalogue } from './synthetic.js';
 import type { TrainConfig } from '../train-config.js';
 
 export async function openTrainingCatalogue(data: TrainConfig['data']): Promise<Catalogue> {
-  return data.root ? openInshopCatalogue({ root: data.root, onBadImage: data.onBadImage, bboxCrop: data.bboxCrop }) : syntheticCatalogue(data);
+  return data.root
+    ? openInshopCatalogue({ root: data.root, onBadImage: data.onBadImage, bboxCrop: data.bboxCrop })
+    : syntheticCatalogue(data);
 }
 
 /** What must agree between the coordinator's catalogue and a worker's (same data, same order). */

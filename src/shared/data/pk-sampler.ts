@@ -27,7 +27,10 @@ export function stepsPerEpoch(itemCount: number, itemsPerBatch: number): number 
 export function samplePkBatch({ seed, epoch, step, itemsPerBatch, imagesPerItem, items }: PkSamplerArgs): PkBatch {
   const usable = [...items.keys()].filter((id) => items.get(id)!.length >= 2);
   const steps = stepsPerEpoch(usable.length, itemsPerBatch);
-  if (steps === 0) throw new Error(`PK sampler: ${usable.length} items with at least 2 images, fewer than the ${itemsPerBatch} items a batch needs`);
+  if (steps === 0)
+    throw new Error(
+      `PK sampler: ${usable.length} items with at least 2 images, fewer than the ${itemsPerBatch} items a batch needs`,
+    );
   if (step < 0 || step >= steps) throw new Error(`PK sampler: step ${step} outside the epoch's ${steps} steps`);
   const order = Rng.from(seed, 0x9e11, epoch).shuffled(usable);
   const imageIds: number[] = [];

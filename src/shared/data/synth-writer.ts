@@ -24,7 +24,9 @@ function clothesType(category: string): number {
   return 1;
 }
 
-export async function writeSyntheticInshop(opts: SynthWriteOptions): Promise<{ images: number; items: number; root: string }> {
+export async function writeSyntheticInshop(
+  opts: SynthWriteOptions,
+): Promise<{ images: number; items: number; root: string }> {
   const { out, imageSize, format = 'png' } = opts;
   if (existsSync(out) && readdirSync(out).length > 0 && !opts.force) {
     throw new UsageError(`${out} is not empty; choose a new directory or pass --force to write into it`);
@@ -51,7 +53,13 @@ export async function writeSyntheticInshop(opts: SynthWriteOptions): Promise<{ i
   }
   mkdirSync(join(out, 'Eval'), { recursive: true });
   mkdirSync(join(out, 'Anno'), { recursive: true });
-  writeFileSync(join(out, PARTITION_FILE), [String(partition.length), 'image_name item_id evaluation_status', ...partition].join('\n') + '\n');
-  writeFileSync(join(out, BBOX_FILE), [String(boxes.length), 'image_name clothes_type pose_type x_1 y_1 x_2 y_2', ...boxes].join('\n') + '\n');
+  writeFileSync(
+    join(out, PARTITION_FILE),
+    [String(partition.length), 'image_name item_id evaluation_status', ...partition].join('\n') + '\n',
+  );
+  writeFileSync(
+    join(out, BBOX_FILE),
+    [String(boxes.length), 'image_name clothes_type pose_type x_1 y_1 x_2 y_2', ...boxes].join('\n') + '\n',
+  );
   return { images: partition.length, items: opts.items, root: out };
 }

@@ -8,10 +8,29 @@ import type { Catalogue, ImageRecord, Split } from './catalogue.js';
 
 /** In-shop's 23 categories (gender/category). */
 export const INSHOP_CATEGORIES = [
-  'MEN/Denim', 'MEN/Jackets_Vests', 'MEN/Pants', 'MEN/Shirts_Polos', 'MEN/Shorts', 'MEN/Suiting', 'MEN/Sweaters',
-  'MEN/Sweatshirts_Hoodies', 'MEN/Tees_Tanks', 'WOMEN/Blouses_Shirts', 'WOMEN/Cardigans', 'WOMEN/Denim', 'WOMEN/Dresses',
-  'WOMEN/Graphic_Tees', 'WOMEN/Jackets_Coats', 'WOMEN/Leggings', 'WOMEN/Pants', 'WOMEN/Rompers_Jumpsuits', 'WOMEN/Shorts',
-  'WOMEN/Skirts', 'WOMEN/Sweaters', 'WOMEN/Sweatshirts_Hoodies', 'WOMEN/Tees_Tanks',
+  'MEN/Denim',
+  'MEN/Jackets_Vests',
+  'MEN/Pants',
+  'MEN/Shirts_Polos',
+  'MEN/Shorts',
+  'MEN/Suiting',
+  'MEN/Sweaters',
+  'MEN/Sweatshirts_Hoodies',
+  'MEN/Tees_Tanks',
+  'WOMEN/Blouses_Shirts',
+  'WOMEN/Cardigans',
+  'WOMEN/Denim',
+  'WOMEN/Dresses',
+  'WOMEN/Graphic_Tees',
+  'WOMEN/Jackets_Coats',
+  'WOMEN/Leggings',
+  'WOMEN/Pants',
+  'WOMEN/Rompers_Jumpsuits',
+  'WOMEN/Shorts',
+  'WOMEN/Skirts',
+  'WOMEN/Sweaters',
+  'WOMEN/Sweatshirts_Hoodies',
+  'WOMEN/Tees_Tanks',
 ] as const;
 
 type Point = [number, number];
@@ -32,13 +51,27 @@ function categoryShape(name: string, index: number): CategoryShape {
   const rng = Rng.from(0x5ca1e, index);
   const j = () => rng.uniform(-0.06, 0.06);
   const c = name.split('/')[1] ?? name;
-  if (/Pants|Denim|Leggings/.test(c)) return { silhouette: 'pants', sleeve: 0, length: 1.0 + j(), width: /Leggings/.test(c) ? 0.34 : 0.46 + j(), flare: /Denim/.test(c) ? 0.05 : 0.12 };
+  if (/Pants|Denim|Leggings/.test(c))
+    return {
+      silhouette: 'pants',
+      sleeve: 0,
+      length: 1.0 + j(),
+      width: /Leggings/.test(c) ? 0.34 : 0.46 + j(),
+      flare: /Denim/.test(c) ? 0.05 : 0.12,
+    };
   if (/Shorts/.test(c)) return { silhouette: 'pants', sleeve: 0, length: 0.45 + j(), width: 0.5 + j(), flare: 0.15 };
   if (/Skirts/.test(c)) return { silhouette: 'skirt', sleeve: 0, length: 0.7 + j(), width: 0.4, flare: 0.35 + j() };
   if (/Dresses/.test(c)) return { silhouette: 'dress', sleeve: 0.2, length: 1.05 + j(), width: 0.36, flare: 0.3 + j() };
-  if (/Rompers|Suiting/.test(c)) return { silhouette: 'jumpsuit', sleeve: /Suiting/.test(c) ? 1 : 0.25, length: 1.1, width: 0.42 + j(), flare: 0.1 };
+  if (/Rompers|Suiting/.test(c))
+    return { silhouette: 'jumpsuit', sleeve: /Suiting/.test(c) ? 1 : 0.25, length: 1.1, width: 0.42 + j(), flare: 0.1 };
   const sleeve = /Tanks/.test(c) ? 0.1 : /Tees|Polos/.test(c) ? 0.35 : 1;
-  return { silhouette: 'top', sleeve, length: 0.75 + j(), width: /Jackets|Coats|Hoodies/.test(c) ? 0.52 : 0.44 + j(), flare: /Blouses|Cardigans/.test(c) ? 0.1 : 0 };
+  return {
+    silhouette: 'top',
+    sleeve,
+    length: 0.75 + j(),
+    width: /Jackets|Coats|Hoodies/.test(c) ? 0.52 : 0.44 + j(),
+    flare: /Blouses|Cardigans/.test(c) ? 0.1 : 0,
+  };
 }
 
 /** Polygons in garment coordinates (x right, y down, both roughly in [-1, 1]). */
@@ -49,33 +82,98 @@ function silhouettePolygons(s: CategoryShape): Polygon[] {
   const sleeves = (shoulderY: number) => {
     if (s.sleeve <= 0.05) return;
     const len = 0.2 + 0.6 * s.sleeve;
-    polys.push([[-w, shoulderY], [-w - 0.18 - 0.25 * s.sleeve, shoulderY + len], [-w - 0.02 - 0.12 * s.sleeve, shoulderY + len + 0.08], [-w + 0.02, shoulderY + 0.3]]);
-    polys.push([[w, shoulderY], [w + 0.18 + 0.25 * s.sleeve, shoulderY + len], [w + 0.02 + 0.12 * s.sleeve, shoulderY + len + 0.08], [w - 0.02, shoulderY + 0.3]]);
+    polys.push([
+      [-w, shoulderY],
+      [-w - 0.18 - 0.25 * s.sleeve, shoulderY + len],
+      [-w - 0.02 - 0.12 * s.sleeve, shoulderY + len + 0.08],
+      [-w + 0.02, shoulderY + 0.3],
+    ]);
+    polys.push([
+      [w, shoulderY],
+      [w + 0.18 + 0.25 * s.sleeve, shoulderY + len],
+      [w + 0.02 + 0.12 * s.sleeve, shoulderY + len + 0.08],
+      [w - 0.02, shoulderY + 0.3],
+    ]);
   };
   switch (s.silhouette) {
     case 'top':
-      polys.push([[-w * 0.55, top], [-0.1, top + 0.08], [0.1, top + 0.08], [w * 0.55, top], [w, top + 0.1], [w + s.flare, top + s.length * 2], [-w - s.flare, top + s.length * 2], [-w, top + 0.1]]);
+      polys.push([
+        [-w * 0.55, top],
+        [-0.1, top + 0.08],
+        [0.1, top + 0.08],
+        [w * 0.55, top],
+        [w, top + 0.1],
+        [w + s.flare, top + s.length * 2],
+        [-w - s.flare, top + s.length * 2],
+        [-w, top + 0.1],
+      ]);
       sleeves(top + 0.1);
       break;
     case 'dress':
-      polys.push([[-w * 0.6, top], [w * 0.6, top], [w, top + 0.55], [w * 0.8, top + 0.7], [w + s.flare * 1.4, top + s.length * 1.7], [-w - s.flare * 1.4, top + s.length * 1.7], [-w * 0.8, top + 0.7], [-w, top + 0.55]]);
+      polys.push([
+        [-w * 0.6, top],
+        [w * 0.6, top],
+        [w, top + 0.55],
+        [w * 0.8, top + 0.7],
+        [w + s.flare * 1.4, top + s.length * 1.7],
+        [-w - s.flare * 1.4, top + s.length * 1.7],
+        [-w * 0.8, top + 0.7],
+        [-w, top + 0.55],
+      ]);
       sleeves(top + 0.05);
       break;
     case 'skirt':
-      polys.push([[-w, -0.5], [w, -0.5], [w + s.flare, -0.5 + s.length * 1.6], [-w - s.flare, -0.5 + s.length * 1.6]]);
+      polys.push([
+        [-w, -0.5],
+        [w, -0.5],
+        [w + s.flare, -0.5 + s.length * 1.6],
+        [-w - s.flare, -0.5 + s.length * 1.6],
+      ]);
       break;
     case 'pants': {
       const y0 = -0.8;
       const y1 = y0 + s.length * 1.6;
-      polys.push([[-w, y0], [w, y0], [w, y0 + 0.35], [-w, y0 + 0.35]]);
-      polys.push([[-w, y0 + 0.3], [-0.03, y0 + 0.3], [-0.06 + s.flare * 0.2, y1], [-w - s.flare, y1]]);
-      polys.push([[0.03, y0 + 0.3], [w, y0 + 0.3], [w + s.flare, y1], [0.06 - s.flare * 0.2, y1]]);
+      polys.push([
+        [-w, y0],
+        [w, y0],
+        [w, y0 + 0.35],
+        [-w, y0 + 0.35],
+      ]);
+      polys.push([
+        [-w, y0 + 0.3],
+        [-0.03, y0 + 0.3],
+        [-0.06 + s.flare * 0.2, y1],
+        [-w - s.flare, y1],
+      ]);
+      polys.push([
+        [0.03, y0 + 0.3],
+        [w, y0 + 0.3],
+        [w + s.flare, y1],
+        [0.06 - s.flare * 0.2, y1],
+      ]);
       break;
     }
     case 'jumpsuit':
-      polys.push([[-w * 0.6, top], [w * 0.6, top], [w, top + 0.15], [w, top + 0.8], [-w, top + 0.8], [-w, top + 0.15]]);
-      polys.push([[-w, top + 0.75], [-0.03, top + 0.75], [-0.08, top + s.length * 1.6], [-w - s.flare, top + s.length * 1.6]]);
-      polys.push([[0.03, top + 0.75], [w, top + 0.75], [w + s.flare, top + s.length * 1.6], [0.08, top + s.length * 1.6]]);
+      polys.push([
+        [-w * 0.6, top],
+        [w * 0.6, top],
+        [w, top + 0.15],
+        [w, top + 0.8],
+        [-w, top + 0.8],
+        [-w, top + 0.15],
+      ]);
+      polys.push([
+        [-w, top + 0.75],
+        [-0.03, top + 0.75],
+        [-0.08, top + s.length * 1.6],
+        [-w - s.flare, top + s.length * 1.6],
+      ]);
+      polys.push([
+        [0.03, top + 0.75],
+        [w, top + 0.75],
+        [w + s.flare, top + s.length * 1.6],
+        [0.08, top + s.length * 1.6],
+      ]);
       sleeves(top + 0.12);
       break;
   }
@@ -120,8 +218,19 @@ function itemLook(seed: number, item: number, category: number): ItemLook {
   const hues = [catRng.next(), catRng.next(), catRng.next()];
   const hue = (hues[rng.int(3)] + rng.uniform(-0.04, 0.04) + 1) % 1;
   const primary = hsvToRgb(hue, rng.uniform(0.35, 0.95), rng.uniform(0.35, 0.95));
-  const secondary = rng.next() < 0.5 ? hsvToRgb((hue + rng.uniform(0.3, 0.7)) % 1, rng.uniform(0.2, 0.9), rng.uniform(0.3, 1)) : hsvToRgb(hue, rng.uniform(0, 0.3), rng.uniform(0.8, 1));
-  return { category, primary, secondary, pattern: PATTERNS[rng.int(PATTERNS.length)], frequency: rng.uniform(3, 9), phase: rng.next(), duty: rng.uniform(0.2, 0.6) };
+  const secondary =
+    rng.next() < 0.5
+      ? hsvToRgb((hue + rng.uniform(0.3, 0.7)) % 1, rng.uniform(0.2, 0.9), rng.uniform(0.3, 1))
+      : hsvToRgb(hue, rng.uniform(0, 0.3), rng.uniform(0.8, 1));
+  return {
+    category,
+    primary,
+    secondary,
+    pattern: PATTERNS[rng.int(PATTERNS.length)],
+    frequency: rng.uniform(3, 9),
+    phase: rng.next(),
+    duty: rng.uniform(0.2, 0.6),
+  };
 }
 
 function patternMix(look: ItemLook, x: number, y: number): number {
@@ -149,7 +258,14 @@ function patternMix(look: ItemLook, x: number, y: number): number {
 }
 
 /** Renders one view of an item: [size, size, 3] HWC in [0, 1]. */
-export function renderGarment(seed: number, item: number, category: number, categoryName: string, view: number, size: number): Float32Array {
+export function renderGarment(
+  seed: number,
+  item: number,
+  category: number,
+  categoryName: string,
+  view: number,
+  size: number,
+): Float32Array {
   return renderGarmentWithBox(seed, item, category, categoryName, view, size).pixels;
 }
 
@@ -189,7 +305,11 @@ export function renderGarmentWithBox(
       const gy = (-sin * tx + cos * ty) * 1.15;
       let rgb: [number, number, number];
       let inside = false;
-      for (const poly of polys) if (insidePolygon(gx, gy, poly)) { inside = true; break; }
+      for (const poly of polys)
+        if (insidePolygon(gx, gy, poly)) {
+          inside = true;
+          break;
+        }
       if (inside) {
         box[0] = Math.min(box[0], px);
         box[1] = Math.min(box[1], py);
@@ -197,13 +317,18 @@ export function renderGarmentWithBox(
         box[3] = Math.max(box[3], py);
         const mix = patternMix(look, gx * flip, gy);
         const shade = 0.85 + 0.15 * (gx * light[0] + gy * light[1]) * 0.5;
-        rgb = [0, 1, 2].map((c) => (look.primary[c] * (1 - mix) + look.secondary[c] * mix) * shade) as [number, number, number];
+        rgb = [0, 1, 2].map((c) => (look.primary[c] * (1 - mix) + look.secondary[c] * mix) * shade) as [
+          number,
+          number,
+          number,
+        ];
       } else {
         const g = 1 + bgTilt * v;
         rgb = [bg[0] * g, bg[1] * g, bg[2] * g];
       }
       const o = (py * size + px) * 3;
-      for (let c = 0; c < 3; c++) out[o + c] = Math.min(1, Math.max(0, rgb[c] * brightness + (noise.next() - 0.5) * 0.04));
+      for (let c = 0; c < 3; c++)
+        out[o + c] = Math.min(1, Math.max(0, rgb[c] * brightness + (noise.next() - 0.5) * 0.04));
     }
   }
   if (box[2] < 0) box.splice(0, 4, 0, 0, size - 1, size - 1); // garment out of frame: whole image
@@ -221,8 +346,15 @@ export interface SyntheticOptions {
 }
 
 /** An in-memory synthetic catalogue following the In-shop protocol (train items disjoint from test). */
-export function syntheticCatalogue({ items, categories, views, seed, trainFraction = 0.5 }: SyntheticOptions): Catalogue {
-  if (categories > INSHOP_CATEGORIES.length) throw new Error(`synthetic catalogue: at most ${INSHOP_CATEGORIES.length} categories`);
+export function syntheticCatalogue({
+  items,
+  categories,
+  views,
+  seed,
+  trainFraction = 0.5,
+}: SyntheticOptions): Catalogue {
+  if (categories > INSHOP_CATEGORIES.length)
+    throw new Error(`synthetic catalogue: at most ${INSHOP_CATEGORIES.length} categories`);
   if (views < 2) throw new Error('synthetic catalogue: every item needs at least 2 views');
   const categoryNames = INSHOP_CATEGORIES.slice(0, categories).map(String);
   const rng = Rng.from(seed, 0xca7a);

@@ -20,7 +20,10 @@ export interface DeviceCounts {
 }
 
 interface WebGpuInternals {
-  tensorMap: { get(id: object): { values: unknown; resource: unknown; dtype: string; shape: number[] } | undefined; has(id: object): boolean };
+  tensorMap: {
+    get(id: object): { values: unknown; resource: unknown; dtype: string; shape: number[] } | undefined;
+    has(id: object): boolean;
+  };
   bufferManager?: { numBytesAllocated: number };
   recordAndSubmit?: (...args: unknown[]) => unknown;
   uploadToGPU?: (dataId: object) => void;

@@ -18,7 +18,11 @@ export type EngineChoice = (typeof ENGINE_NAMES)[number];
 export type EngineName = Exclude<EngineChoice, 'auto'>;
 
 /** A convolution as the model calls it; engines differ in how its gradient is computed. */
-export type ConvFn = (x: tf.Tensor4D, filter: tf.Tensor4D, opts: { stride: number; padding: Padding; inputGrad?: boolean }) => tf.Tensor4D;
+export type ConvFn = (
+  x: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  opts: { stride: number; padding: Padding; inputGrad?: boolean },
+) => tf.Tensor4D;
 
 export const stockConv: ConvFn = (x, filter, { stride, padding }) => tf.conv2d(x, filter, stride, padding);
 export const fastGradConv: ConvFn = conv2dFastGrad;
@@ -37,7 +41,16 @@ export interface Engine {
 /** Linux only: Dawn reaches GPUs through Vulkan, whose loader must be installed. */
 function vulkanLoaderPresent(): boolean {
   if (process.platform !== 'linux') return true;
-  const dirs = [...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean), '/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/lib/x86_64-linux-gnu', '/lib64', '/usr/local/lib'];
+  const dirs = [
+    ...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
+    '/usr/lib/x86_64-linux-gnu',
+    '/usr/lib/aarch64-linux-gnu',
+    '/usr/lib64',
+    '/usr/lib',
+    '/lib/x86_64-linux-gnu',
+    '/lib64',
+    '/usr/local/lib',
+  ];
   return dirs.some((d) => existsSync(join(d, 'libvulkan.so.1')));
 }
 
@@ -53,7 +66,12 @@ export interface AdapterFacts {
 }
 
 function pick(info: AdapterFacts | undefined): AdapterFacts {
-  return { vendor: info?.vendor, architecture: info?.architecture, device: info?.device, description: info?.description };
+  return {
+    vendor: info?.vendor,
+    architecture: info?.architecture,
+    device: info?.device,
+    description: info?.description,
+  };
 }
 
 /**
@@ -79,7 +97,8 @@ const probes: Record<EngineName, Probe> = {
     for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
       try {
         await importOptional(pkg);
-        if (await tf.setBackend('tensorflow')) return { device: pkg.endsWith('-gpu') ? 'cuda (tfjs-node-gpu)' : 'cpu (tfjs-node)' };
+        if (await tf.setBackend('tensorflow'))
+          return { device: pkg.endsWith('-gpu') ? 'cuda (tfjs-node-gpu)' : 'cpu (tfjs-node)' };
       } catch {
         // try the next package
       }
@@ -93,28 +112,41 @@ const probes: Record<EngineName, Probe> = {
     const g = globalThis as { navigator?: { gpu?: unknown } };
     if (!g.navigator?.gpu && !vulkanLoaderPresent()) {
       // Dawn would print a native warning and find nothing: say so without loading it.
-      return { unavailable: 'no Vulkan loader (libvulkan.so.1) on this machine; install libvulkan1 and a GPU driver for the webgpu engine' };
+      return {
+        unavailable:
+          'no Vulkan loader (libvulkan.so.1) on this machine; install libvulkan1 and a GPU driver for the webgpu engine',
+      };
     }
     try {
       if (!g.navigator?.gpu) {
         const dawn = (await importOptional('webgpu')) as { create: (flags: string[]) => unknown; globals: object };
         Object.assign(globalThis, dawn.globals);
         const gpu = dawn.create([]);
-        if (!g.navigator) Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+        if (!g.navigator)
+          Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
         else Object.assign(g.navigator, { gpu });
       }
-      const gpu = g.navigator!.gpu as { requestAdapter: (o?: object) => Promise<{ info?: AdapterFacts; isFallbackAdapter?: boolean } | null> };
+      const gpu = g.navigator!.gpu as {
+        requestAdapter: (o?: object) => Promise<{ info?: AdapterFacts; isFallbackAdapter?: boolean } | null>;
+      };
       const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-      if (!adapter) return { unavailable: 'Dawn found no GPU adapter (no Vulkan-capable GPU or Vulkan loader on this machine)' };
+      if (!adapter)
+        return { unavailable: 'Dawn found no GPU adapter (no Vulkan-capable GPU or Vulkan loader on this machine)' };
       // GPUAdapterInfo's fields are prototype getters: read them one by one (a spread copies none).
-      const facts: AdapterFacts = { ...pick(adapter.info), isFallbackAdapter: adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter };
+      const facts: AdapterFacts = {
+        ...pick(adapter.info),
+        isFallbackAdapter: adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter,
+      };
       const software = softwareAdapterReason(facts);
       if (software && auto) return { unavailable: `${software}, slower than wasm (--engine webgpu uses it anyway)` };
       // The backend registers itself only if navigator.gpu exists when it is imported: import it now.
       await import('@tensorflow/tfjs-backend-webgpu');
       (await import('./webgpu-kernels.js')).registerWebGpuKernels();
       if (!(await tf.setBackend('webgpu'))) return { unavailable: 'the tfjs webgpu backend failed to initialise' };
-      return { device: facts.description || facts.device || facts.vendor || 'webgpu adapter', note: software ? `${software}: correct but slow; asked for by --engine webgpu` : undefined };
+      return {
+        device: facts.description || facts.device || facts.vendor || 'webgpu adapter',
+        note: software ? `${software}: correct but slow; asked for by --engine webgpu` : undefined,
+      };
     } catch (err) {
       return { unavailable: `the webgpu package could not start Dawn (${(err as Error).message})` };
     }
@@ -153,11 +185,25 @@ export async function initEngine(choice: EngineChoice, log?: Logger): Promise<En
       continue;
     }
     await tf.ready();
-    const engine: Engine = { name, backend: tf.getBackend(), device: result.device, conv: FAST_GRAD_ENGINES.has(name) ? fastGradConv : stockConv, passedOver };
-    const why = choice === 'auto' ? ` (auto${passedOver.length ? `; passed over ${passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ')}` : ''})` : '';
-    log?.info({ engine: name, device: engine.device, passedOver, note: result.note }, `engine ${name} on ${engine.device}${why}${result.note ? ` (${result.note})` : ''}`);
+    const engine: Engine = {
+      name,
+      backend: tf.getBackend(),
+      device: result.device,
+      conv: FAST_GRAD_ENGINES.has(name) ? fastGradConv : stockConv,
+      passedOver,
+    };
+    const why =
+      choice === 'auto'
+        ? ` (auto${passedOver.length ? `; passed over ${passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ')}` : ''})`
+        : '';
+    log?.info(
+      { engine: name, device: engine.device, passedOver, note: result.note },
+      `engine ${name} on ${engine.device}${why}${result.note ? ` (${result.note})` : ''}`,
+    );
     return engine;
   }
   const why = passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ');
-  throw new UsageError(`engine "${choice}" is not available here: ${why}. Use --engine wasm (always available) or --engine auto.`);
+  throw new UsageError(
+    `engine "${choice}" is not available here: ${why}. Use --engine wasm (always available) or --engine auto.`,
+  );
 }

@@ -36,7 +36,12 @@ function padToExtent(x: tf.Tensor4D, gh: AxisGeometry, gw: AxisGeometry): tf.Ten
   const afterW = gw.extent - gw.size - gw.padBefore;
   let padded = x;
   if (gh.padBefore > 0 || afterH > 0 || gw.padBefore > 0 || afterW > 0) {
-    padded = tf.pad(x, [[0, 0], [gh.padBefore, Math.max(afterH, 0)], [gw.padBefore, Math.max(afterW, 0)], [0, 0]]);
+    padded = tf.pad(x, [
+      [0, 0],
+      [gh.padBefore, Math.max(afterH, 0)],
+      [gw.padBefore, Math.max(afterW, 0)],
+      [0, 0],
+    ]);
   }
   if (afterH < 0 || afterW < 0) {
     padded = tf.slice(padded, [0, 0, 0, 0], [-1, gh.extent, gw.extent, -1]);
@@ -45,7 +50,13 @@ function padToExtent(x: tf.Tensor4D, gh: AxisGeometry, gw: AxisGeometry): tf.Ten
 }
 
 /** dL/dfilter as one dilated stride-1 convolution. Returns [K, K, Cin, Cout]. */
-export function conv2dFilterGrad(x: tf.Tensor4D, dy: tf.Tensor4D, kernel: number, stride: number, padding: Padding): tf.Tensor4D {
+export function conv2dFilterGrad(
+  x: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  kernel: number,
+  stride: number,
+  padding: Padding,
+): tf.Tensor4D {
   return tf.tidy(() => {
     const gh = axisGeometry(x.shape[1], kernel, stride, padding);
     const gw = axisGeometry(x.shape[2], kernel, stride, padding);
@@ -66,11 +77,20 @@ function padOrCrop(t: tf.Tensor4D, h: [number, number], w: [number, number]): tf
   let out = t;
   const crop = (v: number) => Math.max(-v, 0);
   if (Math.min(...h, ...w) < 0) {
-    out = tf.slice(out, [0, crop(h[0]), crop(w[0]), 0], [-1, t.shape[1] - crop(h[0]) - crop(h[1]), t.shape[2] - crop(w[0]) - crop(w[1]), -1]);
+    out = tf.slice(
+      out,
+      [0, crop(h[0]), crop(w[0]), 0],
+      [-1, t.shape[1] - crop(h[0]) - crop(h[1]), t.shape[2] - crop(w[0]) - crop(w[1]), -1],
+    );
   }
   if (Math.max(...h, ...w) > 0) {
     const grow = (v: number) => Math.max(v, 0);
-    out = tf.pad(out, [[0, 0], [grow(h[0]), grow(h[1])], [grow(w[0]), grow(w[1])], [0, 0]]);
+    out = tf.pad(out, [
+      [0, 0],
+      [grow(h[0]), grow(h[1])],
+      [grow(w[0]), grow(w[1])],
+      [0, 0],
+    ]);
   }
   return out;
 }
@@ -108,7 +128,11 @@ function phaseIndex(kernel: number, cin: number, cout: number, stride: number, r
  * and Gather kernels were slower than a host copy); on GPU backends with one gather per phase from
  * the flat filter (indices cached per shape), which keeps the data on the device in one dispatch.
  */
-export function phaseFilters(filter: tf.Tensor4D, stride: number, onHost = tf.getBackend() === 'wasm' || tf.getBackend() === 'cpu'): (tf.Tensor4D | null)[][] {
+export function phaseFilters(
+  filter: tf.Tensor4D,
+  stride: number,
+  onHost = tf.getBackend() === 'wasm' || tf.getBackend() === 'cpu',
+): (tf.Tensor4D | null)[][] {
   const [kernel, , cin, cout] = filter.shape;
   // [K, K, Cout, Cin] on the host: each tap is then one contiguous block to copy.
   let w: Float32Array | undefined;
@@ -138,7 +162,14 @@ export function phaseFilters(filter: tf.Tensor4D, stride: number, onHost = tf.ge
       } else {
         // One gather from the flat filter per phase (flip, phase pick and channel swap at once).
         const flat = tf.reshape(filter, [-1]);
-        row.push(tf.reshape(tf.gather(flat, phaseIndex(kernel, cin, cout, stride, rh, rw)), [th, tw, cout, cin]) as tf.Tensor4D);
+        row.push(
+          tf.reshape(tf.gather(flat, phaseIndex(kernel, cin, cout, stride, rh, rw)), [
+            th,
+            tw,
+            cout,
+            cin,
+          ]) as tf.Tensor4D,
+        );
       }
     }
     result.push(row);
@@ -185,7 +216,10 @@ export function conv2dInputGrad(
       full = phaseRows[0][0];
     } else {
       // [N, rows, stride, cols, stride, Cin] -> [N, rows*stride, cols*stride, Cin]
-      const interleaved = tf.stack(phaseRows.map((row) => tf.stack(row, 3)), 2);
+      const interleaved = tf.stack(
+        phaseRows.map((row) => tf.stack(row, 3)),
+        2,
+      );
       full = tf.reshape(interleaved, [n, (hiH - loH) * stride, (hiW - loW) * stride, cin]);
     }
     const top = gh.padBefore - loH * stride;
@@ -211,7 +245,10 @@ export function conv2dFastGrad(x: tf.Tensor4D, filter: tf.Tensor4D, opts: ConvOp
       value: tf.conv2d(xIn as tf.Tensor4D, fIn as tf.Tensor4D, stride, padding),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [xs, fs] = saved as [tf.Tensor4D, tf.Tensor4D];
-        const dx = opts.inputGrad === false ? tf.zerosLike(xs) : conv2dInputGrad(xs.shape, fs, dy as tf.Tensor4D, stride, padding);
+        const dx =
+          opts.inputGrad === false
+            ? tf.zerosLike(xs)
+            : conv2dInputGrad(xs.shape, fs, dy as tf.Tensor4D, stride, padding);
         const df = conv2dFilterGrad(xs, dy as tf.Tensor4D, fs.shape[0], stride, padding);
         return [dx, df];
       },

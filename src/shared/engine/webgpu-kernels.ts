@@ -44,7 +44,9 @@ class ElementProgram implements WebGPUProgram {
   }
 
   getUserCode(): string {
-    const constants = Object.entries(this.constants).map(([k, v]) => `const ${k} : f32 = ${v};`).join('\n');
+    const constants = Object.entries(this.constants)
+      .map(([k, v]) => `const ${k} : f32 = ${v};`)
+      .join('\n');
     return `
       const DIM : i32 = ${this.outputShape[this.outputShape.length - 1]};
       const EPS : f32 = ${ROOT_EPSILON};
@@ -87,8 +89,16 @@ export const BN_GRAD_KERNEL = 'TricapsBnGrad';
 
 const xhat = 'let xh = (X[index] - MEAN[c]) * RSTD[c];';
 const bnKernels: { name: string; inputs: string[]; body: string; count?: boolean }[] = [
-  { name: BN_APPLY_KERNEL, inputs: ['X', 'MEAN', 'RSTD', 'GAMMA', 'BETA'], body: `${xhat} setOutputAtIndex(index, xh * GAMMA[c] + BETA[c]);` },
-  { name: BN_DY_XHAT_KERNEL, inputs: ['DY', 'X', 'MEAN', 'RSTD'], body: `${xhat} setOutputAtIndex(index, DY[index] * xh);` },
+  {
+    name: BN_APPLY_KERNEL,
+    inputs: ['X', 'MEAN', 'RSTD', 'GAMMA', 'BETA'],
+    body: `${xhat} setOutputAtIndex(index, xh * GAMMA[c] + BETA[c]);`,
+  },
+  {
+    name: BN_DY_XHAT_KERNEL,
+    inputs: ['DY', 'X', 'MEAN', 'RSTD'],
+    body: `${xhat} setOutputAtIndex(index, DY[index] * xh);`,
+  },
   {
     name: BN_GRAD_KERNEL,
     inputs: ['DY', 'X', 'MEAN', 'RSTD', 'GAMMA', 'DBETA', 'DGAMMA'],
@@ -107,7 +117,11 @@ export function registerWebGpuKernels(): void {
     backendName: 'webgpu',
     kernelFunc: ({ inputs, backend }) => {
       const x = inputs.x as tf.TensorInfo;
-      return (backend as WebGPUBackend).runWebGPUProgram(new ElementProgram(['A'], x.shape, 'squash', squashBody), [x], 'float32');
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        new ElementProgram(['A'], x.shape, 'squash', squashBody),
+        [x],
+        'float32',
+      );
     },
   });
   tf.registerKernel({
@@ -115,7 +129,11 @@ export function registerWebGpuKernels(): void {
     backendName: 'webgpu',
     kernelFunc: ({ inputs, backend }) => {
       const { x, dy } = inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
-      return (backend as WebGPUBackend).runWebGPUProgram(new ElementProgram(['X', 'DY'], x.shape, 'squash_grad', squashGradBody), [x, dy], 'float32');
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        new ElementProgram(['X', 'DY'], x.shape, 'squash_grad', squashGradBody),
+        [x, dy],
+        'float32',
+      );
     },
   });
   for (const k of bnKernels) {

@@ -25,14 +25,23 @@ export interface UnitCapsules {
   predicted: Int32Array;
 }
 
-export async function unitCapsules(model: ModelState, catalogue: Catalogue, records: ImageRecord[], opts: EmbedOptions): Promise<UnitCapsules> {
+export async function unitCapsules(
+  model: ModelState,
+  catalogue: Catalogue,
+  records: ImageRecord[],
+  opts: EmbedOptions,
+): Promise<UnitCapsules> {
   const size = model.arch.config.imageSize;
   const [categories, dim] = model.arch.outputShape;
   const unit = new Float32Array(records.length * categories * dim);
   const predicted = new Int32Array(records.length);
   for (let start = 0; start < records.length; start += opts.batchSize) {
     const chunk = records.slice(start, start + opts.batchSize);
-    const images = await loadBatchTensor(catalogue, chunk.map((r) => r.id), size);
+    const images = await loadBatchTensor(
+      catalogue,
+      chunk.map((r) => r.id),
+      size,
+    );
     const [u, p] = tf.tidy(() => {
       const { capsules } = forward(model, images, { training: false, conv: opts.conv });
       return [l2Normalize(capsules), tf.argMax(capsuleLengths(capsules), 1)];
@@ -70,7 +79,10 @@ export async function evaluateRetrieval(
 ): Promise<EvaluationResult[]> {
   const queries = imagesOf(catalogue, 'query');
   const gallery = imagesOf(catalogue, 'gallery');
-  if (!queries.length || !gallery.length) throw new Error(`evaluation needs query and gallery images; ${catalogue.name} has ${queries.length} and ${gallery.length}`);
+  if (!queries.length || !gallery.length)
+    throw new Error(
+      `evaluation needs query and gallery images; ${catalogue.name} has ${queries.length} and ${gallery.length}`,
+    );
   const q = await unitCapsules(model, catalogue, queries, opts);
   const g = await unitCapsules(model, catalogue, gallery, opts);
   let correct = 0;
@@ -80,9 +92,20 @@ export async function evaluateRetrieval(
   const dim = q.categories * q.dim;
   const results: EvaluationResult[] = [];
   for (const mask of opts.masks) {
-    const qe = maskedEmbeddings(q, mask, queries.map((r) => r.category));
-    const ge = maskedEmbeddings(g, mask, gallery.map((r) => r.category));
-    const acc = new RecallAccumulator(opts.ks ?? DEFAULT_KS, gallery.map((r) => r.itemId));
+    const qe = maskedEmbeddings(
+      q,
+      mask,
+      queries.map((r) => r.category),
+    );
+    const ge = maskedEmbeddings(
+      g,
+      mask,
+      gallery.map((r) => r.category),
+    );
+    const acc = new RecallAccumulator(
+      opts.ks ?? DEFAULT_KS,
+      gallery.map((r) => r.itemId),
+    );
     const block = opts.queryBlock ?? 256;
     const galleryT = tf.tensor2d(ge, [gallery.length, dim]);
     const gallerySq = tf.sum(tf.square(galleryT), 1);
@@ -93,7 +116,10 @@ export async function evaluateRetrieval(
         const qSq = tf.sum(tf.square(qt), 1, true);
         return tf.relu(tf.sub(tf.add(qSq, gallerySq), tf.mul(tf.matMul(qt, galleryT, false, true), 2)));
       });
-      acc.addBlock(await d.data(), queries.slice(start, start + rows).map((r) => r.itemId));
+      acc.addBlock(
+        await d.data(),
+        queries.slice(start, start + rows).map((r) => r.itemId),
+      );
       d.dispose();
     }
     tf.dispose([galleryT, gallerySq]);

@@ -34,7 +34,11 @@ export function firstMatchRank(row: ArrayLike<number>, queryItem: number, galler
  * "mAP@R" of Musgrave et al.: (1/R) * sum over the first R ranks of precision@i at each hit.
  * Ranks ties pessimistically like firstMatchRank. 0 when the item has no gallery image.
  */
-export function averagePrecisionAtR(row: ArrayLike<number>, queryItem: number, galleryItems: ArrayLike<number>): number {
+export function averagePrecisionAtR(
+  row: ArrayLike<number>,
+  queryItem: number,
+  galleryItems: ArrayLike<number>,
+): number {
   const order = Array.from({ length: row.length }, (_, g) => g);
   const relevant = (g: number) => galleryItems[g] === queryItem;
   order.sort((a, b) => row[a] - row[b] || Number(relevant(a)) - Number(relevant(b)) || a - b);
@@ -87,11 +91,22 @@ export class RecallAccumulator {
   result(): RecallResult {
     const recall: Record<number, number> = {};
     for (const k of this.ks) recall[k] = this.queries ? this.hits.get(k)! / this.queries : 0;
-    return { recall, mapAtR: this.queries ? this.apSum / this.queries : 0, queries: this.queries, queriesWithoutMatch: this.withoutMatch, gallery: this.galleryItems.length };
+    return {
+      recall,
+      mapAtR: this.queries ? this.apSum / this.queries : 0,
+      queries: this.queries,
+      queriesWithoutMatch: this.withoutMatch,
+      gallery: this.galleryItems.length,
+    };
   }
 }
 
-export function recallAtK(distances: ArrayLike<number>, queryItems: ArrayLike<number>, galleryItems: ArrayLike<number>, ks: readonly number[] = DEFAULT_KS): RecallResult {
+export function recallAtK(
+  distances: ArrayLike<number>,
+  queryItems: ArrayLike<number>,
+  galleryItems: ArrayLike<number>,
+  ks: readonly number[] = DEFAULT_KS,
+): RecallResult {
   const acc = new RecallAccumulator(ks, galleryItems);
   acc.addBlock(distances, queryItems);
   return acc.result();

@@ -46,9 +46,12 @@ export async function writeGrid(path: string, tiles: GridTile[], size: number, c
       for (let x = 0; x < cell; x++) {
         const o = ((y0 + y) * width + x0 + x) * 3;
         const inner = x >= border && y >= border && x < border + size && y < border + size;
-        for (let c = 0; c < 3; c++) out[o + c] = inner ? Math.round(tile.pixels[((y - border) * size + (x - border)) * 3 + c] * 255) : frame[c];
+        for (let c = 0; c < 3; c++)
+          out[o + c] = inner ? Math.round(tile.pixels[((y - border) * size + (x - border)) * 3 + c] * 255) : frame[c];
       }
     }
   });
-  await sharp(out, { raw: { width, height, channels: 3 } }).png().toFile(path);
+  await sharp(out, { raw: { width, height, channels: 3 } })
+    .png()
+    .toFile(path);
 }

@@ -124,7 +124,14 @@ function bnParams(b: BatchNormSpec, ch: number): ParamSpec[] {
 }
 
 function convBlock(name: string, filters: number, kernel: number, activation: ActivationKind): ConvBlockSpec {
-  return { kind: 'conv_block', name, conv: conv(`${name}/conv`, filters, kernel, 2), bn: { kind: 'batchnorm', name: `${name}/bn` }, activation, dropout: true };
+  return {
+    kind: 'conv_block',
+    name,
+    conv: conv(`${name}/conv`, filters, kernel, 2),
+    bn: { kind: 'batchnorm', name: `${name}/bn` },
+    activation,
+    dropout: true,
+  };
 }
 
 function residualBlock(name: string, filters: number, dropout: boolean): ResidualBlockSpec {
@@ -146,13 +153,24 @@ export function layerSpecs(cfg: ModelConfig): LayerSpec[] {
   const w = cfg.width;
   const primaryChannels = channels(512, w);
   const stem = convBlock('stem', channels(64, w), 7, 'relu');
-  const classCaps: ClassCapsulesSpec = { kind: 'class_capsules', name: 'class_capsules', classes: cfg.categories, inDim: cfg.primaryCapsuleDim, outDim: cfg.classCapsuleDim };
+  const classCaps: ClassCapsulesSpec = {
+    kind: 'class_capsules',
+    name: 'class_capsules',
+    classes: cfg.categories,
+    inDim: cfg.primaryCapsuleDim,
+    outDim: cfg.classCapsuleDim,
+  };
   if (cfg.variant === 'sc') {
     return [
       stem,
       convBlock('block2', channels(128, w), 7, 'relu'),
       convBlock('block3', channels(64, w), 7, 'relu'),
-      { kind: 'primary_capsules', name: 'primary_capsules', conv: conv('primary_capsules/conv', primaryChannels, 7, 2), dim: cfg.primaryCapsuleDim },
+      {
+        kind: 'primary_capsules',
+        name: 'primary_capsules',
+        conv: conv('primary_capsules/conv', primaryChannels, 7, 2),
+        dim: cfg.primaryCapsuleDim,
+      },
       classCaps,
     ];
   }
@@ -194,9 +212,12 @@ export function buildArchitecture(cfg: ModelConfig): Architecture {
       const k2 = convCost(layer.conv2, layer.conv1.filters, k1.oh, k1.ow);
       const kp = convCost(layer.projection, c, h, w);
       params.push(
-        ...convParams(layer.conv1, c), ...bnParams(layer.bn1, layer.conv1.filters),
-        ...convParams(layer.conv2, layer.conv1.filters), ...bnParams(layer.bn2, layer.conv2.filters),
-        ...convParams(layer.projection, c), ...bnParams(layer.projectionBn, layer.projection.filters),
+        ...convParams(layer.conv1, c),
+        ...bnParams(layer.bn1, layer.conv1.filters),
+        ...convParams(layer.conv2, layer.conv1.filters),
+        ...bnParams(layer.bn2, layer.conv2.filters),
+        ...convParams(layer.projection, c),
+        ...bnParams(layer.projectionBn, layer.projection.filters),
       );
       [h, w, c] = [k2.oh, k2.ow, layer.conv2.filters];
       macs = k1.macs + k2.macs + kp.macs;
@@ -209,12 +230,19 @@ export function buildArchitecture(cfg: ModelConfig): Architecture {
         macs = k.macs;
       }
       if (c % layer.dim !== 0) {
-        throw new UsageError(`primary capsules: ${c} channels (512 x --width) are not divisible by the capsule dim ${layer.dim}; choose a --width or capsule dim that divides them (e.g. --width 0.125, 0.25, 0.5 or 1)`);
+        throw new UsageError(
+          `primary capsules: ${c} channels (512 x --width) are not divisible by the capsule dim ${layer.dim}; choose a --width or capsule dim that divides them (e.g. --width 0.125, 0.25, 0.5 or 1)`,
+        );
       }
       primaryCapsules = (h * w * c) / layer.dim;
       out = [primaryCapsules, layer.dim];
     } else {
-      params.push({ name: `${layer.name}/W`, shape: [layer.inDim, layer.classes * layer.outDim], trainable: true, init: 'glorot' });
+      params.push({
+        name: `${layer.name}/W`,
+        shape: [layer.inDim, layer.classes * layer.outDim],
+        trainable: true,
+        init: 'glorot',
+      });
       // Factored routing (class-capsules.ts): per iteration pool the inputs by coupling and transform
       // the pooled vectors; per agreement transform back and dot with every input.
       const iterations = cfg.routingIterations;
@@ -234,7 +262,15 @@ export function buildArchitecture(cfg: ModelConfig): Architecture {
       macs,
     });
   }
-  return { config: cfg, inputShape: [cfg.imageSize, cfg.imageSize, 3], layers, params, summary, primaryCapsules, outputShape };
+  return {
+    config: cfg,
+    inputShape: [cfg.imageSize, cfg.imageSize, 3],
+    layers,
+    params,
+    summary,
+    primaryCapsules,
+    outputShape,
+  };
 }
 
 export function parameterCounts(arch: Architecture): { total: number; trainable: number; nonTrainable: number } {

@@ -13,14 +13,27 @@ export interface BatchNormTrainingResult {
 
 /** Fused kernels of the webgpu engine (engine/webgpu-kernels.ts), when the current engine has them. */
 const fusedKernels = () => tf.getKernel('TricapsBnApply', tf.getBackend()) !== undefined;
-const run = (kernel: string, inputs: Record<string, tf.Tensor>) => tf.engine().runKernel(kernel, inputs as tf.NamedTensorMap) as tf.Tensor;
+const run = (kernel: string, inputs: Record<string, tf.Tensor>) =>
+  tf.engine().runKernel(kernel, inputs as tf.NamedTensorMap) as tf.Tensor;
 
-export function batchNormTraining(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
-  return fusedKernels() && x.dtype === 'float32' ? batchNormTrainingFused(x, gamma, beta, epsilon) : batchNormTrainingOps(x, gamma, beta, epsilon);
+export function batchNormTraining(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  epsilon: number,
+): BatchNormTrainingResult {
+  return fusedKernels() && x.dtype === 'float32'
+    ? batchNormTrainingFused(x, gamma, beta, epsilon)
+    : batchNormTrainingOps(x, gamma, beta, epsilon);
 }
 
 /** The same computation with the normalisation and dx each one fused pass (x-hat never stored). */
-function batchNormTrainingFused(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
+function batchNormTrainingFused(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  epsilon: number,
+): BatchNormTrainingResult {
   let stats: [tf.Tensor1D, tf.Tensor1D] | undefined;
   const op = tf.customGrad(((xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     const { mean, variance } = tf.moments(xIn, [0, 1, 2]);
@@ -42,7 +55,12 @@ function batchNormTrainingFused(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tenso
 }
 
 /** BatchNorm training with plain tfjs ops (every engine; the reference for the fused kernels). */
-export function batchNormTrainingOps(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, epsilon: number): BatchNormTrainingResult {
+export function batchNormTrainingOps(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  epsilon: number,
+): BatchNormTrainingResult {
   let stats: [tf.Tensor1D, tf.Tensor1D] | undefined;
   const op = tf.customGrad(((xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     const { mean, variance } = tf.moments(xIn, [0, 1, 2]);
@@ -67,7 +85,14 @@ export function batchNormTrainingOps(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.
   return { y, mean: stats![0], variance: stats![1] };
 }
 
-export function batchNormInference(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, movingMean: tf.Tensor, movingVariance: tf.Tensor, epsilon: number): tf.Tensor4D {
+export function batchNormInference(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  movingMean: tf.Tensor,
+  movingVariance: tf.Tensor,
+  epsilon: number,
+): tf.Tensor4D {
   return tf.tidy(() => {
     const scale = tf.mul(gamma, tf.rsqrt(tf.add(movingVariance, epsilon)));
     return tf.add(tf.mul(x, scale), tf.sub(beta, tf.mul(movingMean, scale))) as tf.Tensor4D;

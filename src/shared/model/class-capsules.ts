@@ -14,11 +14,19 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from './config.js';
 import { squash } from './squash.js';
 
-export function computeOutputShape(inputShape: [number, number, number], classes: number, outDim: number): [number, number, number] {
+export function computeOutputShape(
+  inputShape: [number, number, number],
+  classes: number,
+  outDim: number,
+): [number, number, number] {
   return [inputShape[0], classes, outDim];
 }
 
-export type ClassCapsulesConfig = Pick<ModelConfig, 'categories' | 'classCapsuleDim' | 'routingIterations' | 'routingRule'> & Partial<Pick<ModelConfig, 'routingPool'>>;
+export type ClassCapsulesConfig = Pick<
+  ModelConfig,
+  'categories' | 'classCapsuleDim' | 'routingIterations' | 'routingRule'
+> &
+  Partial<Pick<ModelConfig, 'routingPool'>>;
 
 /**
  * Largest block-diagonal transform (elements) built for the per-class products. Above it (thousands
@@ -34,7 +42,12 @@ function blockMask(classes: number, inDim: number, outDim: number): tf.Tensor2D 
   if (!mask || mask.isDisposed) {
     const values = new Float32Array(classes * inDim * classes * outDim);
     for (let j = 0; j < classes; j++) {
-      for (let i = 0; i < inDim; i++) values.fill(1, (j * inDim + i) * classes * outDim + j * outDim, (j * inDim + i) * classes * outDim + (j + 1) * outDim);
+      for (let i = 0; i < inDim; i++)
+        values.fill(
+          1,
+          (j * inDim + i) * classes * outDim + j * outDim,
+          (j * inDim + i) * classes * outDim + (j + 1) * outDim,
+        );
     }
     mask = tf.keep(tf.tensor2d(values, [classes * inDim, classes * outDim]));
     blockMaskCache.set(key, mask);
@@ -49,15 +62,34 @@ function blockMask(classes: number, inDim: number, outDim: number): tf.Tensor2D 
  * fewer kernel dispatches, which is what a GPU step pays for); beyond BLOCK_DIAGONAL_MAX_ELEMENTS as
  * batched matMuls over classes.
  */
-function perClassTransform(weight: tf.Tensor2D, classes: number, inDim: number, outDim: number, blockDiagonal: boolean) {
+function perClassTransform(
+  weight: tf.Tensor2D,
+  classes: number,
+  inDim: number,
+  outDim: number,
+  blockDiagonal: boolean,
+) {
   if (blockDiagonal) {
     // W is [inDim, classes*outDim]; broadcast down the classes and masked (a broadcast's gradient is
     // one sum; tf.tile's is a slice and an add per tile): [classes*inDim, classes*outDim].
-    const masked = tf.mul(tf.reshape(blockMask(classes, inDim, outDim), [classes, inDim, classes * outDim]), tf.expandDims(weight, 0));
+    const masked = tf.mul(
+      tf.reshape(blockMask(classes, inDim, outDim), [classes, inDim, classes * outDim]),
+      tf.expandDims(weight, 0),
+    );
     const diag = tf.reshape(masked, [classes * inDim, classes * outDim]) as tf.Tensor2D;
     return {
-      forward: (x: tf.Tensor3D) => tf.reshape(tf.matMul(tf.reshape(x, [x.shape[0], classes * inDim]), diag), [x.shape[0], classes, outDim]) as tf.Tensor3D,
-      backward: (y: tf.Tensor3D) => tf.reshape(tf.matMul(tf.reshape(y, [y.shape[0], classes * outDim]), diag, false, true), [y.shape[0], classes, inDim]) as tf.Tensor3D,
+      forward: (x: tf.Tensor3D) =>
+        tf.reshape(tf.matMul(tf.reshape(x, [x.shape[0], classes * inDim]), diag), [
+          x.shape[0],
+          classes,
+          outDim,
+        ]) as tf.Tensor3D,
+      backward: (y: tf.Tensor3D) =>
+        tf.reshape(tf.matMul(tf.reshape(y, [y.shape[0], classes * outDim]), diag, false, true), [
+          y.shape[0],
+          classes,
+          inDim,
+        ]) as tf.Tensor3D,
     };
   }
   const perClass = tf.transpose(tf.reshape(weight, [inDim, classes, outDim]), [1, 0, 2]) as tf.Tensor3D; // [classes, inDim, outDim]
@@ -68,12 +100,23 @@ function perClassTransform(weight: tf.Tensor2D, classes: number, inDim: number, 
   };
 }
 
-export function classCapsules(u: tf.Tensor3D, weight: tf.Tensor2D, cfg: ClassCapsulesConfig, blockDiagonal?: boolean): tf.Tensor3D {
+export function classCapsules(
+  u: tf.Tensor3D,
+  weight: tf.Tensor2D,
+  cfg: ClassCapsulesConfig,
+  blockDiagonal?: boolean,
+): tf.Tensor3D {
   return tf.tidy(() => {
     const [batch, inCaps, inDim] = u.shape;
     const classes = cfg.categories;
     const outDim = cfg.classCapsuleDim;
-    const transform = perClassTransform(weight, classes, inDim, outDim, blockDiagonal ?? classes * inDim * classes * outDim <= BLOCK_DIAGONAL_MAX_ELEMENTS);
+    const transform = perClassTransform(
+      weight,
+      classes,
+      inDim,
+      outDim,
+      blockDiagonal ?? classes * inDim * classes * outDim <= BLOCK_DIAGONAL_MAX_ELEMENTS,
+    );
     // tf.fill runs on the device; tf.zeros makes the values on the host and uploads them.
     let logits: tf.Tensor = tf.fill([batch, inCaps, classes], 0);
     let v: tf.Tensor3D | undefined;

@@ -36,7 +36,11 @@ export const ModelConfigSchema = z
   })
   .superRefine((c, ctx) => {
     if (c.imageSize % 16 !== 0) {
-      ctx.addIssue({ code: 'custom', path: ['imageSize'], message: `image size ${c.imageSize} is not a multiple of 16 (four stride-2 stages); try ${Math.max(16, Math.round(c.imageSize / 16) * 16)}` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['imageSize'],
+        message: `image size ${c.imageSize} is not a multiple of 16 (four stride-2 stages); try ${Math.max(16, Math.round(c.imageSize / 16) * 16)}`,
+      });
     }
   });
 

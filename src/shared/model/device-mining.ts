@@ -21,7 +21,12 @@ export interface DeviceTripletLoss {
 }
 
 /** Masks from the labels alone (host): positives exclude the anchor itself. */
-export function labelMasks(labels: ArrayLike<number>): { positive: Float32Array; negative: Float32Array; usable: Float32Array; usableCount: number } {
+export function labelMasks(labels: ArrayLike<number>): {
+  positive: Float32Array;
+  negative: Float32Array;
+  usable: Float32Array;
+  usableCount: number;
+} {
   const n = labels.length;
   const positive = new Float32Array(n * n);
   const negative = new Float32Array(n * n);
@@ -52,7 +57,13 @@ export function labelMasks(labels: ArrayLike<number>): { positive: Float32Array;
 const FAR = 1e6;
 
 /** Hinge, masked by `valid`, reduced to the loss and the statistics. */
-function reduceHinge(dap: tf.Tensor, dan: tf.Tensor, valid: tf.Tensor, count: tf.Scalar, margin: number): Omit<DeviceTripletLoss, 'skippedAnchors'> {
+function reduceHinge(
+  dap: tf.Tensor,
+  dan: tf.Tensor,
+  valid: tf.Tensor,
+  count: tf.Scalar,
+  margin: number,
+): Omit<DeviceTripletLoss, 'skippedAnchors'> {
   const hinge = tf.mul(tf.relu(tf.add(tf.sub(dap, dan), margin)), valid);
   const loss = tf.div(tf.sum(hinge), tf.maximum(count, 1)) as tf.Scalar;
   const active = tf.sum(tf.mul(tf.step(hinge), valid));
@@ -73,7 +84,11 @@ function pickTriplets(distances: tf.Tensor2D, triplets: Triplet[]): { dap: tf.Te
 }
 
 /** The triplet loss, mean over triplets of max(0, d(a,p) - d(a,n) + margin), for given triplets. */
-export function tripletLossOf(distances: tf.Tensor2D, triplets: Triplet[], margin: number): Omit<DeviceTripletLoss, 'skippedAnchors'> {
+export function tripletLossOf(
+  distances: tf.Tensor2D,
+  triplets: Triplet[],
+  margin: number,
+): Omit<DeviceTripletLoss, 'skippedAnchors'> {
   const { dap, dan } = pickTriplets(distances, triplets);
   return reduceHinge(dap, dan, tf.onesLike(dap), tf.scalar(triplets.length), margin);
 }
@@ -84,9 +99,16 @@ function selectByIndex(distances: tf.Tensor2D, index: tf.Tensor): tf.Tensor {
   return tf.sum(tf.mul(tf.oneHot(index as tf.Tensor1D, n), distances), -1);
 }
 
-export function deviceTripletLoss(distances: tf.Tensor2D, labels: ArrayLike<number>, strategy: MiningStrategy, margin: number, seed: number): DeviceTripletLoss {
+export function deviceTripletLoss(
+  distances: tf.Tensor2D,
+  labels: ArrayLike<number>,
+  strategy: MiningStrategy,
+  margin: number,
+  seed: number,
+): DeviceTripletLoss {
   const n = labels.length;
-  if (distances.shape[0] !== n || distances.shape[1] !== n) throw new Error(`mining: distance matrix is [${distances.shape}] for ${n} labels`);
+  if (distances.shape[0] !== n || distances.shape[1] !== n)
+    throw new Error(`mining: distance matrix is [${distances.shape}] for ${n} labels`);
   const masks = labelMasks(labels);
   const skippedAnchors = n - masks.usableCount;
   if (strategy === 'random') {
@@ -106,7 +128,10 @@ export function deviceTripletLoss(distances: tf.Tensor2D, labels: ArrayLike<numb
     const hardestNegative = tf.argMin(tf.add(tf.mul(distances, negative), tf.mul(tf.sub(1, negative), FAR)), 1);
     const dap = selectByIndex(distances, hardestPositive);
     const dan = selectByIndex(distances, hardestNegative);
-    return { ...reduceHinge(dap, dan, tf.tensor1d(masks.usable), tf.scalar(masks.usableCount), margin), skippedAnchors };
+    return {
+      ...reduceHinge(dap, dan, tf.tensor1d(masks.usable), tf.scalar(masks.usableCount), margin),
+      skippedAnchors,
+    };
   }
   // semi-hard: candidates [a, p, j] = negative(a, j) and d(a,p) < d(a,j) <= d(a,p) + margin.
   const dAP = tf.expandDims(distances, 2); // [a, p, 1]

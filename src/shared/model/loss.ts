@@ -29,7 +29,11 @@ export interface MarginLossOptions {
 }
 
 /** Capsule margin loss averaged over the batch; labels are category indices. */
-export function capsuleMarginLoss(capsules: tf.Tensor3D, labels: number[], { mPlus = 0.9, mMinus = 0.1, lambda = 0.5 }: MarginLossOptions = {}): tf.Scalar {
+export function capsuleMarginLoss(
+  capsules: tf.Tensor3D,
+  labels: number[],
+  { mPlus = 0.9, mMinus = 0.1, lambda = 0.5 }: MarginLossOptions = {},
+): tf.Scalar {
   return tf.tidy(() => {
     const lengths = capsuleLengths(capsules);
     const target = tf.oneHot(tf.tensor1d(labels, 'int32'), capsules.shape[1]);

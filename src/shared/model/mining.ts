@@ -47,7 +47,11 @@ function mineRandom({ labels, seed = 0 }: MiningInput): MiningResult {
       skippedAnchors++;
       continue;
     }
-    triplets.push({ anchor: a, positive: positives[rng.int(positives.length)], negative: negatives[rng.int(negatives.length)] });
+    triplets.push({
+      anchor: a,
+      positive: positives[rng.int(positives.length)],
+      negative: negatives[rng.int(negatives.length)],
+    });
   }
   return { triplets, skippedAnchors };
 }
@@ -103,7 +107,8 @@ function mineSemiHard({ distances = [], labels, margin }: MiningInput): MiningRe
 export function mineTriplets(strategy: MiningStrategy, input: MiningInput): MiningResult {
   const n = input.labels.length;
   const entries = input.distances?.length ?? 0;
-  if (strategy !== 'random' && entries !== n * n) throw new Error(`mining: distance matrix has ${entries} entries for ${n} labels`);
+  if (strategy !== 'random' && entries !== n * n)
+    throw new Error(`mining: distance matrix has ${entries} entries for ${n} labels`);
   switch (strategy) {
     case 'random':
       return mineRandom(input);

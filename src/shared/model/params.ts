@@ -42,7 +42,8 @@ export function createModelState(arch: Architecture, seed: number, values?: Map<
   arch.params.forEach((spec, index) => {
     const data = values?.get(spec.name) ?? initialValues(spec, seed, index);
     const expected = spec.shape.reduce((a, b) => a * b, 1);
-    if (data.length !== expected) throw new Error(`parameter ${spec.name}: ${data.length} values for shape [${spec.shape}] (${expected})`);
+    if (data.length !== expected)
+      throw new Error(`parameter ${spec.name}: ${data.length} values for shape [${spec.shape}] (${expected})`);
     // Variable names are global to the tfjs engine: prefix with an instance id.
     const variable = tf.variable(tf.tensor(data, spec.shape), spec.trainable, `m${id}/${spec.name}`);
     (spec.trainable ? trainable : buffers).set(spec.name, variable);

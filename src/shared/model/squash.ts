@@ -14,7 +14,8 @@ const FUSED_SQUASH = 'TricapsSquash';
 /** squash(s) = |s|^2 / (1 + |s|^2) * s / sqrt(|s|^2 + eps), along the last axis. */
 export function squash(s: tf.Tensor): tf.Tensor {
   // One dispatch (and one for its gradient) where the engine has the fused kernel.
-  if (tf.getKernel(FUSED_SQUASH, tf.getBackend()) && s.dtype === 'float32') return tf.engine().runKernel(FUSED_SQUASH, { x: s }) as tf.Tensor;
+  if (tf.getKernel(FUSED_SQUASH, tf.getBackend()) && s.dtype === 'float32')
+    return tf.engine().runKernel(FUSED_SQUASH, { x: s }) as tf.Tensor;
   return squashOps(s);
 }
 

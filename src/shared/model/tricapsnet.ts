@@ -37,7 +37,14 @@ export function forward(state: ModelState, images: tf.Tensor4D, opts: ForwardOpt
   };
 
   const convLayer = (x: tf.Tensor4D, spec: ConvSpec, isInput = false): tf.Tensor4D =>
-    tf.add(conv(x, p(`${spec.name}/kernel`) as tf.Tensor4D, { stride: spec.stride, padding: spec.padding, inputGrad: !isInput }), p(`${spec.name}/bias`));
+    tf.add(
+      conv(x, p(`${spec.name}/kernel`) as tf.Tensor4D, {
+        stride: spec.stride,
+        padding: spec.padding,
+        inputGrad: !isInput,
+      }),
+      p(`${spec.name}/bias`),
+    );
 
   const batchNorm = (x: tf.Tensor4D, spec: BatchNormSpec): tf.Tensor4D => {
     const gamma = p(`${spec.name}/gamma`);
@@ -54,14 +61,18 @@ export function forward(state: ModelState, images: tf.Tensor4D, opts: ForwardOpt
     return y;
   };
 
-  const activate = (x: tf.Tensor4D, kind: ActivationKind): tf.Tensor4D => (kind === 'relu' ? tf.relu(x) : tf.leakyRelu(x, cfg.leakyAlpha));
+  const activate = (x: tf.Tensor4D, kind: ActivationKind): tf.Tensor4D =>
+    kind === 'relu' ? tf.relu(x) : tf.leakyRelu(x, cfg.leakyAlpha);
 
   /** SpatialDropout2D: one keep/drop decision per (image, channel). */
   const spatialDropout = (x: tf.Tensor4D): tf.Tensor4D => {
     if (!opts.training || cfg.dropout === 0) return x;
     const [b, , , c] = x.shape;
     const seed = (opts.dropoutSeed ?? 0) * 7919 + dropoutCounter++;
-    const keep = tf.cast(tf.greaterEqual(tf.randomUniform([b, 1, 1, c], 0, 1, 'float32', seed), cfg.dropout), 'float32');
+    const keep = tf.cast(
+      tf.greaterEqual(tf.randomUniform([b, 1, 1, c], 0, 1, 'float32', seed), cfg.dropout),
+      'float32',
+    );
     return tf.mul(x, tf.div(keep, 1 - cfg.dropout)) as tf.Tensor4D;
   };
 
@@ -74,7 +85,10 @@ export function forward(state: ModelState, images: tf.Tensor4D, opts: ForwardOpt
       if (layer.kind === 'conv_block') {
         x = spatialDropout(activate(batchNorm(convLayer(x, layer.conv, first), layer.bn), layer.activation));
       } else if (layer.kind === 'residual_block') {
-        const main = batchNorm(convLayer(activate(batchNorm(convLayer(x, layer.conv1), layer.bn1), 'leaky_relu'), layer.conv2), layer.bn2);
+        const main = batchNorm(
+          convLayer(activate(batchNorm(convLayer(x, layer.conv1), layer.bn1), 'leaky_relu'), layer.conv2),
+          layer.bn2,
+        );
         const shortcut = batchNorm(convLayer(x, layer.projection), layer.projectionBn);
         x = activate(tf.add(main, shortcut), 'leaky_relu');
         if (layer.dropout) x = spatialDropout(x);

@@ -12,7 +12,10 @@ export interface ShardGradient {
  * @param into optional arrays to write the result into (reused across steps: fresh multi-megabyte
  *   arrays cost more in page faults than the arithmetic); missing or mis-sized ones are allocated.
  */
-export function weightedAverage(shards: ShardGradient[], into?: Map<string, Float32Array>): { grads: Map<string, Float32Array>; triplets: number } {
+export function weightedAverage(
+  shards: ShardGradient[],
+  into?: Map<string, Float32Array>,
+): { grads: Map<string, Float32Array>; triplets: number } {
   const total = shards.reduce((s, sh) => s + sh.triplets, 0);
   if (total === 0) throw new Error('weightedAverage: no shard contributed a triplet');
   const contributing = shards.filter((s) => s.triplets > 0);
@@ -25,7 +28,10 @@ export function weightedAverage(shards: ShardGradient[], into?: Map<string, Floa
     contributing.forEach((shard, k) => {
       const g = shard.grads.get(name);
       if (!g) throw new Error(`weightedAverage: a shard lacks gradient ${name}`);
-      if (g.length !== acc.length) throw new Error(`weightedAverage: gradient ${name} has ${g.length} values in one shard and ${acc.length} in another`);
+      if (g.length !== acc.length)
+        throw new Error(
+          `weightedAverage: gradient ${name} has ${g.length} values in one shard and ${acc.length} in another`,
+        );
       scaleAdd(acc, g, shard.triplets / total, k === 0);
     });
     out.set(name, acc);

@@ -17,7 +17,11 @@ function squaredDistance(a: Float32Array, b: Float32Array): number {
  * (in batch order) takes its nearest ungrouped neighbours. Items without an embedding form groups
  * of their own. The result is the affinity map shardBatch/planShards take.
  */
-export function confusableAffinity(items: number[], embeddings: Map<number, Float32Array>, shardCount: number): Map<number, number> {
+export function confusableAffinity(
+  items: number[],
+  embeddings: Map<number, Float32Array>,
+  shardCount: number,
+): Map<number, number> {
   const unique = [...new Set(items)];
   const groupSize = Math.max(1, Math.ceil(unique.length / Math.max(1, shardCount)));
   const affinity = new Map<number, number>();

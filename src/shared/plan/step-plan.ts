@@ -75,8 +75,15 @@ export interface PlannedShard {
 export function planShards(batch: PkBatch, shardCount: number, affinity?: Map<number, number>): PlannedShard[] {
   const items = new Set(batch.itemIds).size;
   if (shardCount < 1) throw new Error(`planShards: ${shardCount} shards`);
-  if (items < 2 * shardCount) throw new Error(`planShards: ${items} items cannot fill ${shardCount} shards with at least 2 items each (a shard needs a negative item)`);
-  return shardBatch(batch, Array.from({ length: shardCount }, (_, i) => String(i)), affinity).map((s, index) => ({ index, imageIds: s.imageIds, itemIds: s.itemIds }));
+  if (items < 2 * shardCount)
+    throw new Error(
+      `planShards: ${items} items cannot fill ${shardCount} shards with at least 2 items each (a shard needs a negative item)`,
+    );
+  return shardBatch(
+    batch,
+    Array.from({ length: shardCount }, (_, i) => String(i)),
+    affinity,
+  ).map((s, index) => ({ index, imageIds: s.imageIds, itemIds: s.itemIds }));
 }
 
 /**

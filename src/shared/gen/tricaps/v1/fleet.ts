@@ -6,7 +6,6 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import { skipUnknownField } from "../../../proto-runtime.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -334,7 +333,7 @@ export const RunRef: MessageFns<RunRef> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -497,7 +496,7 @@ export const TensorChunk: MessageFns<TensorChunk> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -637,7 +636,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -773,7 +772,7 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -889,7 +888,7 @@ export const HeartbeatRequest: MessageFns<HeartbeatRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -978,7 +977,7 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1063,7 +1062,7 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1163,7 +1162,7 @@ export const FetchWeightsResponse: MessageFns<FetchWeightsResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1263,7 +1262,7 @@ export const NextStepRequest: MessageFns<NextStepRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1391,7 +1390,7 @@ export const Shard: MessageFns<Shard> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1522,7 +1521,7 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1763,7 +1762,7 @@ export const GradientHeader: MessageFns<GradientHeader> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -1938,7 +1937,7 @@ export const PushGradientsRequest: MessageFns<PushGradientsRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -2027,7 +2026,7 @@ export const PushGradientsResponse: MessageFns<PushGradientsResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -2148,7 +2147,7 @@ export const EmbeddingHeader: MessageFns<EmbeddingHeader> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -2255,7 +2254,7 @@ export const PushEmbeddingsRequest: MessageFns<PushEmbeddingsRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -2344,7 +2343,7 @@ export const PushEmbeddingsResponse: MessageFns<PushEmbeddingsResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -2440,7 +2439,7 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {
@@ -2512,7 +2511,7 @@ export const LeaveResponse: MessageFns<LeaveResponse> = {
         if ((tag & 7) === 4 || tag === 0) {
           break;
         }
-        skipUnknownField(reader, tag);
+        reader.skip(tag & 7);
       }
       return message;
     } finally {

@@ -3,15 +3,15 @@
 // triplet-weighted gradient, so the coordinator's weighted average over workers equals the average
 // over shards whatever the number of workers. No network: the worker process and tests call it.
 import * as tf from '@tensorflow/tfjs-core';
-import type { Catalogue } from '../shared/data/catalogue.js';
-import { loadTrainingImages } from '../shared/data/batch.js';
-import type { ConvFn } from '../shared/engine/engine.js';
-import type { ModelState } from '../shared/model/params.js';
-import type { PlannedShard } from '../shared/plan/step-plan.js';
-import { weightedAverage, type ShardGradient } from '../shared/plan/average.js';
-import { hashInts } from '../shared/rng.js';
-import type { TrainConfig } from '../shared/train-config.js';
-import { computeGradients } from './trainer.js';
+import type { Catalogue } from '../data/catalogue.js';
+import { loadTrainingImages } from '../data/batch.js';
+import type { ConvFn } from '../engine/engine.js';
+import type { ModelState } from '../model/params.js';
+import type { PlannedShard } from '../plan/step-plan.js';
+import { weightedAverage, type ShardGradient } from '../plan/average.js';
+import { hashInts } from '../rng.js';
+import type { TrainConfig } from '../train-config.js';
+import { computeGradients } from './gradients.js';
 
 export interface ShardsGradient {
   /** Triplets over all shards (the weight of this gradient in the coordinator's average). */
@@ -54,13 +54,24 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
   let computeSeconds = 0;
   for (const shard of shards) {
     const t0 = performance.now();
-    const pixels = await loadTrainingImages(ctx.catalogue, shard.imageIds, size, ctx.cfg.augment, { seed: ctx.cfg.seed, epoch: ctx.epoch, step: ctx.step, worker: shard.index });
+    const pixels = await loadTrainingImages(ctx.catalogue, shard.imageIds, size, ctx.cfg.augment, {
+      seed: ctx.cfg.seed,
+      epoch: ctx.epoch,
+      step: ctx.step,
+      worker: shard.index,
+    });
     const t1 = performance.now();
     const images = tf.tensor4d(pixels, [shard.imageIds.length, size, size, 3]);
     const result = computeGradients(
       ctx.model,
       { images, itemIds: shard.itemIds, categories: shard.imageIds.map((id) => ctx.catalogue.images[id].category) },
-      { mining: ctx.cfg.mining, margin: ctx.cfg.margin, marginLossWeight: ctx.cfg.marginLossWeight, conv: ctx.conv, seed: hashInts(ctx.cfg.seed, ctx.epoch, ctx.step, shard.index) },
+      {
+        mining: ctx.cfg.mining,
+        margin: ctx.cfg.margin,
+        marginLossWeight: ctx.cfg.marginLossWeight,
+        conv: ctx.conv,
+        seed: hashInts(ctx.cfg.seed, ctx.epoch, ctx.step, shard.index),
+      },
     );
     images.dispose();
     try {
@@ -84,9 +95,23 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
   // One shard (the usual case) is its own average: no multi-megabyte copy.
   const only = (s: ShardGradient[]) => (s.length === 1 ? s[0].grads : undefined);
   const contributing = shardGrads.filter((s) => s.triplets > 0);
-  const grads = contributing.length === 0 ? zerosLike(shardGrads[0].grads) : (only(contributing) ?? weightedAverage(contributing).grads);
+  const grads =
+    contributing.length === 0
+      ? zerosLike(shardGrads[0].grads)
+      : (only(contributing) ?? weightedAverage(contributing).grads);
   const bnStats = only(shardStats) ?? weightedAverage(shardStats).grads;
-  return { triplets, activeTriplets: active, loss: mean(lossSum), meanPositiveDistance: mean(dapSum), meanNegativeDistance: mean(danSum), grads, bnStats, shards: shards.length, dataSeconds, computeSeconds };
+  return {
+    triplets,
+    activeTriplets: active,
+    loss: mean(lossSum),
+    meanPositiveDistance: mean(dapSum),
+    meanNegativeDistance: mean(danSum),
+    grads,
+    bnStats,
+    shards: shards.length,
+    dataSeconds,
+    computeSeconds,
+  };
 }
 
 /** No shard found a triplet: a zero gradient of weight 0 still answers the assignment. */

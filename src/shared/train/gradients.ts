@@ -3,14 +3,14 @@
 // Data flow: images -> forward -> unit capsules -> anchor-masked distances -> in-batch mining (on the
 // device) -> loss -> grads; nothing is read back until the caller asks (readStats / readAll).
 import * as tf from '@tensorflow/tfjs-core';
-import type { ConvFn } from '../shared/engine/engine.js';
-import { deviceTripletLoss } from '../shared/model/device-mining.js';
-import { anchorMaskedDistances, capsuleMarginLoss } from '../shared/model/loss.js';
-import { l2Normalize } from '../shared/model/squash.js';
-import type { MiningStrategy } from '../shared/model/mining.js';
-import type { ModelState } from '../shared/model/params.js';
-import { paramName } from '../shared/model/params.js';
-import { forward } from '../shared/model/tricapsnet.js';
+import type { ConvFn } from '../engine/engine.js';
+import { deviceTripletLoss } from '../model/device-mining.js';
+import { anchorMaskedDistances, capsuleMarginLoss } from '../model/loss.js';
+import { l2Normalize } from '../model/squash.js';
+import type { MiningStrategy } from '../model/mining.js';
+import type { ModelState } from '../model/params.js';
+import { paramName } from '../model/params.js';
+import { forward } from '../model/tricapsnet.js';
 
 export interface TrainBatch {
   /** [n, S, S, 3] in [0, 1]; owned by the caller. */
@@ -67,7 +67,9 @@ export function computeGradients(
   opts: LossOptions & { conv: ConvFn; seed: number },
 ): GradientResult {
   if (batch.images.shape[0] !== batch.itemIds.length || batch.itemIds.length !== batch.categories.length) {
-    throw new Error(`batch: ${batch.images.shape[0]} images, ${batch.itemIds.length} item ids, ${batch.categories.length} categories`);
+    throw new Error(
+      `batch: ${batch.images.shape[0]} images, ${batch.itemIds.length} item ids, ${batch.categories.length} categories`,
+    );
   }
   let bnUpdates = new Map<string, tf.Tensor>();
   let statsTensor: tf.Tensor1D | undefined;
@@ -81,7 +83,8 @@ export function computeGradients(
     const triplet = deviceTripletLoss(distances, batch.itemIds, opts.mining, opts.margin, opts.seed);
     skippedAnchors = triplet.skippedAnchors;
     let loss: tf.Scalar = triplet.loss;
-    if (opts.marginLossWeight > 0) loss = tf.add(loss, tf.mul(capsuleMarginLoss(out.capsules, batch.categories), opts.marginLossWeight));
+    if (opts.marginLossWeight > 0)
+      loss = tf.add(loss, tf.mul(capsuleMarginLoss(out.capsules, batch.categories), opts.marginLossWeight));
     // [loss, triplets, active, sum d(a,p), sum d(a,n)]: kept, read once by the caller.
     statsTensor = tf.keep(tf.concat([tf.reshape(loss, [1]), triplet.stats]) as tf.Tensor1D);
     return loss;
@@ -130,6 +133,8 @@ export function computeGradients(
 /** Refuses a step whose loss is NaN or infinite (its gradients would spoil the weights). */
 export function assertFiniteLoss(stats: StepStats, step: number): void {
   if (!Number.isFinite(stats.loss)) {
-    throw new Error(`step ${step}: loss is ${stats.loss} (${stats.triplets} triplets); not applying this update. Lower --lr or check the data.`);
+    throw new Error(
+      `step ${step}: loss is ${stats.loss} (${stats.triplets} triplets); not applying this update. Lower --lr or check the data.`,
+    );
   }
 }
