@@ -532,3 +532,40 @@ describe.skipIf(webgpuSkip !== null)('tricaps CLI on the webgpu engine', () => {
     expect(Object.values(out.by_op).every((o) => (o as { calls: number }).calls > 0)).toBe(true);
   });
 });
+
+describe('tricaps train in one process (the fleet loop with an in-process worker)', () => {
+  it('resumes exactly: 2 steps, then resumed to 4, ends with the weights of 4 steps in one go', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tricaps-local-resume-'));
+    try {
+      const common = [
+        'train',
+        '--engine',
+        'wasm',
+        '--items',
+        '24',
+        '--batch-triplets',
+        '4',
+        '--image-size',
+        '32',
+        '--json',
+      ];
+      const straight = await tricaps(...common, '--steps', '4', '--checkpoint-dir', join(dir, 'a'));
+      expect(straight.code, straight.stderr).toBe(0);
+      const half = await tricaps(...common, '--steps', '2', '--checkpoint-dir', join(dir, 'b'));
+      expect(half.code, half.stderr).toBe(0);
+      const resumed = await tricaps(...common, '--steps', '4', '--checkpoint-dir', join(dir, 'b'), '--resume');
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(lastJsonLine(resumed.stdout).steps).toBe(4);
+      const weights = (root: string) => readFileSync(join(root, 'step-00000004', 'weights.bin'));
+      expect(weights(join(dir, 'b')).equals(weights(join(dir, 'a')))).toBe(true);
+      // The run history beside the checkpoints has every step once, across the resume.
+      const history = readFileSync(join(dir, 'b', 'history.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
+      expect(history.filter((h) => h.type === 'step').map((h) => h.step)).toEqual([0, 1, 2, 3]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -3,46 +3,24 @@
 // and, however the loop ends, save the final checkpoint, tell the workers and close everything.
 // What one step does is step.ts; where its reports go is step-sink.ts.
 import { join } from 'node:path';
-import { trainItems, type Catalogue } from '../shared/data/catalogue.js';
-import { catalogueFingerprint, openTrainingCatalogue } from '../shared/data/open-catalogue.js';
-import { stepsPerEpoch } from '../shared/data/pk-sampler.js';
-import { initEngine, type Engine } from '../shared/engine/engine.js';
-import { evaluateRetrieval, type EvaluationResult } from '../shared/eval/evaluate.js';
+import { catalogueFingerprint } from '../shared/data/open-catalogue.js';
+import type { Engine } from '../shared/engine/engine.js';
+import { UsageError } from '../shared/errors.js';
+import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import type { FleetJob } from '../shared/fleet-job.js';
 import type { Logger } from '../shared/log.js';
-import { buildArchitecture } from '../shared/model/architecture.js';
-import { createModelState } from '../shared/model/params.js';
-import { stepDirName } from '../shared/checkpoint-format.js';
-import { captureCheckpoint, openCheckpoints } from './checkpoint.js';
-import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
-import { NatsBridge, type EventSink } from './nats-bridge.js';
-import { RunControl } from './run-control.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
+import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
+import type { TrainConfig } from '../shared/train-config.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
-import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
-import { UsageError } from '../shared/errors.js';
-import { FleetCoordinator, FleetRunError, StoppedError } from './fleet-coordinator.js';
+import { FleetCoordinator, FleetRunError } from './fleet-coordinator.js';
 import { newRunId, type FleetConfig } from './fleet-config.js';
 import { DEFAULT_GUARDS, serveFleet, type FleetServer } from './fleet-service.js';
-import { ParameterUpdater } from './optimizer.js';
-import {
-  embedTrainItems,
-  ModelWeightSource,
-  runStep,
-  type StepContext,
-  type StepExecutor,
-  type StepReport,
-} from './step.js';
-import {
-  eventSink,
-  fanOut,
-  historySink,
-  logSink,
-  metricsSink,
-  type SavedCheckpoint,
-  type StepSink,
-} from './step-sink.js';
-import { LoopStopped, trainLoop, type LoopResult } from './train-loop.js';
+import { NatsBridge, type EventSink } from './nats-bridge.js';
+import { RunControl } from './run-control.js';
+import { openRun, runJob } from './run-training.js';
+import { embedTrainItems, ModelWeightSource, type StepExecutor, type StepReport } from './step.js';
+import { eventSink, fanOut, historySink, logSink, metricsSink, type StepSink } from './step-sink.js';
 
 export { ModelWeightSource, outsideComputeShare } from './step.js';
 /** The report of one applied step (the name the CLI and benchmarks know). */
@@ -109,53 +87,20 @@ async function runCoordinator(
   control: RunControl,
   expose: (c: FleetCoordinator) => void,
 ): Promise<CoordinatorResult> {
-  // ---- the job: data, plan, checkpoints (usage errors before anything starts) ----
-  const catalogue: Catalogue = await openTrainingCatalogue(cfg.data);
-  const items = trainItems(catalogue);
-  const P = itemsPerBatch(cfg);
-  const perEpoch = stepsPerEpoch([...items.values()].filter((ids) => ids.length >= 2).length, P);
-  if (perEpoch === 0) {
-    throw new UsageError(
-      `${catalogue.name} has ${items.size} train items; a batch of ${cfg.batchTriplets} triplets needs ${P}. Use more --items or fewer --batch-triplets`,
-    );
-  }
-  const shardCount = fleet.shards ?? fleet.minWorkers;
-  if (P < 2 * shardCount) {
-    throw new UsageError(
-      `a batch of ${P} items cannot be split into ${shardCount} mining shards of at least 2 items; use fewer --shards (or --min-workers) or more --batch-triplets`,
-    );
-  }
-  const totalSteps = plannedSteps(cfg, perEpoch);
-  hooks.onPlanned?.(totalSteps);
-  const arch = buildArchitecture({ ...cfg.model, categories: catalogue.categories.length });
-  // What must not change across a resume (the sampler cursor means nothing for another batch or data).
-  const jobKey = {
-    model: arch.config,
-    seed: cfg.seed,
-    batchTriplets: cfg.batchTriplets,
-    imagesPerItem: cfg.imagesPerItem,
-    data: cfg.data,
-    shards: shardCount,
-    mining: cfg.mining,
-  };
-  const { store, resumed } = openCheckpoints(
-    cfg.checkpointDir,
-    { resume: fleet.resume, every: fleet.checkpointEvery, keep: fleet.keepCheckpoints },
-    jobKey,
+  const shards = fleet.shards ?? fleet.minWorkers;
+  const job = await openRun(
+    cfg,
+    {
+      shards,
+      shardsKey: shards,
+      checkpointing: { resume: fleet.resume, every: fleet.checkpointEvery, keep: fleet.keepCheckpoints },
+      runId: fleet.runId,
+      newRunId,
+      onPlanned: hooks.onPlanned,
+    },
     log,
   );
-  if (resumed && fleet.runId && fleet.runId !== resumed.state.runId) {
-    throw new UsageError(
-      `--run-id ${fleet.runId}, but ${resumed.dir} belongs to run ${resumed.state.runId}; drop --run-id to continue that run`,
-    );
-  }
-  const firstStep = resumed?.state.nextStep ?? 0;
-  const runId = resumed?.state.runId ?? fleet.runId ?? newRunId();
-
-  // ---- the model and its optimizer ----
-  const engine = await initEngine(cfg.engine, log);
-  const model = createModelState(arch, cfg.seed, resumed?.weights.values);
-  const updater = new ParameterUpdater(model, cfg.optimizer);
+  const { runId, engine, model, firstStep, resumed, catalogue } = job;
   const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
   const events: EventSink & { close?(): Promise<void> } = fleet.nats
     ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc(), fleet.natsAuth)
@@ -164,7 +109,6 @@ async function runCoordinator(
   let metricsServer: MetricsServer | undefined;
   let closeFleet: () => void = () => undefined;
   try {
-    if (resumed) await updater.restore(resumed.optimizer);
     const weights = new ModelWeightSource(model);
     await weights.publish(firstStep);
     metrics?.info.set(
@@ -175,10 +119,10 @@ async function runCoordinator(
     metrics?.step.set(firstStep);
 
     // ---- the fleet ----
-    const job: FleetJob = {
+    const fleetJob: FleetJob = {
       train: { ...cfg, model: model.arch.config },
       catalogue: catalogueFingerprint(catalogue),
-      shards: shardCount,
+      shards,
     };
     const coord = new FleetCoordinator(
       {
@@ -190,7 +134,7 @@ async function runCoordinator(
         assignmentTimeoutMs: fleet.stepTimeoutMs,
         longPollMs: 5000,
         gradientDtype: fleet.gradientWire,
-        configJson: JSON.stringify(job),
+        configJson: JSON.stringify(fleetJob),
         embeddingDim: model.arch.outputShape[0] * model.arch.outputShape[1],
         maxGradientNormRatio: fleet.maxGradientNormRatio,
         listener: {
@@ -245,7 +189,7 @@ async function runCoordinator(
       resumedFrom: resumed?.dir ?? null,
       engine: engine.name,
       device: engine.device,
-      shards: shardCount,
+      shards,
     });
     let lastProgress = Date.now();
     const sink: StepSink = fanOut([
@@ -255,39 +199,8 @@ async function runCoordinator(
       eventSink(events, fleet.natsStepInterval),
       history ? historySink(history) : {},
     ]);
-    let lastEvaluation: { nextStep: number; recallAt1: number } | undefined;
-    let lastSaved = -1;
-    const saveCheckpoint = async (nextStep: number, reason: string, loss: number | null) => {
-      if (!store || lastSaved === nextStep) return undefined;
-      const captured = await captureCheckpoint(
-        model,
-        updater,
-        catalogue.categories,
-        {
-          runId,
-          round: coord.membership.round,
-          nextStep,
-          epoch: Math.floor(nextStep / perEpoch),
-          seed: cfg.seed,
-          config: jobKey,
-        },
-        { loss, recall_at_1: lastEvaluation?.nextStep === nextStep ? lastEvaluation.recallAt1 : null },
-      );
-      const saved = store.save(captured);
-      lastSaved = nextStep;
-      const report: SavedCheckpoint = {
-        dir: saved.dir,
-        step: nextStep,
-        reason,
-        bytes: saved.bytes,
-        seconds: saved.seconds,
-      };
-      sink.checkpoint(report);
-      return saved.dir;
-    };
-    const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: engine.conv };
 
-    // ---- serve, run the loop, finish ----
+    // ---- serve ----
     server = await serveFleet(
       coord,
       fleet.listen,
@@ -315,9 +228,9 @@ async function runCoordinator(
         run: runId,
         address: server.address,
         catalogue: catalogue.name,
-        stepsPerEpoch: perEpoch,
-        itemsPerBatch: P,
-        shards: shardCount,
+        stepsPerEpoch: job.stepsPerEpoch,
+        itemsPerBatch: job.itemsPerBatch,
+        shards,
         minWorkers: fleet.minWorkers,
         maxWorkers: fleet.maxWorkers,
         wire: fleet.gradientWire,
@@ -328,127 +241,70 @@ async function runCoordinator(
     events.publish('run_started', {
       address: server.address,
       step: firstStep,
-      totalSteps,
+      totalSteps: job.totalSteps,
       resumedFrom: resumed?.dir ?? null,
-      shards: shardCount,
+      shards,
       minWorkers: fleet.minWorkers,
     });
-    const started = performance.now();
-    const before = opts.evaluate ? await evaluateRetrieval(model, catalogue, evalOpts) : [];
-    if (opts.evaluate) hooks.onEvaluation?.('before', before);
 
-    const ctx: StepContext = {
+    // ---- train ----
+    const outcome = await runJob(
+      job,
       cfg,
-      items,
-      itemsPerBatch: P,
-      stepsPerEpoch: perEpoch,
-      shards: shardCount,
-      model,
-      updater,
-      weights,
-      executor,
-    };
-    let loop: LoopResult | undefined;
-    let stopped = false;
-    try {
-      loop = await trainLoop(
-        {
-          firstStep,
-          totalSteps,
-          maxMinutes: cfg.maxMinutes,
-          evalEvery: fleet.evalEvery,
-          checkpointEvery: fleet.checkpointEvery,
+      {
+        executor,
+        weights,
+        sink,
+        control,
+        evaluate: Boolean(opts.evaluate),
+        evalEvery: fleet.evalEvery,
+        checkpointEvery: fleet.checkpointEvery,
+        onEvaluation: hooks.onEvaluation,
+        round: () => coord.membership.round,
+        abortReason: hooks.abortReason,
+        beforeStep: async (step, ctx) => {
+          if (fleet.hardNegativeEvery <= 0 || step % fleet.hardNegativeEvery !== 0) return;
+          const t0 = performance.now();
+          ctx.embeddings = await embedTrainItems(executor, job.items, step, Math.floor(step / job.stepsPerEpoch));
+          const seconds = (performance.now() - t0) / 1000;
+          log.info(
+            { step, items: ctx.embeddings.size, seconds },
+            `hard-negative plan refreshed at step ${step}: ${ctx.embeddings.size} items embedded in ${seconds.toFixed(2)} s`,
+          );
         },
-        {
-          runStep: (step) => runStep(ctx, step),
-          beforeStep: async (step) => {
-            if (fleet.hardNegativeEvery > 0 && step % fleet.hardNegativeEvery === 0) {
-              const t0 = performance.now();
-              ctx.embeddings = await embedTrainItems(executor, items, step, Math.floor(step / perEpoch));
-              const seconds = (performance.now() - t0) / 1000;
-              log.info(
-                { step, items: ctx.embeddings.size, seconds },
-                `hard-negative plan refreshed at step ${step}: ${ctx.embeddings.size} items embedded in ${seconds.toFixed(2)} s`,
-              );
-            }
-          },
-          evaluate: async (nextStep) => {
-            const [headline] = await evaluateRetrieval(model, catalogue, { ...evalOpts, masks: [cfg.evalMasks[0]] });
-            lastEvaluation = { nextStep, recallAt1: headline.recall[1] };
-            return headline;
-          },
-          checkpoint: saveCheckpoint,
-          control,
-          sink,
-          log,
-          abortReason: hooks.abortReason,
+        onFailure: (step, err) => events.publish('run_failed', { step, error: err.message }),
+        afterLoop: async ({ interrupted, stoppedByOperator, steps }) => {
+          if (!interrupted) {
+            log.info(
+              { run: runId, steps },
+              `run ${runId} ${stoppedByOperator ? 'stopped' : 'complete'} after ${steps} steps; telling the workers`,
+            );
+            await coord.finish(fleet.finishTimeoutMs).catch(() => undefined);
+          }
+          coord.close();
+          await server?.shutdown();
+          server = undefined;
+          await metricsServer?.close();
+          metricsServer = undefined;
         },
-      );
-    } catch (err) {
-      if (!(err instanceof StoppedError)) {
-        events.publish('run_failed', {
-          step: (err as { loopStep?: number }).loopStep ?? firstStep,
-          error: (err as Error).message,
-        });
-        throw err instanceof FleetRunError ? new UsageError(err.message) : err;
-      }
-      stopped = true;
-      loop = {
-        nextStep: err instanceof LoopStopped ? err.nextStep : firstStep,
-        reports: err instanceof LoopStopped ? err.reports : [],
-      };
-      log.warn({ step: loop.nextStep }, `stopped at step ${loop.nextStep} (the step in progress was not applied)`);
-    } finally {
-      if (!stopped) {
-        const steps = loop?.reports.length ?? 0;
-        log.info(
-          { run: runId, steps },
-          `run ${runId} ${loop?.stoppedBy === 'operator' ? 'stopped' : 'complete'} after ${steps} steps; telling the workers`,
-        );
-        await coord.finish(fleet.finishTimeoutMs).catch(() => undefined);
-      }
-      coord.close();
-      await server.shutdown();
-      server = undefined;
-      await metricsServer?.close();
-      metricsServer = undefined;
-    }
-    const seconds = (performance.now() - started) / 1000;
-    const after = opts.evaluate && !stopped ? await evaluateRetrieval(model, catalogue, evalOpts) : [];
-    if (opts.evaluate && !stopped) hooks.onEvaluation?.('after', after);
-    const { nextStep, reports } = loop;
-    const halted = stopped || loop.stoppedBy === 'operator';
-    const lastLoss = reports.at(-1)?.loss ?? null;
-    const checkpoint = store
-      ? ((await saveCheckpoint(nextStep, halted ? 'stopped' : 'end of run', lastLoss)) ??
-        join(store.root, stepDirName(nextStep)))
-      : undefined;
-    events.publish('run_finished', {
-      steps: nextStep,
-      stopped: halted,
-      checkpoint: checkpoint ?? null,
-      loss: lastLoss,
+      },
+      log,
+    ).catch((err: unknown) => {
+      throw err instanceof FleetRunError ? new UsageError(err.message) : err;
     });
-    return {
-      runId,
-      engine,
-      stepsRun: reports.length,
-      losses: reports.map((r) => r.loss),
-      reports,
-      before,
-      after,
-      seconds,
-      checkpoint,
-      lost: coord.lost,
-      stopped: halted,
-    };
+    events.publish('run_finished', {
+      steps: outcome.nextStep,
+      stopped: outcome.stopped,
+      checkpoint: outcome.checkpoint ?? null,
+      loss: outcome.losses.at(-1) ?? null,
+    });
+    return { runId, engine, ...outcome, lost: coord.lost };
   } finally {
     // However the run ends: nothing left listening or ticking, nothing left allocated.
     closeFleet();
     await server?.shutdown().catch(() => undefined);
     await metricsServer?.close().catch(() => undefined);
     await events.close?.();
-    updater.dispose();
-    model.dispose();
+    job.dispose();
   }
 }

@@ -111,16 +111,26 @@ export interface StepContext {
   shards: number;
   model: ModelState;
   updater: ParameterUpdater;
-  weights: ModelWeightSource;
+  /** Published after each applied step for the fleet to download; absent in a single process. */
+  weights?: ModelWeightSource;
   executor: StepExecutor;
   /** Item -> embedding from the last hard-negative refresh (groups confusable items per shard). */
   embeddings?: Map<number, Float32Array>;
 }
 
+/** What planning a step reads (pure: the same plan for the same step). */
+export type StepPlanInputs = Pick<
+  StepContext,
+  'cfg' | 'items' | 'itemsPerBatch' | 'stepsPerEpoch' | 'shards' | 'embeddings'
+>;
+
 export type StepOutcome = { applied: true; report: StepReport; work: TrainWork } | { applied: false; reason: string };
 
 /** The plan of a step: its PK batch split into mining shards (pure in seed, epoch, step). */
-export function planStep(ctx: StepContext, step: number): { epoch: number; shards: PlannedShard[]; batchHash: number } {
+export function planStep(
+  ctx: StepPlanInputs,
+  step: number,
+): { epoch: number; shards: PlannedShard[]; batchHash: number } {
   const epoch = Math.floor(step / ctx.stepsPerEpoch);
   const batch = samplePkBatch({
     seed: ctx.cfg.seed,
@@ -177,7 +187,7 @@ export async function runStep(ctx: StepContext, step: number): Promise<StepOutco
     } finally {
       tf.dispose([...gradTensors.values(), ...statTensors.values()]);
     }
-    await ctx.weights.publish(ctx.weights.version + 1);
+    await ctx.weights?.publish(ctx.weights.version + 1);
     const t3 = performance.now();
     const slowest = results.reduce((m, r) =>
       r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m,

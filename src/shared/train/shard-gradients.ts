@@ -38,6 +38,8 @@ export interface ShardContext {
   conv: ConvFn;
   step: number;
   epoch: number;
+  /** The shard's pixels (default: decoded and augmented now; a prefetcher may have them ready). */
+  loadImages?(shard: PlannedShard): Promise<Float32Array>;
 }
 
 export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardContext): Promise<ShardsGradient> {
@@ -54,12 +56,14 @@ export async function computeShardsGradient(shards: PlannedShard[], ctx: ShardCo
   let computeSeconds = 0;
   for (const shard of shards) {
     const t0 = performance.now();
-    const pixels = await loadTrainingImages(ctx.catalogue, shard.imageIds, size, ctx.cfg.augment, {
-      seed: ctx.cfg.seed,
-      epoch: ctx.epoch,
-      step: ctx.step,
-      worker: shard.index,
-    });
+    const pixels = ctx.loadImages
+      ? await ctx.loadImages(shard)
+      : await loadTrainingImages(ctx.catalogue, shard.imageIds, size, ctx.cfg.augment, {
+          seed: ctx.cfg.seed,
+          epoch: ctx.epoch,
+          step: ctx.step,
+          worker: shard.index,
+        });
     const t1 = performance.now();
     const images = tf.tensor4d(pixels, [shard.imageIds.length, size, size, 3]);
     const result = computeGradients(
