@@ -4,7 +4,7 @@
 // (fleet-service.ts) maps requests onto these methods and FleetError codes onto gRPC statuses; the
 // training loop (run-coordinator.ts) drives steps with execute().
 import type { Logger } from '../shared/log.js';
-import { TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
+import type { EncodedChunk } from '../shared/tensor-codec.js';
 import { median } from '../shared/stats.js';
 import type { ShardsGradient } from '../shared/train/shard-gradients.js';
 import type { WireDType } from '../shared/tensor-codec.js';
@@ -14,7 +14,15 @@ import type { PlannedShard } from '../shared/plan/step-plan.js';
 
 /** Transport-independent error classes (mapped onto gRPC status codes by the service). */
 export type FleetErrorCode =
-  'invalid-argument' | 'wrong-run' | 'not-member' | 'stale' | 'full' | 'unavailable' | 'finished';
+  | 'invalid-argument'
+  | 'wrong-run'
+  | 'not-member'
+  | 'stale'
+  | 'full'
+  | 'unavailable'
+  | 'finished'
+  /** A member's result cannot be used (non-finite loss, gradient norm guard): the member was removed. */
+  | 'unusable';
 
 export class FleetError extends Error {
   constructor(
@@ -331,11 +339,35 @@ export class FleetCoordinator {
 
   // The header checks (which also count as a sign of life) run again: the work may have moved on
   // while the upload streamed.
+  // Once handed a result the coordinator owns its (pooled) arrays: refused, they go back to the pool.
   acceptTrain(workerId: string, run: RunRefLike, units: number[], weightsVersion: number, result: TrainResult): void {
-    this.checkResultHeader('train', workerId, run, units, weightsVersion);
-    this.checkNorm(result.grads);
-    (this.work as StepWork<TrainResult>).accept(workerId, { step: run.step, round: run.round, units }, result);
+    try {
+      this.checkTrainHeader(workerId, run, units, weightsVersion, result.loss);
+      this.checkNorm(workerId, result.grads);
+      (this.work as StepWork<TrainResult>).accept(workerId, { step: run.step, round: run.round, units }, result);
+    } catch (err) {
+      this.buffers.release([...result.grads.values(), ...result.bnStats.values()]);
+      throw err;
+    }
     this.notify();
+  }
+
+  /** The checks of a train upload's header; a non-finite loss makes the result unusable. */
+  checkTrainHeader(
+    workerId: string,
+    run: RunRefLike | undefined,
+    units: number[],
+    weightsVersion: number,
+    loss: number,
+  ): void {
+    this.checkResultHeader('train', workerId, run, units, weightsVersion);
+    if (!Number.isFinite(loss)) this.unusable(workerId, `loss is ${loss}`);
+  }
+
+  /** Removes the member whose result cannot be used, and refuses the result. */
+  private unusable(workerId: string, reason: string): never {
+    this.rejectResult(workerId, reason);
+    throw new FleetError('unusable', reason);
   }
 
   acceptEmbeddings(
@@ -390,7 +422,7 @@ export class FleetCoordinator {
    * Refuses a gradient whose norm is far outside the fleet's recent range (median of the last 50
    * accepted ones, after 5): a diverging or tampered worker must not move the weights.
    */
-  private checkNorm(grads: Map<string, Float32Array>): void {
+  private checkNorm(workerId: string, grads: Map<string, Float32Array>): void {
     const ratio = this.opts.maxGradientNormRatio ?? 0;
     let sq = 0;
     for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
@@ -398,7 +430,8 @@ export class FleetCoordinator {
     if (ratio > 0 && this.recentNorms.length >= 5) {
       const mid = median(this.recentNorms);
       if (norm > ratio * mid)
-        throw new TensorDecodeError(
+        this.unusable(
+          workerId,
           `gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${mid.toPrecision(4)} (--max-gradient-norm-ratio)`,
         );
     }

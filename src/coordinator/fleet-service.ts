@@ -33,6 +33,7 @@ const STATUS: Record<FleetErrorCode, grpc.status> = {
   'wrong-run': grpc.status.FAILED_PRECONDITION,
   'not-member': grpc.status.NOT_FOUND,
   stale: grpc.status.ABORTED,
+  unusable: grpc.status.INVALID_ARGUMENT,
   full: grpc.status.RESOURCE_EXHAUSTED,
   unavailable: grpc.status.UNAVAILABLE,
   finished: grpc.status.OUT_OF_RANGE,
@@ -139,7 +140,7 @@ function unary<Req, Res>(
  * order) and decodes each tensor as soon as its last chunk arrives.
  */
 export class UploadReader {
-  private readonly tensors = new Map<string, Float32Array>();
+  private tensors = new Map<string, Float32Array>();
   private pending: EncodedChunk[] = [];
   private chunks = 0;
   private expected: TensorSpec | undefined;
@@ -197,7 +198,17 @@ export class UploadReader {
       throw new TensorDecodeError(
         `missing tensors: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`,
       );
-    return this.tensors;
+    // Handed over: whoever takes them owns the arrays now.
+    const out = this.tensors;
+    this.tensors = new Map();
+    return out;
+  }
+
+  /** The arrays decoded so far of an upload that failed (to give back to their pool). */
+  discard(): Float32Array[] {
+    const arrays = [...this.tensors.values()];
+    this.tensors.clear();
+    return arrays;
   }
 }
 
@@ -213,6 +224,7 @@ function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
   onHeader: (header: H) => UploadReader,
   onComplete: (header: H, reader: UploadReader) => void,
   onBadContent: (header: H, reason: string) => void,
+  onDiscard?: (arrays: Float32Array[]) => void,
 ): void {
   const admitted = gate.admit(call);
   if ('refusal' in admitted) {
@@ -239,6 +251,8 @@ function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
       return;
     }
     if (err instanceof TensorDecodeError && header !== undefined) onBadContent(header, err.message);
+    // Arrays decoded before the failure (not handed over) go back where they came from.
+    if (reader) onDiscard?.(reader.discard());
     callback(toServiceError(err));
   };
   call.on('data', (msg: Req) => {
@@ -352,8 +366,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         call,
         callback,
         (h) => {
-          coord.checkResultHeader('train', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
-          if (!Number.isFinite(h.loss)) throw new TensorDecodeError(`loss is ${h.loss}`);
+          coord.checkTrainHeader(h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion, h.loss);
           return new UploadReader(
             (name) => trainSpecs.get(name),
             (size) => coord.buffers.take(size),
@@ -376,6 +389,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
           });
         },
         (h, reason) => coord.rejectResult(h.workerId, reason),
+        (arrays) => coord.buffers.release(arrays),
       ),
     pushEmbeddings: (call, callback) =>
       upload<PushEmbeddingsRequest, NonNullable<PushEmbeddingsRequest['header']>>(

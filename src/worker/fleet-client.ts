@@ -23,6 +23,52 @@ import {
 } from '../shared/tensor-codec.js';
 import { fromProtoChunk, toProtoChunk } from '../shared/wire.js';
 
+/**
+ * What a failed call means for a worker, whatever the transport said:
+ *   over        the run is finished (exit 0)
+ *   gone        the coordinator does not know this worker (dropped, or restarted): register again
+ *   wrong-run   the call named another run than the coordinator's: register again, or refuse a pinned run
+ *   stale       the answer came too late for its step: ask for new work
+ *   rejected    the coordinator refused this worker's result as unusable
+ *   refused     not allowed (token, certificate): a configuration error
+ *   full        the run has --max-workers workers: retry later
+ *   cancelled   the call was cancelled (by us on SIGTERM, or the connection dropped)
+ *   unreachable no answer (down, restarting, deadline): retry until --reconnect-timeout
+ */
+export type CallOutcome =
+  'over' | 'gone' | 'wrong-run' | 'stale' | 'rejected' | 'refused' | 'full' | 'cancelled' | 'unreachable';
+
+export interface CallFailure {
+  outcome: CallOutcome;
+  /** The coordinator's own words (or the transport's). */
+  details: string;
+  /** The gRPC status name, for logs. */
+  status: string;
+}
+
+const OUTCOMES: Partial<Record<grpc.status, CallOutcome>> = {
+  [grpc.status.OUT_OF_RANGE]: 'over',
+  [grpc.status.NOT_FOUND]: 'gone',
+  [grpc.status.FAILED_PRECONDITION]: 'wrong-run',
+  [grpc.status.ABORTED]: 'stale',
+  [grpc.status.INVALID_ARGUMENT]: 'rejected',
+  [grpc.status.UNAUTHENTICATED]: 'refused',
+  [grpc.status.PERMISSION_DENIED]: 'refused',
+  [grpc.status.RESOURCE_EXHAUSTED]: 'full',
+  [grpc.status.CANCELLED]: 'cancelled',
+  [grpc.status.UNAVAILABLE]: 'unreachable',
+  [grpc.status.DEADLINE_EXCEEDED]: 'unreachable',
+  [grpc.status.UNKNOWN]: 'unreachable',
+  [grpc.status.INTERNAL]: 'unreachable',
+};
+
+/** The domain meaning of a call's error; undefined for errors that are not the call's (bugs: rethrow). */
+export function callFailure(err: unknown): CallFailure | undefined {
+  if (!isServiceError(err)) return undefined;
+  const outcome = OUTCOMES[err.code];
+  return outcome && { outcome, details: err.details, status: grpc.status[err.code] };
+}
+
 export function isServiceError(err: unknown): err is grpc.ServiceError {
   return (
     typeof err === 'object' &&

@@ -3,9 +3,8 @@
 // the worker is busiest. This thread has its own gRPC channel and reports to the main thread when
 // the coordinator says stop or no longer knows the worker.
 import { parentPort, workerData } from 'node:worker_threads';
-import * as grpc from '@grpc/grpc-js';
 import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
-import { FleetClient, isServiceError } from './fleet-client.js';
+import { callFailure, FleetClient } from './fleet-client.js';
 import type { FleetSecurity } from '../shared/fleet-security.js';
 
 export interface HeartbeatSetup {
@@ -26,8 +25,9 @@ async function beat(): Promise<void> {
     const res = await client.heartbeat(setup.run, setup.workerId, Math.max(1000, setup.intervalMs * 2));
     if (res.stop) parentPort!.postMessage({ type: 'stop' } satisfies HeartbeatEvent);
   } catch (err) {
-    if (isServiceError(err) && (err.code === grpc.status.NOT_FOUND || err.code === grpc.status.FAILED_PRECONDITION)) {
-      parentPort!.postMessage({ type: 'gone', details: err.details } satisfies HeartbeatEvent);
+    const failure = callFailure(err);
+    if (failure?.outcome === 'gone' || failure?.outcome === 'wrong-run') {
+      parentPort!.postMessage({ type: 'gone', details: failure.details } satisfies HeartbeatEvent);
     }
     // Other failures (coordinator unreachable) show up in the main thread's own calls.
   }

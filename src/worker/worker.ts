@@ -5,7 +5,6 @@
 // progress, or giving back one not yet started), and exits 1 when the coordinator stays unreachable.
 import { Worker as Thread } from 'node:worker_threads';
 import { hostname } from 'node:os';
-import * as grpc from '@grpc/grpc-js';
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { initEngine, type Engine, type EngineChoice } from '../shared/engine/engine.js';
@@ -18,7 +17,7 @@ import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
-import { FleetClient, isServiceError } from './fleet-client.js';
+import { callFailure, FleetClient, type CallFailure } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
 import { computeShardsGradient } from '../shared/train/shard-gradients.js';
 import type { WorkerMetrics } from '../shared/metrics.js';
@@ -63,15 +62,6 @@ interface Loaded {
   shapes: Map<string, number[]>;
   version: number;
 }
-
-const UNREACHABLE = new Set([
-  grpc.status.UNAVAILABLE,
-  grpc.status.DEADLINE_EXCEEDED,
-  grpc.status.CANCELLED,
-  grpc.status.UNKNOWN,
-  grpc.status.INTERNAL,
-]);
-const REREGISTER = new Set([grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION]);
 
 export class FleetWorker {
   private readonly client: FleetClient;
@@ -176,21 +166,19 @@ export class FleetWorker {
         );
         return session;
       } catch (err) {
-        if (!isServiceError(err)) throw err;
-        if (err.code === grpc.status.OUT_OF_RANGE) {
-          this.log.info({ details: err.details }, `${err.details}; nothing to do`);
+        const failure = callFailure(err);
+        if (!failure) throw err;
+        if (failure.outcome === 'over') {
+          this.log.info({ details: failure.details }, `${failure.details}; nothing to do`);
           this.runOver = true;
           return undefined;
         }
-        if (err.code === grpc.status.UNAUTHENTICATED || err.code === grpc.status.PERMISSION_DENIED) {
-          throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
+        if (failure.outcome === 'refused' || (failure.outcome === 'wrong-run' && this.opts.runId)) {
+          throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${failure.details}`);
         }
-        if (err.code === grpc.status.FAILED_PRECONDITION && this.opts.runId) {
-          throw new UsageError(`coordinator ${this.opts.coordinator} refused this worker: ${err.details}`);
-        }
-        if (err.code === grpc.status.RESOURCE_EXHAUSTED)
-          this.log.warn({ details: err.details }, `the run is full (${err.details}); retrying`);
-        else if (!(await this.unreachable(err))) return undefined;
+        if (failure.outcome === 'full')
+          this.log.warn({ details: failure.details }, `the run is full (${failure.details}); retrying`);
+        else if (!(await this.unreachable(failure))) return undefined;
         await this.sleep();
       }
     }
@@ -363,48 +351,54 @@ export class FleetWorker {
   }
 
   private async onCallError(err: unknown): Promise<'retry' | 'reregister' | 'unreachable' | 'done'> {
-    if (!isServiceError(err)) throw err;
-    if (this.stop.stopping && err.code === grpc.status.CANCELLED) return 'retry'; // our own cancel on SIGTERM
-    if (err.code === grpc.status.OUT_OF_RANGE) {
-      this.log.info({ details: err.details }, err.details);
-      return 'done';
+    const failure = callFailure(err);
+    if (!failure) throw err;
+    switch (failure.outcome) {
+      case 'over':
+        this.log.info({ details: failure.details }, failure.details);
+        return 'done';
+      case 'gone':
+      case 'wrong-run':
+        this.log.warn({ code: failure.status, details: failure.details }, `registering again: ${failure.details}`);
+        return 'reregister';
+      case 'stale':
+        this.log.info({ details: failure.details }, `result not used: ${failure.details}`);
+        return 'retry';
+      case 'rejected':
+        this.log.error(
+          { details: failure.details },
+          `the coordinator rejected this worker's result: ${failure.details}`,
+        );
+        return 'reregister';
+      case 'cancelled':
+        if (this.stop.stopping) return 'retry'; // our own cancel on SIGTERM
+        break;
+      case 'unreachable':
+        break;
+      default:
+        throw err;
     }
-    if (REREGISTER.has(err.code)) {
-      this.log.warn({ code: grpc.status[err.code], details: err.details }, `registering again: ${err.details}`);
-      return 'reregister';
-    }
-    if (err.code === grpc.status.ABORTED) {
-      this.log.info({ details: err.details }, `result not used: ${err.details}`);
-      return 'retry';
-    }
-    if (err.code === grpc.status.INVALID_ARGUMENT) {
-      this.log.error({ details: err.details }, `the coordinator rejected this worker's result: ${err.details}`);
-      return 'reregister';
-    }
-    if (UNREACHABLE.has(err.code)) {
-      if (!(await this.unreachable(err))) return 'unreachable';
-      await this.sleep();
-      return 'retry';
-    }
-    throw err;
+    if (!(await this.unreachable(failure))) return 'unreachable';
+    await this.sleep();
+    return 'retry';
   }
 
   /** Notes an unreachable coordinator; false once it has been gone longer than allowed. */
-  private async unreachable(err: grpc.ServiceError): Promise<boolean> {
+  private async unreachable(failure: CallFailure): Promise<boolean> {
     const now = performance.now();
     this.unreachableSince ??= now;
     const gone = now - this.unreachableSince;
     if (gone > this.opts.reconnectTimeoutMs) {
       this.log.error(
         { coordinator: this.opts.coordinator, seconds: gone / 1000 },
-        `the coordinator at ${this.opts.coordinator} has been unreachable for ${(gone / 1000).toFixed(0)} s (${err.details}); giving up`,
+        `the coordinator at ${this.opts.coordinator} has been unreachable for ${(gone / 1000).toFixed(0)} s (${failure.details}); giving up`,
       );
       return false;
     }
     if (this.backoffMs >= 1600 || gone === 0)
       this.log.warn(
-        { coordinator: this.opts.coordinator, details: err.details },
-        `coordinator ${this.opts.coordinator} unreachable (${grpc.status[err.code]}); retrying`,
+        { coordinator: this.opts.coordinator, details: failure.details },
+        `coordinator ${this.opts.coordinator} unreachable (${failure.status}); retrying`,
       );
     return true;
   }

@@ -180,6 +180,58 @@ describe('fleet coordinator (no transport)', () => {
     c.close();
   });
 
+  it.each([
+    ['an outlying gradient norm', 10, 1, /gradient norm 14\.14 is more than 3 times the recent median 1\.414/, 'norm'],
+    ['a non-finite loss', 1, Number.NaN, /loss is NaN/, 'non-finite'],
+  ] as const)(
+    'refuses %s as unusable: the member is removed, its arrays go back to the pool',
+    async (_what, value, loss, message, kind) => {
+      const rejected: string[] = [];
+      const c = make({ maxGradientNormRatio: 3, listener: { rejected: (m, k) => rejected.push(`${m.id} ${k}`) } });
+      const withGrad = (v: number, l = 1): TrainResult => ({
+        ...result(),
+        loss: l,
+        grads: new Map([['g', Float32Array.of(v, v)]]),
+      });
+      const released: Float32Array[] = [];
+      const release = c.buffers.release.bind(c.buffers);
+      c.buffers.release = (arrays) => {
+        released.push(...arrays);
+        release(arrays);
+      };
+      // Five accepted steps (norm sqrt(2)) build the guard's median; the sixth result is the bad one.
+      for (let step = 0; step < 6; step++) {
+        const { member } = c.register({ workerName: `w${step}`, engine: 'cpu', device: 'cpu', runId: '' });
+        const work = new StepWork<TrainResult>('train', step, 0, planShards(batch, 1));
+        const executing = c.execute(work);
+        executing.catch(() => undefined);
+        const answer = await c.nextStep(member.id, { runId: 'r1', round: c.membership.round, step });
+        if (answer.action !== 'train') throw new Error('expected an assignment');
+        if (step < 5) {
+          c.acceptTrain(member.id, answer.run, [0], 0, withGrad(1));
+          await executing;
+          c.leave(member.id, answer.run, 'done');
+          continue;
+        }
+        const bad = withGrad(value, loss);
+        let err: unknown;
+        try {
+          c.acceptTrain(member.id, answer.run, [0], 0, bad);
+        } catch (e) {
+          err = e;
+        }
+        expect(err).toBeInstanceOf(FleetError);
+        expect((err as FleetError).code).toBe('unusable');
+        expect((err as FleetError).message).toMatch(message);
+        expect(released).toContain(bad.grads.get('g'));
+        expect(() => c.heartbeat(member.id, answer.run)).toThrow(/removed: sent an unusable result/);
+        c.close();
+        await executing.catch(() => undefined);
+      }
+      expect(rejected).toEqual([`w6 ${kind}`]);
+    },
+  );
+
   it('drops a silent worker, names it, and re-plans its shards over the others', async () => {
     const c = make();
     c.start();
@@ -441,5 +493,38 @@ describe('upload reader', () => {
     expect(() => partial.finish(['w'], 1)).toThrow(/1 of 2 chunks received/);
     expect(() => reader().finish(['w'], 0)).toThrow(/missing tensors: w/);
     expect(() => reader().finish(['w'], 3)).toThrow(/0 tensors received, the header announced 3/);
+  });
+});
+
+describe('worker call outcomes (the client maps transport errors to what they mean)', () => {
+  it('names every status a coordinator answers with, and leaves other errors alone', async () => {
+    const grpc = await import('@grpc/grpc-js');
+    const { callFailure } = await import('../../src/worker/fleet-client.js');
+    const err = (code: number, details = 'd') =>
+      Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+    const expected: [number, string][] = [
+      [grpc.status.OUT_OF_RANGE, 'over'],
+      [grpc.status.NOT_FOUND, 'gone'],
+      [grpc.status.FAILED_PRECONDITION, 'wrong-run'],
+      [grpc.status.ABORTED, 'stale'],
+      [grpc.status.INVALID_ARGUMENT, 'rejected'],
+      [grpc.status.UNAUTHENTICATED, 'refused'],
+      [grpc.status.PERMISSION_DENIED, 'refused'],
+      [grpc.status.RESOURCE_EXHAUSTED, 'full'],
+      [grpc.status.CANCELLED, 'cancelled'],
+      [grpc.status.UNAVAILABLE, 'unreachable'],
+      [grpc.status.DEADLINE_EXCEEDED, 'unreachable'],
+      [grpc.status.UNKNOWN, 'unreachable'],
+      [grpc.status.INTERNAL, 'unreachable'],
+    ];
+    for (const [code, outcome] of expected) {
+      expect(callFailure(err(code, 'run r1 is over')), grpc.status[code]).toEqual({
+        outcome,
+        details: 'run r1 is over',
+        status: grpc.status[code],
+      });
+    }
+    expect(callFailure(err(grpc.status.UNIMPLEMENTED))).toBeUndefined();
+    expect(callFailure(new TypeError('a bug'))).toBeUndefined();
   });
 });
