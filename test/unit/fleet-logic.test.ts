@@ -494,6 +494,24 @@ describe('upload reader', () => {
     expect(() => reader().finish(['w'], 0)).toThrow(/missing tensors: w/);
     expect(() => reader().finish(['w'], 3)).toThrow(/0 tensors received, the header announced 3/);
   });
+
+  it('hands its arrays over once: finish gives them away, discard returns those of a failed upload', () => {
+    const specs2 = new Map([
+      ['w', { name: 'w', shape: [4] }],
+      ['v', { name: 'v', shape: [4] }],
+    ]);
+    const failed = new UploadReader((name) => specs2.get(name));
+    failed.add(chunk());
+    expect(() => failed.add(chunk({ name: 'x' }))).toThrow(/not expected/);
+    const left = failed.discard();
+    expect(left).toHaveLength(1);
+    expect(failed.discard()).toEqual([]); // never twice: a pool must not get the same array again
+    const done = new UploadReader((name) => specs2.get(name));
+    done.add(chunk());
+    done.add(chunk({ name: 'v' }));
+    expect(done.finish(['w', 'v'], 2).size).toBe(2);
+    expect(done.discard()).toEqual([]); // handed over: the new owner gives them back
+  });
 });
 
 describe('worker call outcomes (the client maps transport errors to what they mean)', () => {
