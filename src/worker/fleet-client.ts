@@ -69,6 +69,84 @@ export function callFailure(err: unknown): CallFailure | undefined {
   return outcome && { outcome, details: err.details, status: grpc.status[err.code] };
 }
 
+/**
+ * What to do while the coordinator does not answer: wait with exponential backoff (200 ms doubling to
+ * 5 s, +-25% jitter; a stop signal cuts the wait short) and give up once it has been unreachable for
+ * longer than allowed (--reconnect-timeout). One per worker: every call shares what it learns.
+ */
+export class Backoff {
+  private delayMs = 200;
+  private since: number | undefined;
+  private gaveUp = false;
+
+  constructor(
+    private readonly o: {
+      giveUpAfterMs: number;
+      signal: AbortSignal;
+      /** A retry is coming (say so when it starts and once waits grow long). */
+      onRetry?(failure: CallFailure, unreachableMs: number, delayMs: number): void;
+      onGiveUp?(failure: CallFailure, unreachableMs: number): void;
+      now?(): number;
+    },
+  ) {}
+
+  /** A call got through: the next outage starts afresh. */
+  succeeded(): void {
+    this.since = undefined;
+    this.delayMs = 200;
+    this.gaveUp = false;
+  }
+
+  /** Notes an unanswered call; false once the coordinator has been unreachable too long. */
+  failed(failure: CallFailure): boolean {
+    const now = (this.o.now ?? performance.now.bind(performance))();
+    this.since ??= now;
+    const gone = now - this.since;
+    if (gone > this.o.giveUpAfterMs) {
+      if (!this.gaveUp) this.o.onGiveUp?.(failure, gone); // said once, however many calls hear it
+      this.gaveUp = true;
+      return false;
+    }
+    this.o.onRetry?.(failure, gone, this.delayMs);
+    return true;
+  }
+
+  /** Waits before the next try (returns at once when stopping). */
+  wait(): Promise<void> {
+    const ms = this.delayMs * (0.75 + Math.random() * 0.5);
+    this.delayMs = Math.min(5000, this.delayMs * 2);
+    const signal = this.o.signal;
+    if (signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+}
+
+/**
+ * Runs an idempotent call (asking for work, downloading weights), retrying while the coordinator
+ * does not answer; any other failure, a stop, or the backoff's deadline ends it with the call's error.
+ */
+export async function retrying<T>(call: () => Promise<T>, backoff: Backoff): Promise<T> {
+  for (;;) {
+    try {
+      const result = await call();
+      backoff.succeeded();
+      return result;
+    } catch (err) {
+      const failure = callFailure(err);
+      if (failure?.outcome !== 'unreachable' || !backoff.failed(failure)) throw err;
+      await backoff.wait();
+    }
+  }
+}
+
 export function isServiceError(err: unknown): err is grpc.ServiceError {
   return (
     typeof err === 'object' &&

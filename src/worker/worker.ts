@@ -17,7 +17,7 @@ import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
-import { callFailure, FleetClient, type CallFailure } from './fleet-client.js';
+import { Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
 import { computeShardsGradient } from '../shared/train/shard-gradients.js';
 import type { WorkerMetrics } from '../shared/metrics.js';
@@ -67,8 +67,7 @@ export class FleetWorker {
   private readonly client: FleetClient;
   private engine!: Engine;
   private loaded: Loaded | undefined;
-  private unreachableSince: number | undefined;
-  private backoffMs = 200;
+  private readonly backoff: Backoff;
   stepsDone = 0;
   /** The coordinator said the run is over. */
   private runOver = false;
@@ -80,6 +79,24 @@ export class FleetWorker {
     private readonly metrics?: WorkerMetrics,
   ) {
     this.client = new FleetClient(opts.coordinator, opts.security);
+    const where = opts.coordinator;
+    this.backoff = new Backoff({
+      giveUpAfterMs: opts.reconnectTimeoutMs,
+      signal: stop.signal,
+      onRetry: (f, gone, delay) => {
+        if (delay >= 1600 || gone === 0) {
+          log.warn(
+            { coordinator: where, details: f.details },
+            `coordinator ${where} unreachable (${f.status}); retrying`,
+          );
+        }
+      },
+      onGiveUp: (f, gone) =>
+        log.error(
+          { coordinator: where, seconds: gone / 1000 },
+          `the coordinator at ${where} has been unreachable for ${(gone / 1000).toFixed(0)} s (${f.details}); giving up`,
+        ),
+    });
   }
 
   /** Runs until the run is over (0), SIGTERM (0) or the coordinator is gone for good (1). */
@@ -107,7 +124,7 @@ export class FleetWorker {
           { workerName: this.opts.name, engine: this.engine.name, device: this.engine.device, runId: this.opts.runId },
           10_000,
         );
-        this.reachable();
+        this.backoff.succeeded();
         let job: FleetJob;
         try {
           job = FleetJobSchema.parse(JSON.parse(res.configJson));
@@ -178,8 +195,8 @@ export class FleetWorker {
         }
         if (failure.outcome === 'full')
           this.log.warn({ details: failure.details }, `the run is full (${failure.details}); retrying`);
-        else if (!(await this.unreachable(failure))) return undefined;
-        await this.sleep();
+        else if (!this.backoff.failed(failure)) return undefined;
+        await this.backoff.wait();
       }
     }
   }
@@ -216,8 +233,8 @@ export class FleetWorker {
       }
       let next: NextStepResponse;
       try {
-        next = await this.client.nextStep(s.run, s.workerId, 30_000, this.stop.signal);
-        this.reachable();
+        next = await retrying(() => this.client.nextStep(s.run, s.workerId, 30_000, this.stop.signal), this.backoff);
+        this.backoff.succeeded();
       } catch (err) {
         const verdict = await this.onCallError(err);
         if (verdict === 'retry') continue;
@@ -237,7 +254,7 @@ export class FleetWorker {
       }
       try {
         await this.work(s, next);
-        this.reachable();
+        this.backoff.succeeded();
       } catch (err) {
         const verdict = await this.onCallError(err);
         if (verdict === 'retry') continue;
@@ -250,11 +267,9 @@ export class FleetWorker {
     const loaded = this.loaded!;
     if (loaded.version !== next.weightsVersion) {
       const t0 = performance.now();
-      const { version, values } = await this.client.fetchWeights(
-        s.run,
-        s.workerId,
-        loaded.shapes,
-        this.opts.transferTimeoutMs,
+      const { version, values } = await retrying(
+        () => this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs),
+        this.backoff,
       );
       for (const [name, v] of [...loaded.model.trainable, ...loaded.model.buffers]) {
         const t = tf.tensor(values.get(name)!, v.shape);
@@ -378,50 +393,9 @@ export class FleetWorker {
       default:
         throw err;
     }
-    if (!(await this.unreachable(failure))) return 'unreachable';
-    await this.sleep();
+    if (!this.backoff.failed(failure)) return 'unreachable';
+    await this.backoff.wait();
     return 'retry';
-  }
-
-  /** Notes an unreachable coordinator; false once it has been gone longer than allowed. */
-  private async unreachable(failure: CallFailure): Promise<boolean> {
-    const now = performance.now();
-    this.unreachableSince ??= now;
-    const gone = now - this.unreachableSince;
-    if (gone > this.opts.reconnectTimeoutMs) {
-      this.log.error(
-        { coordinator: this.opts.coordinator, seconds: gone / 1000 },
-        `the coordinator at ${this.opts.coordinator} has been unreachable for ${(gone / 1000).toFixed(0)} s (${failure.details}); giving up`,
-      );
-      return false;
-    }
-    if (this.backoffMs >= 1600 || gone === 0)
-      this.log.warn(
-        { coordinator: this.opts.coordinator, details: failure.details },
-        `coordinator ${this.opts.coordinator} unreachable (${failure.status}); retrying`,
-      );
-    return true;
-  }
-
-  private reachable(): void {
-    this.unreachableSince = undefined;
-    this.backoffMs = 200;
-  }
-
-  private sleep(): Promise<void> {
-    const ms = this.backoffMs * (0.75 + Math.random() * 0.5);
-    this.backoffMs = Math.min(5000, this.backoffMs * 2);
-    const signal = this.stop.signal;
-    if (signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(t);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const t = setTimeout(done, ms);
-      signal.addEventListener('abort', done, { once: true });
-    });
   }
 }
 

@@ -546,3 +546,60 @@ describe('worker call outcomes (the client maps transport errors to what they me
     expect(callFailure(new TypeError('a bug'))).toBeUndefined();
   });
 });
+
+describe('worker retries (the client owns backoff for idempotent calls)', () => {
+  const grpcError = async (code: number, details: string) => {
+    const grpc = await import('@grpc/grpc-js');
+    return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+  };
+
+  it('retries an idempotent call while the coordinator does not answer, and stops at the deadline', async () => {
+    const grpc = await import('@grpc/grpc-js');
+    const { Backoff, retrying } = await import('../../src/worker/fleet-client.js');
+    let clock = 0;
+    const said: string[] = [];
+    const stopped = AbortSignal.abort(); // waits return at once: the test does not sleep
+    const backoff = new Backoff({
+      giveUpAfterMs: 10_000,
+      signal: stopped,
+      now: () => clock,
+      onRetry: (f, gone) => said.push(`retry ${f.outcome} after ${gone}`),
+      onGiveUp: (f, gone) => said.push(`give up ${f.status} after ${gone}`),
+    });
+    const down = await grpcError(grpc.status.UNAVAILABLE, 'connection refused');
+    let calls = 0;
+    const flaky = async () => {
+      calls++;
+      clock += 3000;
+      if (calls < 3) throw down;
+      return 'work';
+    };
+    expect(await retrying(flaky, backoff)).toBe('work');
+    expect(calls).toBe(3);
+    expect(said).toEqual(['retry unreachable after 0', 'retry unreachable after 3000']);
+    // A new outage starts afresh and ends at the deadline, said once however many calls hear it.
+    said.length = 0;
+    const dead = async () => {
+      clock += 4000;
+      throw down;
+    };
+    await expect(retrying(dead, backoff)).rejects.toBe(down);
+    expect(backoff.failed({ outcome: 'unreachable', details: 'x', status: 'UNAVAILABLE' })).toBe(false);
+    expect(said).toEqual([
+      'retry unreachable after 0',
+      'retry unreachable after 4000',
+      'retry unreachable after 8000',
+      'give up UNAVAILABLE after 12000',
+    ]);
+    // Not an outage: no retry.
+    const over = await grpcError(grpc.status.OUT_OF_RANGE, 'run r1 is over');
+    let once = 0;
+    await expect(
+      retrying(async () => {
+        once++;
+        throw over;
+      }, backoff),
+    ).rejects.toBe(over);
+    expect(once).toBe(1);
+  });
+});
