@@ -63,6 +63,33 @@ describe('training step', () => {
     model.dispose();
   });
 
+  it('moves the BatchNorm statistics as Keras does: momentum, and the batch variance made unbiased (n / (n - 1 - eps))', async () => {
+    await useBackend('cpu');
+    const model = tinyModel();
+    const batch = tinyBatch();
+    const { forward } = await import('../../src/shared/model/tricapsnet.js');
+    const { bnUpdates } = forward(model, batch.images, { training: true });
+    // The stem's pre-BN activations computed here, independently: conv 7x7 stride 2 'same' + bias.
+    const pre = tf.add(
+      tf.conv2d(batch.images, model.trainable.get('stem/conv/kernel') as tf.Tensor4D, 2, 'same'),
+      model.trainable.get('stem/conv/bias')!,
+    );
+    const { mean, variance } = tf.moments(pre, [0, 1, 2]);
+    const n = pre.size / pre.shape[3];
+    const { bnMomentum: m, bnEpsilon: eps } = model.arch.config;
+    const expectedMean = Array.from(await mean.data()).map((v) => (1 - m) * v); // moving mean starts at 0
+    const expectedVar = Array.from(await variance.data()).map((v) => m * 1 + (1 - m) * v * (n / (n - (1 + eps)))); // starts at 1
+    const gotMean = Array.from(await bnUpdates.get('stem/bn/moving_mean')!.data());
+    const gotVar = Array.from(await bnUpdates.get('stem/bn/moving_variance')!.data());
+    gotMean.forEach((v, i) => expect(v).toBeCloseTo(expectedMean[i], 6));
+    gotVar.forEach((v, i) => expect(v).toBeCloseTo(expectedVar[i], 6));
+    // The unbiased factor is visible at this size (n = 8 images x 8 x 8): biased would differ.
+    const biased = Array.from(await variance.data()).map((v) => m + (1 - m) * v);
+    expect(Math.max(...gotVar.map((v, i) => Math.abs(v - biased[i])))).toBeGreaterThan(1e-6);
+    tf.dispose([pre, mean, variance, ...bnUpdates.values()]);
+    model.dispose();
+  });
+
   it('refuses gradients that do not fit the parameters', async () => {
     await useBackend('cpu');
     const model = tinyModel();

@@ -98,3 +98,24 @@ export function batchNormInference(
     return tf.add(tf.mul(x, scale), tf.sub(beta, tf.mul(movingMean, scale))) as tf.Tensor4D;
   });
 }
+
+/**
+ * The moving statistics after one training batch (Keras 2.x, the reference): the moving variance
+ * takes the batch variance made unbiased as Keras does, var * n / (n - (1 + epsilon)), n = values per
+ * channel (batch x height x width); PyTorch uses n / (n - 1). On small feature maps (2x2 at RC 32px)
+ * the biased variance made evaluation outputs differ by ~1e-2 relative.
+ */
+export function movingStatistics(
+  batch: { mean: tf.Tensor; variance: tf.Tensor; count: number },
+  moving: { mean: tf.Tensor; variance: tf.Tensor },
+  momentum: number,
+  epsilon: number,
+): { mean: tf.Tensor; variance: tf.Tensor } {
+  return tf.tidy(() => {
+    const unbiased = batch.count > 1 + epsilon ? batch.count / (batch.count - (1 + epsilon)) : 1;
+    return {
+      mean: tf.add(tf.mul(moving.mean, momentum), tf.mul(batch.mean, 1 - momentum)),
+      variance: tf.add(tf.mul(moving.variance, momentum), tf.mul(batch.variance, (1 - momentum) * unbiased)),
+    };
+  });
+}

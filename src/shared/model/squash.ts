@@ -1,4 +1,5 @@
-// Capsule non-linearities. Every root has an epsilon inside: sqrt's gradient is NaN at 0.
+// Capsule non-linearities. Roots have an epsilon inside (sqrt's gradient is NaN at 0), except l2Normalize,
+// which scales first and defines the zero vector's case.
 import * as tf from '@tensorflow/tfjs-core';
 
 export const ROOT_EPSILON = 1e-7;
@@ -28,7 +29,33 @@ export function squashOps(s: tf.Tensor): tf.Tensor {
   });
 }
 
-/** Unit vectors along the last axis (zero vectors stay finite: they map to zero). */
+/** Below this a length counts as zero (float32's smallest normal numbers are ~1e-38). */
+const ZERO_LENGTH = 1e-30;
+
+/**
+ * Unit vectors along the last axis: x / |x| for every x that is not exactly zero, however short
+ * (capsules of length 1e-6 included: an epsilon inside the root would shrink them, and the triplet
+ * margin would then mean something else); the zero vector maps to zero, with gradient zero.
+ * |x| is taken as m * |x / m| with m = max |x_i|, so it neither underflows nor overflows.
+ * Gradient: (g - z <z, g>) / |x|, the projection of the upstream gradient off z, scaled by 1/|x|.
+ */
 export function l2Normalize(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => tf.div(x, safeNorm(x, true)));
+  const op = tf.customGrad(((xIn: tf.Tensor, save: tf.GradSaveFunc) => {
+    const m = tf.max(tf.abs(xIn), -1, true);
+    const scaled = tf.div(xIn, tf.maximum(m, ZERO_LENGTH)); // largest entry 1 (or all 0)
+    const n = tf.sqrt(tf.sum(tf.square(scaled), -1, true)); // in [1, sqrt(d)], or 0
+    const z = tf.div(scaled, tf.maximum(n, ZERO_LENGTH));
+    // 1 / |x| where |x| > 0, else 0: the zero vector gets a zero gradient, not an infinite one.
+    const length = tf.mul(n, m);
+    const inverse = tf.div(tf.step(tf.sub(length, ZERO_LENGTH)), tf.maximum(length, ZERO_LENGTH));
+    save([z, inverse]);
+    return {
+      value: z,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [zs, inv] = saved;
+        return tf.mul(tf.sub(dy, tf.mul(zs, tf.sum(tf.mul(zs, dy), -1, true))), inv);
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return op(x);
 }

@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ConvFn } from '../engine/engine.js';
 import { stockConv } from '../engine/engine.js';
 import type { ActivationKind, BatchNormSpec, ConvSpec } from './architecture.js';
-import { batchNormInference, batchNormTraining } from './batch-norm.js';
+import { batchNormInference, batchNormTraining, movingStatistics } from './batch-norm.js';
 import { classCapsules } from './class-capsules.js';
 import type { ModelState } from './params.js';
 import { squash } from './squash.js';
@@ -53,10 +53,16 @@ export function forward(state: ModelState, images: tf.Tensor4D, opts: ForwardOpt
     const movingVariance = p(`${spec.name}/moving_variance`);
     if (!opts.training) return batchNormInference(x, gamma, beta, movingMean, movingVariance, cfg.bnEpsilon);
     const { y, mean, variance } = batchNormTraining(x, gamma, beta, cfg.bnEpsilon);
-    const m = cfg.bnMomentum;
+    const count = x.size / x.shape[3];
+    const next = movingStatistics(
+      { mean, variance, count },
+      { mean: movingMean, variance: movingVariance },
+      cfg.bnMomentum,
+      cfg.bnEpsilon,
+    );
     // Kept: they outlive this tidy scope; the caller applies (or averages) and disposes them.
-    bnUpdates.set(`${spec.name}/moving_mean`, tf.keep(tf.add(tf.mul(movingMean, m), tf.mul(mean, 1 - m))));
-    bnUpdates.set(`${spec.name}/moving_variance`, tf.keep(tf.add(tf.mul(movingVariance, m), tf.mul(variance, 1 - m))));
+    bnUpdates.set(`${spec.name}/moving_mean`, tf.keep(next.mean));
+    bnUpdates.set(`${spec.name}/moving_variance`, tf.keep(next.variance));
     tf.dispose([mean, variance]);
     return y;
   };
