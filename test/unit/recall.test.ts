@@ -64,3 +64,65 @@ describe('mAP@R', () => {
     expect(recallAtK([0.1, 0.2, 0.3, 0.4], [7], [7, 8, 7, 9], [1]).mapAtR).toBeCloseTo(0.5);
   });
 });
+
+describe('ties within the stated tolerance', () => {
+  it('count a near-tie (float32 rounding) against the query, as an exact tie', async () => {
+    const { TIE_TOLERANCE } = await import('../../src/shared/eval/recall.js');
+    expect(TIE_TOLERANCE).toBe(1e-5);
+    // The match at 2, a non-match at 2 + 2e-7 (rounding): tied, so the non-match ranks first.
+    expect(firstMatchRank([2, 2 + 2e-7, 3], 7, [7, 8, 9])).toBe(2);
+    expect(firstMatchRank([2, 2 + 1e-3, 3], 7, [7, 8, 9])).toBe(1); // a real difference is not a tie
+    expect(firstMatchRank([2, 2 + 2e-7, 3], 7, [7, 8, 9], 0)).toBe(1); // without tolerance: noise decides
+  });
+
+  it('give the same Recall@K and mAP@R for two summation orders of the same distances', async () => {
+    const { averagePrecisionAtR } = await import('../../src/shared/eval/recall.js');
+    // Masked unit embeddings (one capsule of 4 kept out of 3 categories x 4 dims): images of different
+    // predicted categories have disjoint supports, so their squared distance is 2 in exact arithmetic,
+    // and 2 +- a few ulps in float32 depending on the order of the sum.
+    let seed = 11;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+    const embed = (category: number) => {
+      const v = new Float32Array(12);
+      let n = 0;
+      for (let i = 0; i < 4; i++) n += (v[category * 4 + i] = rand()) ** 2;
+      for (let i = 0; i < 4; i++) v[category * 4 + i] = Math.fround(v[category * 4 + i] / Math.sqrt(n));
+      return v;
+    };
+    const gallery = Array.from({ length: 60 }, (_, g) => ({ item: g % 20, e: embed((g * 7) % 3) }));
+    const queries = Array.from({ length: 20 }, (_, q) => ({ item: q, e: embed((q * 5 + 1) % 3) }));
+    const sum = (q: Float32Array, g: Float32Array, reverse: boolean) => {
+      let s = 0;
+      for (let k = 0; k < 12; k++) {
+        const i = reverse ? 11 - k : k;
+        s = Math.fround(s + Math.fround((q[i] - g[i]) ** 2));
+      }
+      return s;
+    };
+    const rows = (reverse: boolean) => queries.flatMap((q) => gallery.map((g) => sum(q.e, g.e, reverse)));
+    const items = gallery.map((g) => g.item);
+    const qItems = queries.map((q) => q.item);
+    const [forward, backward] = [rows(false), rows(true)];
+    expect(forward).not.toEqual(backward); // the two orders do round differently
+    const a = recallAtK(forward, qItems, items);
+    const b = recallAtK(backward, qItems, items);
+    expect(b).toEqual(a);
+    // Without the tolerance the noise shows: some query ranks differently or mAP@R moves.
+    const rank = (row: number[], q: number, tolerance: number) =>
+      firstMatchRank(row.slice(q * 60, q * 60 + 60), qItems[q], items, tolerance);
+    const ap = (row: number[], q: number, tolerance: number) =>
+      averagePrecisionAtR(row.slice(q * 60, q * 60 + 60), qItems[q], items, tolerance);
+    const differs = qItems.some(
+      (_, q) => rank(forward, q, 0) !== rank(backward, q, 0) || ap(forward, q, 0) !== ap(backward, q, 0),
+    );
+    expect(differs).toBe(true);
+    expect(qItems.every((_, q) => rank(forward, q, 1e-5) === rank(backward, q, 1e-5))).toBe(true);
+  });
+
+  it('rank every match after the non-matches tied with it in mAP@R', async () => {
+    const { averagePrecisionAtR } = await import('../../src/shared/eval/recall.js');
+    // R = 2 matches at 1 and 2; a non-match tied at 1 (+1e-7): ranks 2 and 3 -> only 1/2 within R.
+    expect(averagePrecisionAtR([1, 1 + 1e-7, 2, 5], 7, [7, 8, 7, 9])).toBeCloseTo(0.25);
+    expect(averagePrecisionAtR([1, 1.5, 2, 5], 7, [7, 8, 7, 9])).toBeCloseTo(0.5);
+  });
+});
