@@ -564,6 +564,10 @@ describe('tricaps train in one process (the fleet loop with an in-process worker
         .split('\n')
         .map((l) => JSON.parse(l));
       expect(history.filter((h) => h.type === 'step').map((h) => h.step)).toEqual([0, 1, 2, 3]);
+      // The evaluations train runs before and after are in it too, every mask (for `tricaps report`).
+      expect(history.filter((h) => h.type === 'evaluation').map((h) => `${h.step} ${h.mask}`)).toEqual(
+        ['0', '2', '2', '4'].flatMap((st) => [`${st} predicted`, `${st} oracle`]),
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -184,6 +184,9 @@ export async function runJob(job: RunJob, cfg: TrainConfig, parts: RunParts, log
   const started = performance.now();
   const before = parts.evaluate ? await evaluateRetrieval(model, catalogue, evalOpts) : [];
   if (parts.evaluate) parts.onEvaluation?.('before', before);
+  // Every mask's result goes to the sinks too (run history, recall gauges, NATS): `tricaps report`
+  // then shows the evaluations `train` runs before and after, not only --eval-every's.
+  for (const r of before) parts.sink.evaluation(job.firstStep, r);
   const ctx: StepContext = {
     cfg,
     items: job.items,
@@ -239,6 +242,8 @@ export async function runJob(job: RunJob, cfg: TrainConfig, parts: RunParts, log
   const seconds = (performance.now() - started) / 1000;
   const after = parts.evaluate && !interrupted ? await evaluateRetrieval(model, catalogue, evalOpts) : [];
   if (parts.evaluate && !interrupted) parts.onEvaluation?.('after', after);
+  for (const r of after) parts.sink.evaluation(loop.nextStep, r);
+  if (after[0]) lastEvaluation = { nextStep: loop.nextStep, recallAt1: after[0].recall[1] };
   const stopped = interrupted || stoppedByOperator;
   const lastLoss = loop.reports.at(-1)?.loss ?? null;
   const checkpoint = store

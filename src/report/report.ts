@@ -138,7 +138,9 @@ export function renderReport({ lines, gridPng, title }: ReportInput): string {
   const byStep = new Map<number, Step>();
   for (const l of lines) if (l.type === 'step') byStep.set(l.step, l);
   const steps = [...byStep.values()].sort((a, b) => a.step - b.step);
-  const evaluations = lines.filter((l): l is Evaluation => l.type === 'evaluation');
+  // One mask's curve: the run's headline mask (its first evaluation's); others would zigzag in.
+  const allEvaluations = lines.filter((l): l is Evaluation => l.type === 'evaluation');
+  const evaluations = allEvaluations.filter((e) => e.mask === allEvaluations[0]?.mask);
   const starts = lines.filter((l): l is RunStart => l.type === 'run');
   const runIds = [...new Set(starts.map((s) => s.runId))];
 

@@ -53,4 +53,18 @@ describe('run report', () => {
     expect(html).toContain('no data'); // no evaluations
     expect(html).toContain('no grid given');
   });
+
+  it('draws one mask: the headline (first) mask evaluations, not a zigzag of several', () => {
+    const lines: HistoryLine[] = [
+      { type: 'run', runId: 'r', step: 0, resumedFrom: null, engine: 'wasm', device: 'cpu', shards: 1 },
+      step(0, 2),
+      { type: 'evaluation', step: 0, mask: 'predicted', recall: { '1': 0.1 }, mapAtR: 0.1 },
+      { type: 'evaluation', step: 0, mask: 'oracle', recall: { '1': 0.9 }, mapAtR: 0.5 },
+      { type: 'evaluation', step: 1, mask: 'predicted', recall: { '1': 0.2 }, mapAtR: 0.1 },
+      { type: 'evaluation', step: 1, mask: 'oracle', recall: { '1': 0.95 }, mapAtR: 0.5 },
+    ];
+    const html = renderReport({ lines, title: 'masks' });
+    expect(html).toContain('mask predicted');
+    expect(html).toContain('best R@1</div><div class="v">20% at step 1');
+  });
 });
