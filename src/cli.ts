@@ -11,6 +11,7 @@ import { registerTrainCommand } from './cli/train.js';
 import { registerBenchCommands } from './cli/bench.js';
 import { registerDataCommands } from './cli/data.js';
 import { registerEvalCommands } from './cli/eval.js';
+import { registerEmbedCommand } from './cli/embed.js';
 import { registerFleetCommands } from './cli/fleet.js';
 import { registerReportCommand } from './cli/report.js';
 import { registerHealthCommand } from './cli/health.js';
@@ -34,6 +35,7 @@ async function main(argv: string[]): Promise<number> {
   registerBenchCommands(program);
   registerDataCommands(program);
   registerEvalCommands(program);
+  registerEmbedCommand(program);
   registerFleetCommands(program);
   registerReportCommand(program);
   registerHealthCommand(program);

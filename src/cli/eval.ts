@@ -20,7 +20,7 @@ import { l2Normalize } from '../shared/model/squash.js';
 import { recallLine } from './train.js';
 import { choiceOption, intOption } from './options.js';
 
-async function openModel(checkpoint: string, engineChoice: (typeof ENGINE_NAMES)[number]) {
+export async function openModel(checkpoint: string, engineChoice: (typeof ENGINE_NAMES)[number]) {
   const dir = resolveCheckpoint(checkpoint);
   const saved = loadWeights(dir);
   const engine = await initEngine(engineChoice, createLogger('eval'));

@@ -457,7 +457,7 @@ function barAroundTraining(bar: cliProgress.SingleBar, steps: number, idle: Reco
   };
 }
 
-function progressBar(format: string): cliProgress.SingleBar {
+export function progressBar(format: string): cliProgress.SingleBar {
   return new cliProgress.SingleBar(
     { format, stream: process.stderr, noTTYOutput: true, notTTYSchedule: 15_000, hideCursor: true },
     cliProgress.Presets.shades_classic,
