@@ -28,7 +28,8 @@ async function main(argv: string[]): Promise<number> {
   const program = new Command('tricaps')
     .description('Triplet Capsule Networks for clothing image retrieval')
     .version(TRICAPS_VERSION)
-    .showHelpAfterError('(run with --help for usage)')
+    // One line per mistake, like every other error (commander's own, and its hint, would be two).
+    .configureOutput({ outputError: (str, write) => write(`tricaps: ${str.trim()} (run with --help for usage)\n`) })
     .exitOverride();
   registerModelCommands(program);
   registerTrainCommand(program);

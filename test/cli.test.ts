@@ -108,6 +108,22 @@ describe('tricaps CLI', () => {
     [['train', '--eval-mask', 'predicted', 'psychic'], /"psychic" is not one of predicted, oracle, none/],
     [['bench', 'profile', '--engine', 'tpu'], /"tpu" is not one of auto, tensorflow, webgpu, wasm, cpu/],
     [
+      [
+        'train',
+        '--steps',
+        '1',
+        '--items',
+        '24',
+        '--batch-triplets',
+        '4',
+        '--image-size',
+        '16',
+        '--checkpoint-dir',
+        'package.json',
+      ],
+      /--checkpoint-dir package.json is a file, not a directory/,
+    ],
+    [
       ['bench', 'engine', '--engine', 'cpu', '--width', '0.1'],
       /51 channels \(512 x --width\) are not divisible by the capsule dim 16/,
     ],
@@ -124,6 +140,13 @@ describe('tricaps CLI', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(message);
     expect(r.stderr).not.toMatch(/^\s+at .*\.(js|ts):\d+/m); // no JavaScript stack trace for user mistakes
+    // One line says what was wrong (structured log lines before it are the run's, not the error's).
+    expect(
+      r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => !l.startsWith('{')),
+    ).toHaveLength(1);
   });
 
   it('--engine webgpu either runs on a GPU adapter or says why it cannot', async () => {
@@ -570,6 +593,44 @@ describe('tricaps train in one process (the fleet loop with an in-process worker
       );
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('start-up failures say one thing', () => {
+  it('a coordinator whose --listen port is taken says so in one line, exit 2, and never claims a run', async () => {
+    const { createServer } = await import('node:net');
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const port = (blocker.address() as { port: number }).port;
+    try {
+      const r = await tricapsWithLogLevel(
+        'info',
+        'coordinator',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--steps',
+        '2',
+        '--items',
+        '24',
+        '--batch-triplets',
+        '4',
+        '--image-size',
+        '16',
+        '--engine',
+        'wasm',
+      );
+      expect(r.code, r.stderr).toBe(2);
+      const prose = r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => !l.startsWith('{'));
+      expect(prose).toEqual([
+        `tricaps: error: cannot listen on 127.0.0.1:${port}: the port is in use (another coordinator or process has it); choose another port`,
+      ]);
+      expect(r.stderr).not.toMatch(/complete after|telling the workers/);
+    } finally {
+      blocker.close();
     }
   });
 });

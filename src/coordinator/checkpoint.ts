@@ -300,6 +300,11 @@ export function openCheckpoints(
   if ((opts.resume || opts.every > 0) && !dir)
     throw new UsageError('--resume and --checkpoint-every need --checkpoint-dir DIR');
   if (!dir) return {};
+  if (statSync(dir, { throwIfNoEntry: false })?.isDirectory() === false) {
+    throw new UsageError(
+      `--checkpoint-dir ${dir} is a file, not a directory; name a directory (it is created if missing)`,
+    );
+  }
   const store = new CheckpointStore(dir, opts.keep, log);
   if (!opts.resume) return { store };
   const resumed = store.loadLatest();

@@ -426,6 +426,16 @@ export interface FleetServer {
   shutdown(): Promise<void>;
 }
 
+/** Why a bind failed, in one line (grpc-js's message nests the socket errors and their stacks). */
+function listenFailure(err: Error): string {
+  if (/EADDRINUSE/.test(err.message))
+    return 'the port is in use (another coordinator or process has it); choose another port';
+  if (/EACCES/.test(err.message))
+    return 'permission denied (ports below 1024 need privileges); choose a port above 1024';
+  if (/EADDRNOTAVAIL/.test(err.message)) return 'no network interface of this machine has that address';
+  return err.message.split('\n')[0];
+}
+
 /** Parses HOST:PORT ([v6]:PORT too); the port may be 0 (chosen at bind time). */
 export function parseListen(value: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(value.trim());
@@ -495,6 +505,12 @@ export async function serveFleet(
   log?: Logger,
 ): Promise<FleetServer> {
   const { host, port } = parseListen(listen);
+  // grpc-js writes its own error lines ("E No address added ...") straight to stderr; the failures
+  // that matter reach us as errors and are said once, in our words. Its lines go to our debug log.
+  if (log) {
+    const toDebug = (...args: unknown[]) => log.debug({ grpc: args.map(String).join(' ') }, 'grpc-js');
+    grpc.setLogger({ error: toDebug, info: toDebug, debug: toDebug } as unknown as Partial<Console>);
+  }
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
   // Without a logger (benchmarks, tests of the service alone) the plaintext note is not written.
   const loopback = /^(127\.|localhost$|\[::1\]$)/.test(host);
@@ -511,7 +527,7 @@ export async function serveFleet(
   health.addToServer(server);
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, credentials, (err, p) =>
-      err ? reject(new UsageError(`cannot listen on ${listen}: ${err.message}`)) : resolve(p),
+      err ? reject(new UsageError(`cannot listen on ${listen}: ${listenFailure(err)}`)) : resolve(p),
     ),
   );
   widenFlowControlWindows(server);

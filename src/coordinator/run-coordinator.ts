@@ -15,7 +15,7 @@ import type { TrainConfig } from '../shared/train-config.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
 import { FleetCoordinator, FleetRunError } from './fleet-coordinator.js';
 import { newRunId, type FleetConfig } from './fleet-config.js';
-import { DEFAULT_GUARDS, serveFleet, type FleetServer } from './fleet-service.js';
+import { DEFAULT_GUARDS, parseListen, serveFleet, type FleetServer } from './fleet-service.js';
 import { NatsBridge, type EventSink } from './nats-bridge.js';
 import { RunControl } from './run-control.js';
 import { openRun, runJob } from './run-training.js';
@@ -87,6 +87,7 @@ async function runCoordinator(
   control: RunControl,
   expose: (c: FleetCoordinator) => void,
 ): Promise<CoordinatorResult> {
+  parseListen(fleet.listen); // a flag mistake is said before the data is read or an engine starts
   const shards = fleet.shards ?? fleet.minWorkers;
   const job = await openRun(
     cfg,
