@@ -233,3 +233,26 @@ describe('NATS events and control', () => {
     expect(missing.raw.join('\n')).toMatch(/--nats-user needs the password in TRICAPS_NATS_PASSWORD/);
   });
 });
+
+describe('NATS that is never reachable', () => {
+  it('is named in the log: once when the first connection does not come, and at the end with what was not delivered', async () => {
+    const port = await freePort(); // nothing listens there
+    const coord = fleet.coordinator([...TINY, '--steps', '2', '--nats', `nats://127.0.0.1:${port}`]);
+    const address = await listeningAddress(coord);
+    const warning = await coord.waitFor(
+      (l) => /NATS at nats:\/\/127\.0\.0\.1:\d+ is not reachable/.test(l.msg),
+      15_000,
+      'NATS warning',
+    );
+    expect(warning.level).toBe(40); // warn
+    fleet.worker(address, 'n1');
+    const { code } = await coord.exited;
+    expect(code, coord.raw.slice(-10).join('\n')).toBe(0);
+    expect(coord.steps()).toHaveLength(2);
+    const end = coord.lines.find((l) => /was never reachable: \d+ events not delivered/.test(l.msg));
+    expect(end, coord.raw.slice(-10).join('\n')).toBeDefined();
+    expect(Number(end!.undelivered)).toBeGreaterThan(0);
+    // Said once, not per event or per retry.
+    expect(coord.lines.filter((l) => /is not reachable/.test(l.msg))).toHaveLength(1);
+  });
+});

@@ -52,6 +52,9 @@ export interface EventSink {
   publish(kind: EventKind, data: Record<string, unknown>): void;
 }
 
+/** How long the first connection may take before the log says NATS is not reachable. */
+export const FIRST_CONNECT_WARNING_MS = 3000;
+
 /** Events the client may buffer while reconnecting; beyond that, they are dropped and counted. */
 const MAX_BUFFERED_WHILE_DOWN = 1000;
 
@@ -84,6 +87,15 @@ export class NatsBridge implements EventSink {
   ): NatsBridge {
     const bridge = new NatsBridge(url, runId, control, log, onDrop, natsAuthOptions(auth));
     void bridge.connectLoop();
+    // The client keeps trying in the background without a word: say once that it has not got through.
+    setTimeout(() => {
+      if (!bridge.nc && !bridge.closed) {
+        log.warn(
+          { nats: url, waitedSeconds: FIRST_CONNECT_WARNING_MS / 1000 },
+          `NATS at ${url} is not reachable (no connection after ${FIRST_CONNECT_WARNING_MS / 1000} s); training goes on without events and control, retrying in the background`,
+        );
+      }
+    }, FIRST_CONNECT_WARNING_MS).unref();
     return bridge;
   }
 
@@ -177,13 +189,27 @@ export class NatsBridge implements EventSink {
   private drop(): void {
     this.dropped += 1;
     this.onDrop();
+    if (this.dropped === 1) {
+      this.log.warn(
+        { nats: this.url },
+        `dropping NATS events: the connection to ${this.url} is down and its buffer is full (counted in tricaps_nats_events_dropped_total)`,
+      );
+    }
   }
 
   /** Flushes what can be flushed within a second and disconnects. */
   async close(): Promise<void> {
     this.closed = true;
     const nc = this.nc;
-    if (!nc || nc.isClosed()) return;
+    if (!nc) {
+      const lost = this.early.length + this.dropped;
+      this.log.warn(
+        { nats: this.url, undelivered: lost },
+        `NATS at ${this.url} was never reachable: ${lost} events not delivered`,
+      );
+      return;
+    }
+    if (nc.isClosed()) return;
     await Promise.race([nc.flush().catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
     await nc.close().catch(() => undefined);
   }
