@@ -12,6 +12,7 @@ import { registerBenchCommands } from './cli/bench.js';
 import { registerDataCommands } from './cli/data.js';
 import { registerEvalCommands } from './cli/eval.js';
 import { registerEmbedCommand } from './cli/embed.js';
+import { CheckpointWriteError } from './coordinator/checkpoint.js';
 import { registerFleetCommands } from './cli/fleet.js';
 import { registerReportCommand } from './cli/report.js';
 import { registerHealthCommand } from './cli/health.js';
@@ -56,6 +57,10 @@ async function main(argv: string[]): Promise<number> {
     if (err instanceof ZodError) {
       process.stderr.write(`tricaps: error: invalid configuration: ${formatZod(err)}\n`);
       return 2;
+    }
+    if (err instanceof CheckpointWriteError) {
+      process.stderr.write(`tricaps: error: ${err.message}\n`);
+      return 1;
     }
     const limit = explainResourceFailure(err);
     if (limit) {

@@ -102,3 +102,87 @@ describe('checkpoints (real processes)', () => {
     expect(p.raw.join('\n')).toMatch(/was written for a different job \(batchTriplets: 8 then, 10 now\)/);
   });
 });
+
+describe('checkpoint faults (real processes)', () => {
+  it('a full disk: the periodic checkpoint fails clearly, training goes on, no partial folder stays, workers are not told the run is over', async (ctx) => {
+    const dir = tempDir();
+    const { execFileSync } = await import('node:child_process');
+    try {
+      // A 3 MB disk: one checkpoint of this model (1.8 MB) fits, the second does not.
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', dir], { stdio: 'ignore' });
+    } catch {
+      ctx.skip(); // mounting a small disk needs root (CI and our machines have it)
+      return;
+    }
+    try {
+      const coord = fleet.coordinator([
+        ...TINY,
+        '--steps',
+        '6',
+        '--checkpoint-every',
+        '2',
+        '--min-workers',
+        '1',
+        '--checkpoint-dir',
+        dir,
+        '--finish-timeout',
+        '2000',
+      ]);
+      const address = await listeningAddress(coord);
+      const worker = fleet.worker(address, 'disk', ['--reconnect-timeout', '120000']);
+      const { code } = await coord.exited;
+      expect(code, coord.raw.slice(-8).join('\n')).toBe(1);
+      // The periodic one failed, named, and the run went on to step 5.
+      const failed = coord.lines.find((l) =>
+        /cannot write checkpoint step-00000004 under .*: no space left on the device \(a checkpoint needs about \d+\.\d MB free\); training goes on/.test(
+          l.msg,
+        ),
+      );
+      expect(failed, coord.raw.join('\n').slice(-2000)).toBeDefined();
+      expect(coord.steps().map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+      // The final one failed too: one line, exit 1, and no "complete ... telling the workers".
+      expect(coord.raw.filter((l) => l.startsWith('tricaps: '))).toEqual([
+        expect.stringMatching(
+          /^tricaps: error: cannot write checkpoint step-00000006 under .*: no space left on the device/,
+        ),
+      ]);
+      expect(coord.raw.join('\n')).not.toMatch(/complete after|telling the workers/);
+      // Nothing partial left; the good checkpoint is there.
+      const { readdirSync } = await import('node:fs');
+      expect(readdirSync(dir).filter((n) => n.includes('.tmp-'))).toEqual([]);
+      expect(existsSync(join(dir, step(2), 'manifest.json'))).toBe(true);
+      // The worker was not told the run is over: it waits for a restarted coordinator.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(worker.child.exitCode).toBeNull();
+    } finally {
+      await fleet.cleanup();
+      execFileSync('umount', [dir], { stdio: 'ignore' });
+    }
+  });
+
+  it('removes the unfinished checkpoints of processes that died (kill -9 mid-save), keeps those of live ones', async () => {
+    const { CheckpointStore } = await import('../src/coordinator/checkpoint.js');
+    const { spawnSync } = await import('node:child_process');
+    const { mkdirSync, readdirSync } = await import('node:fs');
+    const pino = (await import('pino')).default;
+    const dir = tempDir();
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!; // ran and exited: that pid is gone
+    mkdirSync(join(dir, `.${step(4)}.tmp-${dead}`));
+    writeFileSync(join(dir, `.${step(4)}.tmp-${dead}`, 'weights.bin'), Buffer.alloc(1024));
+    writeFileSync(join(dir, `.latest.tmp-${dead}`), 'step-00000004\n');
+    mkdirSync(join(dir, `.${step(6)}.tmp-${process.ppid}`)); // a live process (vitest's parent)
+    const messages: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => messages.push(JSON.parse(line).msg) });
+    new CheckpointStore(dir, 3, log);
+    expect(readdirSync(dir).sort()).toEqual([`.${step(6)}.tmp-${process.ppid}`]);
+    expect(messages).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(
+          new RegExp(
+            `removed .*\\.${step(4)}\\.tmp-${dead}: an unfinished checkpoint of process ${dead}, which is not running`,
+          ),
+        ),
+      ]),
+    );
+  });
+});

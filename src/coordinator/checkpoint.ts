@@ -120,19 +120,78 @@ export interface SaveRequest {
   metrics: Record<string, number | null>;
 }
 
+/** A checkpoint could not be written; its partial files are already removed. */
+export class CheckpointWriteError extends Error {}
+
+/** Temporary folders of an unfinished save: `.step-NNNNNNNN.tmp-<pid>` and `.latest.tmp-<pid>`. */
+const TEMPORARY = /^\.(?:step-\d{8}|latest)\.tmp-(\d+)$/;
+
+/** Whether a process of this machine with that pid runs (one we may not signal runs too). */
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export class CheckpointStore {
   constructor(
     readonly root: string,
     private readonly keepLast: number,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.removeDeadTemporaries();
+  }
+
+  /**
+   * Removes the temporary folders of saves that died (kill -9, a full disk) so they do not fill the
+   * disk run after run. A folder of a process that still runs is left alone (this process's own
+   * are stale: nothing of ours is being saved while the store opens).
+   */
+  private removeDeadTemporaries(): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.root);
+    } catch {
+      return; // no root yet
+    }
+    for (const name of names) {
+      const m = TEMPORARY.exec(name);
+      if (!m) continue;
+      const pid = Number(m[1]);
+      if (pid !== process.pid && processRuns(pid)) continue;
+      rmSync(join(this.root, name), { recursive: true, force: true });
+      this.log.warn(
+        { removed: join(this.root, name), pid },
+        `removed ${join(this.root, name)}: an unfinished checkpoint of process ${pid}, which is not running`,
+      );
+    }
+  }
 
   /** Writes a checkpoint atomically and updates `latest`; returns its directory and size. */
   save(req: SaveRequest): { dir: string; bytes: number; seconds: number } {
-    const t0 = performance.now();
     const name = stepDirName(req.state.nextStep);
-    const dir = join(this.root, name);
     const tmp = join(this.root, `.${name}.tmp-${process.pid}`);
+    try {
+      return this.write(req, name, tmp);
+    } catch (err) {
+      // Never leave a partial folder behind; say where, why and how much it needed.
+      rmSync(tmp, { recursive: true, force: true });
+      const e = err as NodeJS.ErrnoException;
+      const needed = [...req.weights.values.values(), ...req.optimizer.values].reduce((n, v) => n + v.byteLength, 0);
+      const why =
+        e.code === 'ENOSPC' ? 'no space left on the device' : e.code === 'EDQUOT' ? 'disk quota exceeded' : e.message;
+      throw new CheckpointWriteError(
+        `cannot write checkpoint ${name} under ${this.root}: ${why} (a checkpoint needs about ${(needed / 1e6).toFixed(1)} MB free)`,
+      );
+    }
+  }
+
+  private write(req: SaveRequest, name: string, tmp: string): { dir: string; bytes: number; seconds: number } {
+    const t0 = performance.now();
+    const dir = join(this.root, name);
     rmSync(tmp, { recursive: true, force: true });
     mkdirSync(tmp, { recursive: true });
     writeWeightsFiles(tmp, req.weights);

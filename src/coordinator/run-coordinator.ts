@@ -274,8 +274,8 @@ async function runCoordinator(
           );
         },
         onFailure: (step, err) => events.publish('run_failed', { step, error: err.message }),
-        afterLoop: async ({ interrupted, stoppedByOperator, steps }) => {
-          if (!interrupted) {
+        afterLoop: async ({ interrupted, stoppedByOperator, failed, steps }) => {
+          if (!interrupted && !failed) {
             log.info(
               { run: runId, steps },
               `run ${runId} ${stoppedByOperator ? 'stopped' : 'complete'} after ${steps} steps; telling the workers`,

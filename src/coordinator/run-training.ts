@@ -14,7 +14,13 @@ import type { Logger } from '../shared/log.js';
 import { buildArchitecture, type Architecture } from '../shared/model/architecture.js';
 import { createModelState, type ModelState } from '../shared/model/params.js';
 import { itemsPerBatch, plannedSteps, type TrainConfig } from '../shared/train-config.js';
-import { captureCheckpoint, openCheckpoints, type Checkpoint, type CheckpointStore } from './checkpoint.js';
+import {
+  captureCheckpoint,
+  CheckpointWriteError,
+  openCheckpoints,
+  type Checkpoint,
+  type CheckpointStore,
+} from './checkpoint.js';
 import { StoppedError } from './fleet-coordinator.js';
 import { ParameterUpdater } from './optimizer.js';
 import type { RunControl } from './run-control.js';
@@ -136,7 +142,7 @@ export interface RunParts {
   beforeStep?(step: number, ctx: StepContext): Promise<void>;
   abortReason?(): string | undefined;
   /** After the loop, before the final evaluation: tell workers it is over, close transports. */
-  afterLoop?(end: { interrupted: boolean; stoppedByOperator: boolean; steps: number }): Promise<void>;
+  afterLoop?(end: { interrupted: boolean; stoppedByOperator: boolean; failed: boolean; steps: number }): Promise<void>;
   /** A failed run: the error and the step it failed at (NATS run_failed). */
   onFailure?(step: number, err: Error): void;
   /** The round a checkpoint records. */
@@ -217,7 +223,20 @@ export async function runJob(job: RunJob, cfg: TrainConfig, parts: RunParts, log
           lastEvaluation = { nextStep, recallAt1: headline.recall[1] };
           return headline;
         },
-        checkpoint: saveCheckpoint,
+        checkpoint: async (nextStep, reason, loss) => {
+          try {
+            return await saveCheckpoint(nextStep, reason, loss);
+          } catch (err) {
+            // A periodic checkpoint that cannot be written does not end a run that can go on: say
+            // so, keep training, and try again at the next one (the last good checkpoint stays).
+            if (!(err instanceof CheckpointWriteError) || !reason.startsWith('every')) throw err;
+            log.error(
+              { step: nextStep, err: err.message },
+              `${err.message}; training goes on, the next checkpoint will try again`,
+            );
+            return undefined;
+          }
+        },
         control: parts.control,
         sink: parts.sink,
         log,
@@ -227,7 +246,10 @@ export async function runJob(job: RunJob, cfg: TrainConfig, parts: RunParts, log
   } catch (err) {
     if (!(err instanceof StoppedError)) {
       parts.onFailure?.((err as { loopStep?: number }).loopStep ?? job.firstStep, err as Error);
-      await parts.afterLoop?.({ interrupted: false, stoppedByOperator: false, steps: 0 }).catch(() => undefined);
+      // The run did not end: workers are not told it is over (they wait for a restarted coordinator).
+      await parts
+        .afterLoop?.({ interrupted: false, stoppedByOperator: false, failed: true, steps: 0 })
+        .catch(() => undefined);
       throw err;
     }
     interrupted = true;
@@ -238,18 +260,29 @@ export async function runJob(job: RunJob, cfg: TrainConfig, parts: RunParts, log
     log.warn({ step: loop.nextStep }, `stopped at step ${loop.nextStep} (the step in progress was not applied)`);
   }
   const stoppedByOperator = loop.stoppedBy === 'operator';
-  await parts.afterLoop?.({ interrupted, stoppedByOperator, steps: loop.reports.length });
   const seconds = (performance.now() - started) / 1000;
-  const after = parts.evaluate && !interrupted ? await evaluateRetrieval(model, catalogue, evalOpts) : [];
-  if (parts.evaluate && !interrupted) parts.onEvaluation?.('after', after);
-  for (const r of after) parts.sink.evaluation(loop.nextStep, r);
-  if (after[0]) lastEvaluation = { nextStep: loop.nextStep, recallAt1: after[0].recall[1] };
+  // Evaluate and save while the fleet is still served: workers hear the run is over only once its
+  // final checkpoint is safely written.
+  const end = { interrupted, stoppedByOperator, steps: loop.reports.length };
+  let after: EvaluationResult[] = [];
+  let checkpoint: string | undefined;
+  try {
+    after = parts.evaluate && !interrupted ? await evaluateRetrieval(model, catalogue, evalOpts) : [];
+    if (parts.evaluate && !interrupted) parts.onEvaluation?.('after', after);
+    for (const r of after) parts.sink.evaluation(loop.nextStep, r);
+    if (after[0]) lastEvaluation = { nextStep: loop.nextStep, recallAt1: after[0].recall[1] };
+    const lastLoss = loop.reports.at(-1)?.loss ?? null;
+    checkpoint = store
+      ? ((await saveCheckpoint(loop.nextStep, interrupted || stoppedByOperator ? 'stopped' : 'end of run', lastLoss)) ??
+        join(store.root, stepDirName(loop.nextStep)))
+      : undefined;
+  } catch (err) {
+    parts.onFailure?.(loop.nextStep, err as Error);
+    await parts.afterLoop?.({ ...end, failed: true }).catch(() => undefined);
+    throw err;
+  }
+  await parts.afterLoop?.({ ...end, failed: false });
   const stopped = interrupted || stoppedByOperator;
-  const lastLoss = loop.reports.at(-1)?.loss ?? null;
-  const checkpoint = store
-    ? ((await saveCheckpoint(loop.nextStep, stopped ? 'stopped' : 'end of run', lastLoss)) ??
-      join(store.root, stepDirName(loop.nextStep)))
-    : undefined;
   return {
     stepsRun: loop.reports.length,
     nextStep: loop.nextStep,
