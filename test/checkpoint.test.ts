@@ -186,3 +186,77 @@ describe('checkpoint faults (real processes)', () => {
     );
   });
 });
+
+describe('one run per checkpoint directory (real processes)', () => {
+  it('a second coordinator on the same --checkpoint-dir refuses to start and names the owner; after kill -9 the lock is taken over', async () => {
+    const dir = tempDir();
+    const first = fleet.coordinator([...TINY, '--steps', '1000', '--checkpoint-dir', dir]);
+    await listeningAddress(first);
+    const second = fleet.coordinator([...TINY, '--steps', '10', '--checkpoint-dir', dir]);
+    const { code } = await second.exited;
+    expect(code).toBe(2);
+    expect(second.raw.filter((l) => l.startsWith('tricaps: '))).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^tricaps: error: --checkpoint-dir .* is in use by process ${first.child.pid} on \\S+ \\(since .*\\); stop that run or use another directory`,
+        ),
+      ),
+    ]);
+    first.kill('SIGKILL');
+    await first.exited;
+    const third = fleet.coordinator([...TINY, '--steps', '10', '--checkpoint-dir', dir]);
+    await listeningAddress(third);
+    expect(
+      third.lines.some((l) =>
+        new RegExp(`taking over .*\\.lock: its owner \\(process ${first.child.pid}\\) is not running`).test(l.msg),
+      ),
+    ).toBe(true);
+    third.kill('SIGTERM');
+    await third.exited;
+    // A clean stop gives the directory back.
+    expect(existsSync(join(dir, '.lock'))).toBe(false);
+  });
+});
+
+describe('coordinator restarts (real processes)', () => {
+  it('a coordinator restarted with --resume never reuses a member id: both workers notice, register again, and the run completes', async () => {
+    const dir = tempDir();
+    const args = [
+      ...TINY,
+      '--steps',
+      '10',
+      '--checkpoint-every',
+      '2',
+      '--min-workers',
+      '2',
+      '--checkpoint-dir',
+      dir,
+      '--heartbeat-timeout',
+      '3000',
+    ];
+    const first = fleet.coordinator(args);
+    const address = await listeningAddress(first);
+    const workers = ['a', 'b'].map((n) => fleet.worker(address, n, ['--reconnect-timeout', '120000']));
+    await first.waitFor((l) => /^step 3 loss/.test(l.msg), 120_000, 'step 3');
+    const firstIds = first.lines.filter((l) => /joined/.test(l.msg)).map((l) => l.worker as string);
+    first.kill('SIGKILL');
+    await first.exited;
+    const second = fleet.track(new FleetProcess(['coordinator', '--listen', address, ...args, '--resume']));
+    // A watchdog, not a hang: with reused ids the restarted run paused for ever at "1 of --min-workers 2".
+    await second.waitFor(
+      (l) => /complete after \d+ steps/.test(l.msg),
+      120_000,
+      'the restarted run to complete with both workers',
+    );
+    expect((await second.exited).code).toBe(0);
+    for (const w of workers) expect((await w.exited).code).toBe(0);
+    const secondIds = second.lines.filter((l) => /joined/.test(l.msg)).map((l) => l.worker as string);
+    expect(secondIds).toHaveLength(2);
+    for (const id of secondIds) expect(firstIds).not.toContain(id);
+    // Every step after the resume ran with both workers.
+    const resumedAt = second.lines.find((l) => l.msg.startsWith('resuming run'))!.step as number;
+    expect(second.steps().map((l) => [l.step, l.workers])).toEqual(
+      [...Array(10).keys()].filter((s) => s >= resumedAt).map((s) => [s, 2]),
+    );
+  });
+});

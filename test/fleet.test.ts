@@ -160,7 +160,7 @@ describe('fleet failures (real processes)', () => {
     );
     // Measured on the coordinator's own clock (its log time), not when this process read the line.
     expect(Date.parse(lost.time as string) - killedAt).toBeLessThan(5000); // 3 s heartbeat timeout + sweep
-    expect(lost.msg).toMatch(/^lost worker w\d \(b\): no heartbeat for \d+\.\d s/);
+    expect(lost.msg).toMatch(/^lost worker w\d-[0-9a-f]{4} \(b\): no heartbeat for \d+\.\d s/);
     const after = (line: object) => (l: object) => coord.lines.indexOf(l as never) > coord.lines.indexOf(line as never);
     await coord.waitFor((l) => after(lost)(l) && isStep(l) && l.workers === 2, 30_000, 'a step with the 2 survivors');
     fleet.worker(address, 'b-restarted');

@@ -273,8 +273,8 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     expect(coord.steps().every((l) => l.shards_computed === 2)).toBe(true);
     const port = coord.lines.find((l) => typeof l.metricsPort === 'number')!.metricsPort as number;
     const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    expect(metrics).toMatch(/^tricaps_rejected_updates_total\{reason="non-finite",worker="w\d+"\} 1$/m);
-    expect(metrics).toMatch(/^tricaps_rejected_updates_total\{reason="malformed",worker="w\d+"\} 1$/m);
+    expect(metrics).toMatch(/^tricaps_rejected_updates_total\{reason="non-finite",worker="w\d+-[0-9a-f]{4}"\} 1$/m);
+    expect(metrics).toMatch(/^tricaps_rejected_updates_total\{reason="malformed",worker="w\d+-[0-9a-f]{4}"\} 1$/m);
     coord.kill('SIGTERM');
     expect((await coord.exited).code).toBe(0);
   });

@@ -21,6 +21,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import {
@@ -123,6 +124,59 @@ export interface SaveRequest {
 /** A checkpoint could not be written; its partial files are already removed. */
 export class CheckpointWriteError extends Error {}
 
+/** The lock file of a checkpoint directory: {pid, host, startedAt} of the process that trains into it. */
+export const LOCK_FILE = '.lock';
+
+/**
+ * Takes the checkpoint directory for this process: one run writes into a directory at a time (two
+ * would prune and replace each other's checkpoints and mix their histories). The lock is a file
+ * created exclusively, naming its owner; an owner of this machine that no longer runs (kill -9) left
+ * a stale lock, which is taken over. Returns the release (also run when the process exits).
+ */
+export function lockCheckpointDir(root: string, log: Logger): () => void {
+  mkdirSync(root, { recursive: true });
+  const path = join(root, LOCK_FILE);
+  const me = { pid: process.pid, host: hostname(), startedAt: new Date().toISOString() };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(path, `${JSON.stringify(me)}\n`, { flag: 'wx' });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
+      let owner: { pid?: number; host?: string; startedAt?: string } | undefined;
+      try {
+        owner = JSON.parse(readFileSync(path, 'utf8'));
+      } catch {
+        owner = undefined; // half-written by a process killed while taking it
+      }
+      const ours = owner?.host === me.host && owner.pid === me.pid;
+      const stale = !owner || (owner.host === me.host && typeof owner.pid === 'number' && !processRuns(owner.pid));
+      if (!ours && !stale) {
+        throw new UsageError(
+          `--checkpoint-dir ${root} is in use by process ${owner!.pid} on ${owner!.host} (since ${owner!.startedAt}); stop that run or use another directory (if that process is gone, remove ${path})`,
+        );
+      }
+      if (!ours)
+        log.warn({ lock: path, owner }, `taking over ${path}: its owner (process ${owner?.pid ?? '?'}) is not running`);
+      rmSync(path, { force: true });
+    }
+  }
+  let held = true;
+  const release = () => {
+    if (!held) return;
+    held = false;
+    process.removeListener('exit', release);
+    try {
+      const owner = JSON.parse(readFileSync(path, 'utf8'));
+      if (owner.pid === me.pid && owner.host === me.host) rmSync(path, { force: true });
+    } catch {
+      // already gone
+    }
+  };
+  process.once('exit', release);
+  return release;
+}
+
 /** Temporary folders of an unfinished save: `.step-NNNNNNNN.tmp-<pid>` and `.latest.tmp-<pid>`. */
 const TEMPORARY = /^\.(?:step-\d{8}|latest)\.tmp-(\d+)$/;
 
@@ -141,6 +195,8 @@ export class CheckpointStore {
     readonly root: string,
     private readonly keepLast: number,
     private readonly log: Logger,
+    /** Gives up the directory's lock (lockCheckpointDir); the process's exit does it too. */
+    readonly release: () => void = () => undefined,
   ) {
     this.removeDeadTemporaries();
   }
@@ -364,7 +420,8 @@ export function openCheckpoints(
       `--checkpoint-dir ${dir} is a file, not a directory; name a directory (it is created if missing)`,
     );
   }
-  const store = new CheckpointStore(dir, opts.keep, log);
+  const release = lockCheckpointDir(dir, log);
+  const store = new CheckpointStore(dir, opts.keep, log, release);
   if (!opts.resume) return { store };
   const resumed = store.loadLatest();
   if (!resumed) log.info({ checkpointDir: dir }, `no checkpoint under ${dir} to resume from; starting a new run`);

@@ -69,6 +69,8 @@ export type Work = StepWork<TrainResult> | StepWork<EmbedResult>;
 
 export interface FleetOptions {
   runId: string;
+  /** Makes member ids unique to this coordinator process (see Membership). */
+  memberIdSuffix?: string;
   minWorkers: number;
   maxWorkers: number;
   heartbeatIntervalMs: number;
@@ -176,7 +178,7 @@ export class FleetCoordinator {
     private readonly weights: WeightSource,
     private readonly log: Logger,
   ) {
-    this.membership = new Membership(opts.maxWorkers);
+    this.membership = new Membership(opts.maxWorkers, opts.memberIdSuffix);
     this.now = opts.now ?? (() => performance.now());
   }
 

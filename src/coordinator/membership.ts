@@ -26,7 +26,15 @@ export class Membership {
   private counter = 0;
   round = 0;
 
-  constructor(private readonly maxWorkers: number) {}
+  /**
+   * @param idSuffix appended to every member id (`w1` + suffix): a coordinator process picks its own,
+   *   so a coordinator restarted with --resume never hands out an id a worker of the previous one
+   *   still holds; that worker's calls are then refused as a non-member's, and it registers again.
+   */
+  constructor(
+    private readonly maxWorkers: number,
+    private readonly idSuffix = '',
+  ) {}
 
   register(name: string, engine: string, device: string, now: number): Member {
     if (this.members.size >= this.maxWorkers) {
@@ -34,7 +42,14 @@ export class Membership {
     }
     this.counter += 1;
     this.round += 1;
-    const member: Member = { id: `w${this.counter}`, name, engine, device, joinedRound: this.round, lastSeen: now };
+    const member: Member = {
+      id: `w${this.counter}${this.idSuffix}`,
+      name,
+      engine,
+      device,
+      joinedRound: this.round,
+      lastSeen: now,
+    };
     this.members.set(member.id, member);
     return member;
   }

@@ -2,6 +2,7 @@
 // serve the fleet (gRPC), metrics (HTTP) and NATS, then hand the step loop (train-loop.ts) its parts
 // and, however the loop ends, save the final checkpoint, tell the workers and close everything.
 // What one step does is step.ts; where its reports go is step-sink.ts.
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { catalogueFingerprint } from '../shared/data/open-catalogue.js';
 import type { Engine } from '../shared/engine/engine.js';
@@ -128,6 +129,8 @@ async function runCoordinator(
     const coord = new FleetCoordinator(
       {
         runId,
+        // This process's own: ids of an earlier coordinator of the same run are never reused.
+        memberIdSuffix: `-${randomBytes(2).toString('hex')}`,
         minWorkers: fleet.minWorkers,
         maxWorkers: fleet.maxWorkers,
         heartbeatIntervalMs: fleet.heartbeatIntervalMs,

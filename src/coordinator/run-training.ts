@@ -124,6 +124,7 @@ export async function openRun(cfg: TrainConfig, o: JobOptions, log: Logger): Pro
     dispose() {
       updater.dispose();
       model.dispose();
+      store?.release();
     },
   };
 }
