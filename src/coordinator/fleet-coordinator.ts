@@ -390,6 +390,16 @@ export class FleetCoordinator {
    * nothing.
    */
   rejectResult(workerId: string, reason: string): void {
+    this.refuseWork(workerId, reason, 'sent an unusable result', false);
+  }
+
+  /**
+   * Removes a member whose work cannot be used (an unusable result, or shards it could not compute)
+   * and counts the reason against its shards. Workers compute a shard deterministically: two workers
+   * failing the same shard (or the last one present) is the shard's fault, not a worker's, and the
+   * run stops with the reasons rather than drop the fleet one by one or pause for ever.
+   */
+  private refuseWork(workerId: string, reason: string, what: string, lastMemberStops: boolean): void {
     const work = this.work;
     const member = this.membership.get(workerId);
     if (!member || !work?.holds(workerId)) return;
@@ -399,24 +409,33 @@ export class FleetCoordinator {
       reason,
     );
     const units = work.unitsInFlight(workerId);
-    this.lose(workerId, `sent an unusable result: ${reason}`, 'warn', 'unusable');
+    this.lose(workerId, `${what}: ${reason}`, 'warn', 'unusable');
+    // Shards it could not compute: when the members left cannot carry on (fewer than --min-workers),
+    // nobody will compute them; waiting would pause the run for ever.
+    const noneLeft = lastMemberStops && this.membership.size < this.opts.minWorkers;
     for (const u of units) {
       const seen = [...(this.refusals.get(u) ?? []), `${workerId}: ${reason}`];
       this.refusals.set(u, seen);
-      // Workers compute a shard deterministically: the same result from two of them is the
-      // shard's, not a worker's fault. Stop rather than drop the whole fleet one by one.
-      if (seen.length >= MAX_REFUSALS_PER_SHARD && !this.fatal) {
+      if ((seen.length >= MAX_REFUSALS_PER_SHARD || noneLeft) && !this.fatal) {
+        const workers = `${seen.length} worker${seen.length > 1 ? 's' : ''} (${seen.join('; ')})`;
         this.fatal = new FleetRunError(
-          `step ${work.step}: shard ${u} gave unusable results on ${seen.length} workers (${seen.join('; ')}); stopping the run. Lower --lr, or check the data of this step`,
+          lastMemberStops
+            ? `step ${work.step}: shard ${u} could not be computed on ${workers}; stopping the run. Check the data of this step`
+            : `step ${work.step}: shard ${u} gave unusable results on ${workers}; stopping the run. Lower --lr, or check the data of this step`,
         );
         this.notify();
       }
     }
   }
 
-  leave(workerId: string, run: RunRefLike | undefined, reason: string): void {
+  /** @param failed the worker could not compute what it held: the reason counts against those shards */
+  leave(workerId: string, run: RunRefLike | undefined, reason: string, failed = false): void {
     this.checkRun(run);
     if (!this.membership.get(workerId)) return;
+    if (failed && this.work?.holds(workerId)) {
+      this.refuseWork(workerId, reason || 'no reason given', 'could not compute its shards', true);
+      return;
+    }
     this.lose(workerId, `left: ${reason || 'no reason given'}`, 'info', 'left');
   }
 

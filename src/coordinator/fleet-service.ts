@@ -308,7 +308,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
     }),
     heartbeat: unary(gate, (req) => coord.heartbeat(req.workerId, runOf(req.run))),
     leave: unary(gate, (req) => {
-      coord.leave(req.workerId, runOf(req.run), req.reason.slice(0, 500));
+      coord.leave(req.workerId, runOf(req.run), req.reason.slice(0, 500), req.failed);
       return {};
     }),
     nextStep: unary(gate, async (req, call) => {

@@ -216,9 +216,12 @@ export class FleetClient {
     });
   }
 
-  leave(run: RunRef, workerId: string, reason: string, ms: number): Promise<void> {
+  /** @param failed the worker could not compute what it held (the reason counts against those shards) */
+  leave(run: RunRef, workerId: string, reason: string, ms: number, failed = false): Promise<void> {
     return new Promise((resolve, reject) =>
-      this.client.leave({ run, workerId, reason }, this.md(), deadline(ms), (err) => (err ? reject(err) : resolve())),
+      this.client.leave({ run, workerId, reason, failed }, this.md(), deadline(ms), (err) =>
+        err ? reject(err) : resolve(),
+      ),
     );
   }
 

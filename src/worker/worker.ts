@@ -256,6 +256,16 @@ export class FleetWorker {
         await this.work(s, next);
         this.backoff.succeeded();
       } catch (err) {
+        if (err instanceof UsageError) {
+          // This worker cannot compute its shards (an image it cannot read, say): tell the
+          // coordinator why before leaving, so it can name the cause and re-plan or stop.
+          this.log.error(
+            { step: next.run?.step, err: err.message },
+            `cannot compute step ${next.run?.step}: ${err.message}`,
+          );
+          await this.client.leave(s.run, s.workerId, err.message, 3000, true).catch(() => undefined);
+          throw err;
+        }
         const verdict = await this.onCallError(err);
         if (verdict === 'retry') continue;
         return verdict;

@@ -148,9 +148,12 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
       bad(line, `image ${join(root, name)} is missing`);
       continue;
     }
-    if (verifyImages) {
+    if (verifyImages || onBadImage === 'skip') {
+      // A full decode, as training does (a header read passes a file cut short); with
+      // --on-bad-image skip every image is checked up front, so skipping is decided before any
+      // batch is planned, the same way in the coordinator and every worker.
       try {
-        await sharp(join(root, name)).metadata();
+        await sharp(join(root, name)).raw().toBuffer();
       } catch (err) {
         bad(line, `image ${join(root, name)} cannot be decoded (${(err as Error).message})`);
         continue;

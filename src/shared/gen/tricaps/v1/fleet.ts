@@ -269,6 +269,11 @@ export interface LeaveRequest {
   run: RunRef | undefined;
   workerId: string;
   reason: string;
+  /**
+   * The worker could not compute the work it held (its data cannot be read, say): the reason counts
+   * against those shards, and a shard no worker can compute stops the run with it.
+   */
+  failed: boolean;
 }
 
 export interface LeaveResponse {
@@ -2381,7 +2386,7 @@ export const PushEmbeddingsResponse: MessageFns<PushEmbeddingsResponse> = {
 };
 
 function createBaseLeaveRequest(): LeaveRequest {
-  return { run: undefined, workerId: "", reason: "" };
+  return { run: undefined, workerId: "", reason: "", failed: false };
 }
 
 export const LeaveRequest: MessageFns<LeaveRequest> = {
@@ -2394,6 +2399,9 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
     }
     if (message.reason !== "") {
       writer.uint32(26).string(message.reason);
+    }
+    if (message.failed !== false) {
+      writer.uint32(32).bool(message.failed);
     }
     return writer;
   },
@@ -2435,6 +2443,14 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
             message.reason = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.failed = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2456,6 +2472,7 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
         ? globalThis.String(object.worker_id)
         : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      failed: isSet(object.failed) ? globalThis.Boolean(object.failed) : false,
     };
   },
 
@@ -2470,6 +2487,9 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.failed !== false) {
+      obj.failed = message.failed;
+    }
     return obj;
   },
 
@@ -2481,6 +2501,7 @@ export const LeaveRequest: MessageFns<LeaveRequest> = {
     message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
     message.workerId = object.workerId ?? "";
     message.reason = object.reason ?? "";
+    message.failed = object.failed ?? false;
     return message;
   },
 };
