@@ -1,6 +1,7 @@
 // `tricaps embed`: one embedding per image from a checkpoint, for a vector store. Images come from an
 // In-shop catalogue (--data, one split or all) or from files (--images GLOB); the vectors are written
 // batch by batch (shared/eval/embedding-file.ts), so memory is one batch whatever the count.
+import { oneLine } from '../shared/errors.js';
 import type { Command } from 'commander';
 import { readdirSync, statSync } from 'node:fs';
 import { extname, join, relative, resolve, sep } from 'node:path';
@@ -80,7 +81,7 @@ function filesCatalogue(files: string[]): Catalogue & { paths: string[] } {
           .raw()
           .toBuffer();
       } catch (err) {
-        throw new UsageError(`${files[id]}: cannot read the image (${(err as Error).message})`);
+        throw new UsageError(`${files[id]}: cannot read the image (${oneLine(err)})`);
       }
       return Float32Array.from(raw, (v) => v / 255);
     },

@@ -1,4 +1,5 @@
 // `tricaps eval` and `tricaps search`: retrieval with saved weights on an In-shop catalogue.
+import { oneLine } from '../shared/errors.js';
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import sharp from 'sharp';
@@ -93,7 +94,7 @@ export function registerEvalCommands(program: Command): void {
           .raw()
           .toBuffer();
       } catch (err) {
-        throw new UsageError(`${o.query}: cannot read the query image (${(err as Error).message})`);
+        throw new UsageError(`${o.query}: cannot read the query image (${oneLine(err)})`);
       }
       const queryPixels = Float32Array.from(raw, (v) => v / 255);
       // The query's item, when the image belongs to the catalogue (marks the true matches).

@@ -19,3 +19,12 @@ export function explainResourceFailure(err: unknown): string | undefined {
   }
   return undefined;
 }
+
+/** A library's error message on one line (decoders report a trail of lines; a log line is one). */
+export function oneLine(err: unknown): string {
+  return String((err as Error)?.message ?? err)
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join('; ');
+}

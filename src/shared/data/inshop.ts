@@ -6,6 +6,7 @@
 //                                  x_1 y_1 x_2 y_2"; then one row per image
 // Categories come from the path (GENDER/Category). Problems are reported with file and line; bad
 // images are fatal or skipped-and-counted (`onBadImage`), never a stack trace.
+import { oneLine } from '../errors.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -155,7 +156,7 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
       try {
         await sharp(join(root, name)).raw().toBuffer();
       } catch (err) {
-        bad(line, `image ${join(root, name)} cannot be decoded (${(err as Error).message})`);
+        bad(line, `image ${join(root, name)} cannot be decoded (${oneLine(err)})`);
         continue;
       }
     }
@@ -217,7 +218,7 @@ export async function openInshopCatalogue(opts: InshopOptions): Promise<InshopCa
         raw = await pipeline.resize(size, size, { fit: 'fill' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
       } catch (err) {
         throw new UsageError(
-          `${path}: cannot decode image (${(err as Error).message}); run \`tricaps data inspect --root ${root} --verify-images\` to find every bad file`,
+          `${path}: cannot decode image (${oneLine(err)}); run \`tricaps data inspect --root ${root} --verify-images\` to find every bad file`,
         );
       }
       const out = new Float32Array(size * size * 3);
