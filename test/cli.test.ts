@@ -1,32 +1,10 @@
 // The `tricaps` command as a user types it: real child processes of dist/cli.js.
 import { describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-// Asynchronous on purpose: a synchronous spawn blocks this test process's event loop for the whole
-// command, long enough under load for vitest's own RPC to time out.
-function tricapsWithLogLevel(
-  level: string,
-  ...args: string[]
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['dist/cli.js', ...args],
-      { encoding: 'utf8', timeout: 180_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: level } },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
-
-const tricaps = (...args: string[]) => tricapsWithLogLevel('warn', ...args);
-
-const lastJsonLine = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!);
+import { lastJsonLine, tricaps, tricapsWithLogLevel } from './cli-runner.js';
 
 describe('tricaps CLI', () => {
   it('model summary prints the reference parameter counts as JSON', async () => {

@@ -1,8 +1,8 @@
 // Images cut short, as users meet them: `data inspect --verify-images` finds them (it decodes the way
 // training does), `--on-bad-image skip` skips them, and a fleet worker that cannot read its shard
 // tells the coordinator, which names the file and stops the run instead of pausing for ever.
+import { tricaps } from './cli-runner.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Fleet, TempDirs, TINY, listeningAddress } from './fleet-harness.js';
@@ -11,18 +11,6 @@ const temp = new TempDirs('tricaps-data-faults-');
 const fleet = new Fleet();
 afterEach(() => fleet.cleanup());
 afterAll(() => temp.cleanup());
-
-function tricaps(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['dist/cli.js', ...args],
-      { encoding: 'utf8', timeout: 240_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: 'warn' } },
-      (err, stdout, stderr) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr }),
-    );
-  });
-}
 
 let root = '';
 let truncated: string[] = [];

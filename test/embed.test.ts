@@ -1,25 +1,14 @@
 // `tricaps embed` as a user runs it: real child processes on a synthetic catalogue and a checkpoint
 // trained for two steps; the vectors it writes must give `tricaps eval`'s Recall@K.
+import { tricaps } from './cli-runner.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { recallAtK } from '../src/shared/eval/recall.js';
 import { globRegex } from '../src/cli/embed.js';
 import { npyHeader } from '../src/shared/eval/embedding-file.js';
-
-function tricaps(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['dist/cli.js', ...args],
-      { encoding: 'utf8', timeout: 180_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: 'warn' } },
-      (err, stdout, stderr) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr }),
-    );
-  });
-}
 
 /** Reads a .npy as NumPy's format 1.0 says: magic, version, header dict, then little-endian data. */
 function readNpy(path: string): { shape: number[]; data: Float32Array } {

@@ -1,8 +1,8 @@
 // The webgpu engine in real processes: a local fleet of one webgpu worker and one wasm worker, and a
 // checkpoint trained on webgpu evaluated on both engines. Runs on lavapipe on our machines (make
 // test installs it); skips elsewhere with the reason.
+import { lastJsonLine as lastJson, tricaps } from './cli-runner.js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { Fleet, FleetProcess, TempDirs, TINY } from './fleet-harness.js';
 import { webgpuSkipReason } from './helpers.js';
@@ -15,21 +15,6 @@ afterEach(async () => {
   temp.cleanup();
 });
 const tempDir = () => temp.make();
-
-function tricaps(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['dist/cli.js', ...args],
-      { encoding: 'utf8', timeout: 240_000, maxBuffer: 64 << 20, env: { ...process.env, TRICAPS_LOG_LEVEL: 'warn' } },
-      (err, stdout, stderr) => {
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr });
-      },
-    );
-  });
-}
-
-const lastJson = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!);
 
 describe.skipIf(skip !== null)('webgpu in real processes', () => {
   it('a fleet of one webgpu and one wasm worker trains: loss falls, every step applied once with both shards', async () => {

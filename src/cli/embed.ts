@@ -1,11 +1,10 @@
 // `tricaps embed`: one embedding per image from a checkpoint, for a vector store. Images come from an
 // In-shop catalogue (--data, one split or all) or from files (--images GLOB); the vectors are written
 // batch by batch (shared/eval/embedding-file.ts), so memory is one batch whatever the count.
-import { oneLine } from '../shared/errors.js';
 import type { Command } from 'commander';
 import { readdirSync, statSync } from 'node:fs';
 import { extname, join, relative, resolve, sep } from 'node:path';
-import sharp from 'sharp';
+import { decodeImageFile } from '../shared/data/batch.js';
 import { SPLITS, type Catalogue, type ImageRecord } from '../shared/data/catalogue.js';
 import { openInshopCatalogue } from '../shared/data/inshop.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
@@ -71,20 +70,7 @@ function filesCatalogue(files: string[]): Catalogue & { paths: string[] } {
     categories: [],
     paths: files,
     images: files.map((_, id) => ({ id, itemId: -1, category: -1, split: 'query' as const })),
-    async loadImage(id: number, size: number) {
-      let raw: Buffer;
-      try {
-        raw = await sharp(files[id])
-          .resize(size, size, { fit: 'fill' })
-          .removeAlpha()
-          .toColourspace('srgb')
-          .raw()
-          .toBuffer();
-      } catch (err) {
-        throw new UsageError(`${files[id]}: cannot read the image (${oneLine(err)})`);
-      }
-      return Float32Array.from(raw, (v) => v / 255);
-    },
+    loadImage: (id: number, size: number) => decodeImageFile(files[id], size),
   };
 }
 

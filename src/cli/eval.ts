@@ -1,10 +1,9 @@
 // `tricaps eval` and `tricaps search`: retrieval with saved weights on an In-shop catalogue.
-import { oneLine } from '../shared/errors.js';
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import sharp from 'sharp';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadWeights, resolveCheckpoint } from '../shared/checkpoint-format.js';
+import { decodeImageFile } from '../shared/data/batch.js';
 import { imagesOf } from '../shared/data/catalogue.js';
 import { openInshopCatalogue } from '../shared/data/inshop.js';
 import { ENGINE_NAMES, initEngine } from '../shared/engine/engine.js';
@@ -85,18 +84,7 @@ export function registerEvalCommands(program: Command): void {
       const catalogue = await openInshopCatalogue({ root: o.data });
       const { model, engine } = await openModel(o.checkpoint, o.engine);
       const size = model.arch.config.imageSize;
-      let raw: Buffer;
-      try {
-        raw = await sharp(o.query)
-          .resize(size, size, { fit: 'fill' })
-          .removeAlpha()
-          .toColourspace('srgb')
-          .raw()
-          .toBuffer();
-      } catch (err) {
-        throw new UsageError(`${o.query}: cannot read the query image (${oneLine(err)})`);
-      }
-      const queryPixels = Float32Array.from(raw, (v) => v / 255);
+      const queryPixels = await decodeImageFile(o.query, size, 'the query image');
       // The query's item, when the image belongs to the catalogue (marks the true matches).
       const abs = resolve(o.query);
       const own = catalogue.paths.findIndex((p) => resolve(o.data, p) === abs);

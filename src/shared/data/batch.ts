@@ -1,5 +1,7 @@
 // Turns image ids into an input tensor [n, S, S, 3].
 import * as tf from '@tensorflow/tfjs-core';
+import sharp from 'sharp';
+import { oneLine, UsageError } from '../errors.js';
 import type { Catalogue } from './catalogue.js';
 import { applyAugmentation, augmentParams, type AugmentConfig, type SampleKey } from './augment.js';
 
@@ -34,4 +36,18 @@ export async function loadTrainingImages(
 
 export async function loadBatchTensor(catalogue: Catalogue, ids: number[], size: number): Promise<tf.Tensor4D> {
   return tf.tensor4d(await loadImages(catalogue, ids, size), [ids.length, size, size, 3]);
+}
+
+/**
+ * An image file as the model's input: decoded, resized to size x size (stretched, as the catalogue
+ * loader does), RGB in [0, 1], [size, size, 3] row-major. `what` names the file in the error.
+ */
+export async function decodeImageFile(path: string, size: number, what = 'the image'): Promise<Float32Array> {
+  let raw: Buffer;
+  try {
+    raw = await sharp(path).resize(size, size, { fit: 'fill' }).removeAlpha().toColourspace('srgb').raw().toBuffer();
+  } catch (err) {
+    throw new UsageError(`${path}: cannot read ${what} (${oneLine(err)})`);
+  }
+  return Float32Array.from(raw, (v) => v / 255);
 }
