@@ -230,8 +230,9 @@ export class CheckpointStore {
   save(req: SaveRequest): { dir: string; bytes: number; seconds: number } {
     const name = stepDirName(req.state.nextStep);
     const tmp = join(this.root, `.${name}.tmp-${process.pid}`);
+    let written: { dir: string; bytes: number; seconds: number };
     try {
-      return this.write(req, name, tmp);
+      written = this.write(req, name, tmp);
     } catch (err) {
       // Never leave a partial folder behind; say where, why and how much it needed.
       rmSync(tmp, { recursive: true, force: true });
@@ -243,6 +244,11 @@ export class CheckpointStore {
         `cannot write checkpoint ${name} under ${this.root}: ${why} (a checkpoint needs about ${(needed / 1e6).toFixed(1)} MB free)`,
       );
     }
+    // The checkpoint is complete from here on: a failure below is not a failed checkpoint.
+    fsyncPath(this.root);
+    this.pointLatest(name);
+    this.prune(name);
+    return written;
   }
 
   private write(req: SaveRequest, name: string, tmp: string): { dir: string; bytes: number; seconds: number } {
@@ -281,9 +287,6 @@ export class CheckpointStore {
     fsyncPath(tmp);
     rmSync(dir, { recursive: true, force: true });
     renameSync(tmp, dir);
-    fsyncPath(this.root);
-    this.pointLatest(name);
-    this.prune(name);
     return { dir, bytes, seconds: (performance.now() - t0) / 1000 };
   }
 
@@ -421,10 +424,15 @@ export function openCheckpoints(
     );
   }
   const release = lockCheckpointDir(dir, log);
-  const store = new CheckpointStore(dir, opts.keep, log, release);
-  if (!opts.resume) return { store };
-  const resumed = store.loadLatest();
-  if (!resumed) log.info({ checkpointDir: dir }, `no checkpoint under ${dir} to resume from; starting a new run`);
-  else assertSameJob(resumed.state.config, jobKey, resumed.dir);
-  return { store, resumed };
+  try {
+    const store = new CheckpointStore(dir, opts.keep, log, release);
+    if (!opts.resume) return { store };
+    const resumed = store.loadLatest();
+    if (!resumed) log.info({ checkpointDir: dir }, `no checkpoint under ${dir} to resume from; starting a new run`);
+    else assertSameJob(resumed.state.config, jobKey, resumed.dir);
+    return { store, resumed };
+  } catch (err) {
+    release();
+    throw err;
+  }
 }

@@ -410,9 +410,10 @@ export class FleetCoordinator {
     );
     const units = work.unitsInFlight(workerId);
     this.lose(workerId, `${what}: ${reason}`, 'warn', 'unusable');
-    // Shards it could not compute: when the members left cannot carry on (fewer than --min-workers),
-    // nobody will compute them; waiting would pause the run for ever.
-    const noneLeft = lastMemberStops && this.membership.size < this.opts.minWorkers;
+    // Shards it could not compute: with no member left, nobody will compute them and waiting would
+    // pause the run for ever. (Below --min-workers but not empty, the run pauses as for any loss, the
+    // cause named above, until a worker joins: one machine's broken mount must not end the run.)
+    const noneLeft = lastMemberStops && this.membership.size === 0;
     for (const u of units) {
       const seen = [...(this.refusals.get(u) ?? []), `${workerId}: ${reason}`];
       this.refusals.set(u, seen);
@@ -456,7 +457,9 @@ export class FleetCoordinator {
           `gradient norm ${norm.toPrecision(4)} is more than ${ratio} times the recent median ${mid.toPrecision(4)} (--max-gradient-norm-ratio)`,
         );
     }
-    this.recentNorms.push(norm);
+    // Zero gradients (no triplet, or every hinge satisfied) say nothing about the scale of real
+    // ones; counted, a run of them would pull the median to 0 and the guard would refuse everything.
+    if (norm > 0) this.recentNorms.push(norm);
     if (this.recentNorms.length > 50) this.recentNorms.shift();
   }
 

@@ -90,6 +90,31 @@ export async function openRun(cfg: TrainConfig, o: JobOptions, log: Logger): Pro
     mining: cfg.mining,
   };
   const { store, resumed } = openCheckpoints(cfg.checkpointDir, o.checkpointing, jobKey, log);
+  try {
+    return await startJob(cfg, o, log, { catalogue, items, P, perEpoch, totalSteps, arch, jobKey, store, resumed });
+  } catch (err) {
+    store?.release(); // the directory is not ours to keep if the run never starts
+    throw err;
+  }
+}
+
+async function startJob(
+  cfg: TrainConfig,
+  o: JobOptions,
+  log: Logger,
+  j: {
+    catalogue: Catalogue;
+    items: Map<number, number[]>;
+    P: number;
+    perEpoch: number;
+    totalSteps: number;
+    arch: Architecture;
+    jobKey: Record<string, unknown>;
+    store?: CheckpointStore;
+    resumed?: Checkpoint;
+  },
+): Promise<RunJob> {
+  const { catalogue, items, P, perEpoch, totalSteps, arch, jobKey, store, resumed } = j;
   if (resumed && o.runId && o.runId !== resumed.state.runId) {
     throw new UsageError(
       `--run-id ${o.runId}, but ${resumed.dir} belongs to run ${resumed.state.runId}; drop --run-id to continue that run`,
@@ -168,7 +193,9 @@ export async function runJob(job: RunJob, cfg: TrainConfig, parts: RunParts, log
   const { model, catalogue, store } = job;
   const evalOpts = { masks: cfg.evalMasks, batchSize: cfg.evalBatch, conv: job.engine.conv };
   let lastEvaluation: { nextStep: number; recallAt1: number } | undefined;
-  let lastSaved = -1;
+  // A resumed run's first checkpoint is already on disk: saving it again (a SIGTERM before the
+  // first step) would delete and rewrite the newest good checkpoint for nothing.
+  let lastSaved = job.resumed ? job.firstStep : -1;
   const saveCheckpoint = async (nextStep: number, reason: string, loss: number | null) => {
     if (!store || lastSaved === nextStep) return undefined;
     const state = {

@@ -87,6 +87,8 @@ export class Backoff {
       onRetry?(failure: CallFailure, unreachableMs: number, delayMs: number): void;
       onGiveUp?(failure: CallFailure, unreachableMs: number): void;
       now?(): number;
+      /** How a wait is spent (tests pass one that does not sleep). */
+      sleep?(ms: number, signal: AbortSignal): Promise<void>;
     },
   ) {}
 
@@ -111,12 +113,18 @@ export class Backoff {
     return true;
   }
 
+  /** Stopping (SIGTERM): no more retries. */
+  get stopping(): boolean {
+    return this.o.signal.aborted;
+  }
+
   /** Waits before the next try (returns at once when stopping). */
   wait(): Promise<void> {
     const ms = this.delayMs * (0.75 + Math.random() * 0.5);
     this.delayMs = Math.min(5000, this.delayMs * 2);
     const signal = this.o.signal;
     if (signal.aborted) return Promise.resolve();
+    if (this.o.sleep) return this.o.sleep(ms, signal);
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(t);
@@ -141,7 +149,8 @@ export async function retrying<T>(call: () => Promise<T>, backoff: Backoff): Pro
       return result;
     } catch (err) {
       const failure = callFailure(err);
-      if (failure?.outcome !== 'unreachable' || !backoff.failed(failure)) throw err;
+      // Stopping ends the retries (the caller leaves); so does the deadline and any other failure.
+      if (failure?.outcome !== 'unreachable' || backoff.stopping || !backoff.failed(failure)) throw err;
       await backoff.wait();
     }
   }
@@ -212,7 +221,9 @@ export class FleetClient {
         else resolve(res);
       });
       const cancel = () => call.cancel();
-      signal?.addEventListener('abort', cancel, { once: true });
+      if (signal?.aborted)
+        cancel(); // stopping already: an abort listener would never fire
+      else signal?.addEventListener('abort', cancel, { once: true });
     });
   }
 

@@ -558,10 +558,12 @@ describe('worker retries (the client owns backoff for idempotent calls)', () => 
     const { Backoff, retrying } = await import('../../src/worker/fleet-client.js');
     let clock = 0;
     const said: string[] = [];
-    const stopped = AbortSignal.abort(); // waits return at once: the test does not sleep
+    const running = new AbortController().signal;
+    const slept: number[] = [];
     const backoff = new Backoff({
       giveUpAfterMs: 10_000,
-      signal: stopped,
+      signal: running,
+      sleep: async (ms) => void slept.push(ms), // the test does not sleep
       now: () => clock,
       onRetry: (f, gone) => said.push(`retry ${f.outcome} after ${gone}`),
       onGiveUp: (f, gone) => said.push(`give up ${f.status} after ${gone}`),
@@ -591,6 +593,18 @@ describe('worker retries (the client owns backoff for idempotent calls)', () => 
       'retry unreachable after 8000',
       'give up UNAVAILABLE after 12000',
     ]);
+    // Stopping (SIGTERM): no retry, however unreachable the coordinator is.
+    expect(slept.length).toBeGreaterThan(0);
+    expect(slept.every((ms) => ms >= 150 && ms <= 6250)).toBe(true); // 200 ms doubling to 5 s, +-25%
+    const stopping = new Backoff({ giveUpAfterMs: 60_000, signal: AbortSignal.abort() });
+    let tries = 0;
+    await expect(
+      retrying(async () => {
+        tries++;
+        throw down;
+      }, stopping),
+    ).rejects.toBe(down);
+    expect(tries).toBe(1);
     // Not an outage: no retry.
     const over = await grpcError(grpc.status.OUT_OF_RANGE, 'run r1 is over');
     let once = 0;
