@@ -156,7 +156,7 @@ export async function retrying<T>(call: () => Promise<T>, backoff: Backoff): Pro
   }
 }
 
-export function isServiceError(err: unknown): err is grpc.ServiceError {
+function isServiceError(err: unknown): err is grpc.ServiceError {
   return (
     typeof err === 'object' &&
     err !== null &&

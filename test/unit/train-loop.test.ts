@@ -39,6 +39,7 @@ class FakeFleet implements StepExecutor {
     private readonly model: ReturnType<typeof tinyModel>,
     private readonly gradient: (unit: number, step: number) => number,
     private readonly triplets: (unit: number) => number = (u) => u + 1,
+    private readonly lossOf: (unit: number) => number = (u) => 1 + u,
   ) {}
 
   async execute(work: StepWork<TrainResult> | StepWork<never>): Promise<void> {
@@ -51,7 +52,7 @@ class FakeFleet implements StepExecutor {
       const result: TrainResult = {
         triplets: this.triplets(unit.index),
         activeTriplets: 1,
-        loss: 1 + unit.index,
+        loss: this.lossOf(unit.index),
         meanPositiveDistance: 0.5,
         meanNegativeDistance: 1.5,
         grads: new Map([...this.model.trainable].map(([n, v]) => [n, fill(v, this.gradient(unit.index, work.step))])),
@@ -69,13 +70,17 @@ class FakeFleet implements StepExecutor {
   }
 }
 
-async function setup(gradient: (unit: number, step: number) => number, triplets?: (unit: number) => number) {
+async function setup(
+  gradient: (unit: number, step: number) => number,
+  triplets?: (unit: number) => number,
+  lossOf?: (unit: number) => number,
+) {
   await useBackend('cpu');
   const model = tinyModel();
   const updater = new ParameterUpdater(model, OptimizerConfigSchema.parse({ learningRate: LR }));
   const weights = new ModelWeightSource(model);
   await weights.publish(0);
-  const fleet = new FakeFleet(model, gradient, triplets);
+  const fleet = new FakeFleet(model, gradient, triplets, lossOf);
   // 8 items of 2 images, batches of 4 items in 2 mining shards.
   const items = new Map(Array.from({ length: 8 }, (_, i) => [i, [2 * i, 2 * i + 1]]));
   const ctx: StepContext = {
@@ -187,6 +192,16 @@ describe('one step (runStep)', () => {
     expect(weights.version).toBe(0);
     expect(fleet.released).toBe(fleet.handedOut);
     dispose();
+    // A non-finite loss with finite gradients is refused too.
+    const nan = await setup(
+      () => 1,
+      undefined,
+      (u) => (u === 0 ? Number.NaN : 1),
+    );
+    const kept = await read(nan.model.trainable.values().next().value!);
+    await expect(runStep(nan.ctx, 7)).rejects.toThrow(/step 7: loss NaN, gradient norm \d.*; not applying this update/);
+    expect(Array.from(await read(nan.model.trainable.values().next().value!))).toEqual(Array.from(kept));
+    nan.dispose();
   });
 });
 

@@ -55,7 +55,7 @@ function batchNormTrainingFused(
 }
 
 /** BatchNorm training with plain tfjs ops (every engine; the reference for the fused kernels). */
-export function batchNormTrainingOps(
+function batchNormTrainingOps(
   x: tf.Tensor4D,
   gamma: tf.Tensor,
   beta: tf.Tensor,

@@ -21,7 +21,7 @@ export function squash(s: tf.Tensor): tf.Tensor {
 }
 
 /** squash as plain tfjs ops (every engine; the reference for the fused kernel). */
-export function squashOps(s: tf.Tensor): tf.Tensor {
+function squashOps(s: tf.Tensor): tf.Tensor {
   return tf.tidy(() => {
     const squared = tf.sum(tf.square(s), -1, true);
     const scale = tf.div(squared, tf.mul(tf.add(squared, 1), tf.sqrt(tf.add(squared, ROOT_EPSILON))));

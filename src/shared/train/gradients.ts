@@ -129,12 +129,3 @@ export function computeGradients(
     },
   };
 }
-
-/** Refuses a step whose loss is NaN or infinite (its gradients would spoil the weights). */
-export function assertFiniteLoss(stats: StepStats, step: number): void {
-  if (!Number.isFinite(stats.loss)) {
-    throw new Error(
-      `step ${step}: loss is ${stats.loss} (${stats.triplets} triplets); not applying this update. Lower --lr or check the data.`,
-    );
-  }
-}
