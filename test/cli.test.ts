@@ -113,6 +113,12 @@ describe('tricaps CLI', () => {
       ['train', '--workers', '2', '--worker-engines', 'webgpu,gpu'],
       /"gpu" is not one of auto, tensorflow, webgpu, wasm, cpu/,
     ],
+    [['bench', 'chaos', '--kinds', 'worker-kill,meteor'], /"meteor" is not a fault kind \(worker-kill, /],
+    [['bench', 'chaos', '--faults', '2'], /--faults 2 cannot cover the 6 kinds .*use at least 6/],
+    [
+      ['bench', 'chaos', '--seed', '3', '--steps', '9'],
+      /--steps 9 is too short for schedule 3 \(7 faults need \d+ steps\)/,
+    ],
   ])('%j fails with a clear message and exit code 2', async (args, message) => {
     const r = await tricaps(...args);
     expect(r.code).toBe(2);

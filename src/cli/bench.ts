@@ -4,6 +4,7 @@ import { benchEngine } from '../bench/engine.js';
 import { benchExchangeOne } from '../bench/exchange.js';
 import { loopbackBaseline } from '../bench/loopback-baseline.js';
 import { benchFleet } from '../bench/fleet.js';
+import { FAULT_KINDS, runChaos, type FaultKind } from '../bench/chaos.js';
 import { InvalidArgumentError } from 'commander';
 import { profileStep } from '../bench/profile-step.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
@@ -137,6 +138,56 @@ export function registerBenchCommands(program: Command): void {
     .action(async (o) => {
       console.log(JSON.stringify(await profileStep(o.engine, modelOf(o), o.batchTriplets, o.top)));
     });
+  registerChaos(bench);
+}
+
+function registerChaos(bench: Command): void {
+  bench
+    .command('chaos')
+    .description(
+      'fault-injection soak: a real coordinator and 3 workers through seeded schedules of kill -9, SIGSTOP/SIGCONT, coordinator restarts, a full checkpoint disk and a late join; checks that every step is applied once with all its shards and the final weights match an uninterrupted run',
+    )
+    .option('--seed <n>', 'seed of the first schedule (default: random, printed)', intOption(0, 2 ** 31))
+    .option('--schedules <n>', 'schedules to run (seeds seed, seed+1, ...)', intOption(1, 10_000), 1)
+    .option('--steps <n>', 'training steps per run (default: what the schedule needs)', intOption(8, 100_000))
+    .option('--faults <n>', 'faults per schedule (every kind at least once)', intOption(1, 1000), 7)
+    .option(
+      '--simulate-compute-ms <ms>',
+      "workers' data and compute padded to this, so faults land mid-step",
+      intOption(0, 60_000),
+      250,
+    )
+    .option('--kinds <list>', `fault kinds, comma-separated (${FAULT_KINDS.join(',')})`, kindList, [...FAULT_KINDS])
+    .option('--heartbeat-timeout <ms>', "the coordinator's --heartbeat-timeout", intOption(500, 600_000), 2000)
+    .option('--logs <dir>', 'keep every process log here (default: kept only for a failing schedule)')
+    .action(async (o) => {
+      const seed: number = o.seed ?? Math.floor(Math.random() * 2 ** 31);
+      const abort = new AbortController();
+      const stop = () => abort.abort();
+      process.once('SIGINT', stop).once('SIGTERM', stop);
+      const result = await runChaos({
+        seed,
+        schedules: o.schedules,
+        steps: o.steps,
+        faults: o.faults,
+        kinds: o.kinds as FaultKind[],
+        heartbeatTimeoutMs: o.heartbeatTimeout,
+        simulateComputeMs: o.simulateComputeMs,
+        logs: o.logs,
+        say: (m) => process.stderr.write(`chaos: ${m}\n`),
+        signal: abort.signal,
+      }).finally(() => process.off('SIGINT', stop).off('SIGTERM', stop));
+      console.log(JSON.stringify({ bench: 'chaos', seed, ...result }));
+      if (!result.ok) process.exitCode = 1;
+    });
+}
+
+function kindList(value: string): FaultKind[] {
+  const kinds = value.split(',').map((v) => v.trim());
+  for (const k of kinds)
+    if (!(FAULT_KINDS as readonly string[]).includes(k))
+      throw new InvalidArgumentError(`"${k}" is not a fault kind (${FAULT_KINDS.join(', ')}).`);
+  return [...new Set(kinds)] as FaultKind[];
 }
 
 function intList(min: number, max: number) {

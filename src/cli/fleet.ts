@@ -78,6 +78,11 @@ export function registerFleetCommands(program: Command): void {
       intOption(0, 65_535),
     )
     .option('--data-root <dir>', 'only load data from below this directory (the coordinator names the data path)')
+    .option(
+      '--simulate-compute-ms <ms>',
+      "benchmarks: each assignment's data and compute take at least this long (the rest is waited out), to emulate a slower device",
+      intOption(0, 3_600_000),
+    )
     .action(async (o) => {
       const log = createLogger('worker');
       const metrics = o.metricsPort !== undefined ? new WorkerMetrics() : undefined;
@@ -104,6 +109,7 @@ export function registerFleetCommands(program: Command): void {
           transferTimeoutMs: 120_000,
           security: securityFrom(o),
           dataRoot: o.dataRoot,
+          simulateComputeMs: o.simulateComputeMs,
         },
         {
           get stopping() {

@@ -3,7 +3,6 @@
 // and, however the loop ends, save the final checkpoint, tell the workers and close everything.
 // What one step does is step.ts; where its reports go is step-sink.ts.
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { catalogueFingerprint } from '../shared/data/open-catalogue.js';
 import type { Engine } from '../shared/engine/engine.js';
 import { UsageError } from '../shared/errors.js';
@@ -11,7 +10,6 @@ import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import type { FleetJob } from '../shared/fleet-job.js';
 import type { Logger } from '../shared/log.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
-import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
 import type { TrainConfig } from '../shared/train-config.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
 import { FleetCoordinator, FleetRunError } from './fleet-coordinator.js';
@@ -21,7 +19,7 @@ import { NatsBridge, type EventSink } from './nats-bridge.js';
 import { RunControl } from './run-control.js';
 import { openRun, runJob } from './run-training.js';
 import { embedTrainItems, ModelWeightSource, type StepExecutor, type StepReport } from './step.js';
-import { eventSink, fanOut, historySink, logSink, metricsSink, type StepSink } from './step-sink.js';
+import { eventSink, fanOut, historySink, logSink, metricsSink, openRunHistory, type StepSink } from './step-sink.js';
 
 export { ModelWeightSource, outsideComputeShare } from './step.js';
 /** The report of one applied step (the name the CLI and benchmarks know). */
@@ -185,7 +183,7 @@ async function runCoordinator(
     };
 
     // ---- where reports go ----
-    const history = cfg.checkpointDir ? new RunHistory(join(cfg.checkpointDir, HISTORY_FILE)) : undefined;
+    const history = openRunHistory(cfg.checkpointDir, log);
     history?.append({
       type: 'run',
       runId,

@@ -4,7 +4,8 @@
 import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import type { Logger } from '../shared/log.js';
 import type { CoordinatorMetrics } from '../shared/metrics.js';
-import type { RunHistory } from '../shared/run-history.js';
+import { join } from 'node:path';
+import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
 import { median } from '../shared/stats.js';
 import type { EventSink } from './nats-bridge.js';
 import type { StepReport, TrainWork } from './step.js';
@@ -50,6 +51,7 @@ export function logSink(log: Logger): Partial<StepSink> {
           triplets: r.triplets,
           shards: r.shards,
           shards_computed: r.shardsComputed,
+          shard_groups: r.shardGroups,
           workers: r.workers,
           round: r.round,
           seconds: r.seconds,
@@ -156,6 +158,23 @@ export function eventSink(events: EventSink, stepInterval: number): Partial<Step
       });
     },
   };
+}
+
+/**
+ * The run history beside the checkpoints, if there are checkpoints. A line it cannot write (a full
+ * disk) is dropped with a warning, never the run: the checkpoints are what a resume needs.
+ */
+export function openRunHistory(checkpointDir: string | undefined, log: Logger): RunHistory | undefined {
+  if (!checkpointDir) return undefined;
+  const path = join(checkpointDir, HISTORY_FILE);
+  return new RunHistory(path, {
+    onWriteError: (e) =>
+      log.warn(
+        { path, code: e.code },
+        `cannot append to ${path} (${e.code === 'ENOSPC' ? 'no space left on the device' : e.message}); history lines are dropped until it can be written again; training goes on`,
+      ),
+    onRecovered: (n) => log.warn({ path, linesLost: n }, `${path} is written again; ${n} history lines were lost`),
+  });
 }
 
 /** The run history beside the checkpoints (`tricaps report`). */

@@ -51,6 +51,11 @@ export interface StepReport {
   batchHash: number;
   shards: number;
   shardsComputed: number;
+  /**
+   * The shards each result combined, in shard order: the grouping decides the summation order, so
+   * two runs give bit-identical updates exactly when their groupings match.
+   */
+  shardGroups: number[][];
 }
 
 /** What a step leaves for the sinks besides its report: its units and who computed which. */
@@ -215,6 +220,7 @@ export async function runStep(ctx: StepContext, step: number): Promise<StepOutco
       batchHash,
       shards: work.units.length,
       shardsComputed: results.reduce((n, r) => n + r.shards, 0),
+      shardGroups: [...work.results].sort((a, b) => a.units[0] - b.units[0]).map((r) => [...r.units]),
     };
     return { applied: true, report, work };
   } finally {

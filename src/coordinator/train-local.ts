@@ -1,17 +1,15 @@
 // Single-process training (`tricaps train --workers 0`): the same run as a fleet's (run-training.ts:
 // the step loop, one step, checkpoints, evaluation before and after) with an in-process worker that
 // runs the same gradient code (in-process-executor.ts), and no servers.
-import { join } from 'node:path';
 import type { Engine } from '../shared/engine/engine.js';
 import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import type { Logger } from '../shared/log.js';
-import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
 import type { TrainConfig } from '../shared/train-config.js';
 import { InProcessExecutor } from './in-process-executor.js';
 import { RunControl } from './run-control.js';
 import { openRun, runJob } from './run-training.js';
 import { planStep, type StepPlanInputs, type StepReport as RunStepReport } from './step.js';
-import { fanOut, historySink, logSink } from './step-sink.js';
+import { fanOut, historySink, logSink, openRunHistory } from './step-sink.js';
 
 /** A single-process step as the CLI shows it. */
 export interface StepReport extends RunStepReport {
@@ -99,7 +97,7 @@ export async function trainLocal(
       plan: (step) => planStep(planCtx, step),
       totalSteps: job.totalSteps,
     });
-    const history = cfg.checkpointDir ? new RunHistory(join(cfg.checkpointDir, HISTORY_FILE)) : undefined;
+    const history = openRunHistory(cfg.checkpointDir, log);
     history?.append({
       type: 'run',
       runId: job.runId,

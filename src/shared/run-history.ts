@@ -47,13 +47,39 @@ export const HistoryLineSchema = z.discriminatedUnion('type', [
 ]);
 export type HistoryLine = z.infer<typeof HistoryLineSchema>;
 
+/**
+ * Appends history lines. The history is a record, not state: a line that cannot be written (a full
+ * disk) is dropped and counted, and training goes on; `onWriteError` hears the first failure of an
+ * outage and `onRecovered` the first success after it, with the count of lines lost.
+ */
 export class RunHistory {
-  constructor(readonly path: string) {
+  private lost = 0;
+  /** A failed append may have left a torn line: the next one starts on a fresh line. */
+  private torn = false;
+
+  constructor(
+    readonly path: string,
+    private readonly hooks: {
+      onWriteError?(err: NodeJS.ErrnoException): void;
+      onRecovered?(linesLost: number): void;
+    } = {},
+  ) {
     mkdirSync(dirname(path), { recursive: true });
   }
 
   append(line: HistoryLine): void {
-    appendFileSync(this.path, `${JSON.stringify(line)}\n`);
+    try {
+      appendFileSync(this.path, `${this.torn ? '\n' : ''}${JSON.stringify(line)}\n`);
+    } catch (e) {
+      if (this.lost++ === 0) this.hooks.onWriteError?.(e as NodeJS.ErrnoException);
+      this.torn = true;
+      return;
+    }
+    this.torn = false;
+    if (this.lost > 0) {
+      this.hooks.onRecovered?.(this.lost);
+      this.lost = 0;
+    }
   }
 }
 

@@ -38,6 +38,11 @@ export interface WorkerOptions {
   security: FleetSecurity;
   /** When set, the data root the coordinator names must lie inside it. */
   dataRoot?: string;
+  /**
+   * Each assignment's data and compute take at least this long (the rest is waited out): emulates a
+   * slower device in benchmarks and soaks, so that what they measure is the fleet, not this CPU.
+   */
+  simulateComputeMs?: number;
 }
 
 /** Set by the process's SIGTERM handler. */
@@ -315,6 +320,11 @@ export class FleetWorker {
         epoch: next.epoch,
       },
     );
+    const padMs = (this.opts.simulateComputeMs ?? 0) - (g.dataSeconds + g.computeSeconds) * 1000;
+    if (padMs > 0) {
+      await abortableSleep(padMs, this.stop.signal);
+      g.computeSeconds += padMs / 1000;
+    }
     const tensors: [string, Float32Array, number[]][] = [];
     for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
     for (const [name, values] of g.bnStats) tensors.push([name, values, loaded.shapes.get(name)!]);
@@ -420,4 +430,18 @@ export function assertSameCatalogue(mine: FleetJob['catalogue'], theirs: FleetJo
 
 export function defaultWorkerName(): string {
   return `${hostname()}-${process.pid}`;
+}
+
+/** Waits ms, or less if the signal fires (a SIGTERM does not wait out a simulated compute). */
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done);
+  });
 }

@@ -68,3 +68,36 @@ describe('run report', () => {
     expect(html).toContain('best R@1</div><div class="v">20% at step 1');
   });
 });
+
+describe('run history writes', () => {
+  it('a line that cannot be written is dropped and counted, never thrown; the next line starts clean', async () => {
+    const { mkdtempSync, mkdirSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { RunHistory, readHistory } = await import('../../src/shared/run-history.js');
+    const dir = mkdtempSync(join(tmpdir(), 'tricaps-history-'));
+    try {
+      const path = join(dir, 'history.jsonl');
+      const events: string[] = [];
+      const history = new RunHistory(path, {
+        onWriteError: (e) => events.push(`error ${e.code}`),
+        onRecovered: (n) => events.push(`recovered ${n}`),
+      });
+      history.append(step(0, 2));
+      rmSync(path);
+      mkdirSync(path); // appending to a directory fails, as a full disk would
+      history.append(step(1, 1.9));
+      history.append(step(2, 1.8));
+      expect(events).toEqual(['error EISDIR']);
+      rmSync(path, { recursive: true });
+      history.append(step(3, 1.7));
+      history.append(step(4, 1.6));
+      expect(events).toEqual(['error EISDIR', 'recovered 2']);
+      const { lines, skipped } = readHistory(path);
+      expect(skipped).toBe(0);
+      expect(lines.map((l) => (l.type === 'step' ? l.step : -1))).toEqual([3, 4]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -151,6 +151,7 @@ describe('one step (runStep)', () => {
       workers: 2,
       shards: 2,
       shardsComputed: 2,
+      shardGroups: [[0], [1]],
       round: 1,
     });
     // Loss: triplet-weighted mean of the shards' losses (1 and 2): (1*1 + 2*2) / 3.
