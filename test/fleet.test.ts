@@ -117,8 +117,8 @@ describe('fleet options (real processes)', () => {
       'float16',
     ]);
     const address = await listeningAddress(coord);
-    fleet.worker(address, 'h1');
-    fleet.worker(address, 'h2');
+    const h1 = fleet.worker(address, 'h1');
+    const h2 = fleet.worker(address, 'h2');
     expect((await coord.exited).code).toBe(0);
     const refreshes = coord.lines.filter((l) => l.msg.startsWith('hard-negative plan refreshed'));
     expect(refreshes.map((l) => l.step)).toEqual([0, 3]);
@@ -129,6 +129,39 @@ describe('fleet options (real processes)', () => {
     expect(coord.lines.find((l) => l.msg.includes('listening on'))?.wire).toBe('float16');
     expect(coord.steps().map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
     expect(coord.steps().every((l) => Number.isFinite(l.loss as number))).toBe(true);
+    // float16 really went over the wire: each result is 2 bytes per gradient and BatchNorm value
+    // (the parameters and buffers of this model), and the weights came down as float32.
+    const summary = JSON.parse(
+      execFileSync(
+        process.execPath,
+        [
+          'dist/cli.js',
+          'model',
+          'summary',
+          '--variant',
+          'sc',
+          '--image-size',
+          '32',
+          '--width',
+          '0.25',
+          '--categories',
+          '4',
+          '--json',
+        ],
+        { encoding: 'utf8' },
+      ),
+    );
+    const values = summary.params.total as number;
+    for (const l of coord.steps()) {
+      expect(l.bytes_received, `step ${l.step}`).toBe((l.workers as number) * values * 2);
+    }
+    // The weights came down as float32: one fetch per weights version a worker computed with.
+    for (const w of [h1, h2]) {
+      const over = await w.waitFor((l) => /is over after/.test(l.msg), 10_000, 'the end of the run');
+      const fetches = (over.bytes_received as number) / (values * 4);
+      expect(Number.isInteger(fetches), `${over.bytes_received} bytes`).toBe(true);
+      expect(fetches).toBeGreaterThanOrEqual(over.steps as number);
+    }
   });
 });
 

@@ -3,6 +3,7 @@
 // results against the run, round, step and assignment they claim to answer. The gRPC service
 // (fleet-service.ts) maps requests onto these methods and FleetError codes onto gRPC statuses; the
 // training loop (run-coordinator.ts) drives steps with execute().
+import { ExchangeMeter } from '../shared/exchange-meter.js';
 import type { Logger } from '../shared/log.js';
 import type { EncodedChunk } from '../shared/tensor-codec.js';
 import { median } from '../shared/stats.js';
@@ -153,6 +154,8 @@ const MAX_REFUSALS_PER_SHARD = 2;
 export class FleetCoordinator {
   readonly membership: Membership;
   readonly buffers = new BufferPool();
+  /** Tensor bytes the service moved to and from workers (weights down, gradients and embeddings up). */
+  readonly exchange = new ExchangeMeter();
   private work: Work | undefined;
   private finished = false;
   private stopped = false;

@@ -225,6 +225,7 @@ function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
   onComplete: (header: H, reader: UploadReader) => void,
   onBadContent: (header: H, reason: string) => void,
   onDiscard?: (arrays: Float32Array[]) => void,
+  onBytes?: (bytes: number) => void,
 ): void {
   const admitted = gate.admit(call);
   if ('refusal' in admitted) {
@@ -264,6 +265,7 @@ function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
         reader = onHeader(header);
       } else if (msg.chunk) {
         if (!reader) throw new FleetError('invalid-argument', 'tensor chunk before the header');
+        onBytes?.(msg.chunk.data.byteLength);
         reader.add(msg.chunk);
       } else {
         throw new FleetError('invalid-argument', 'empty upload message');
@@ -349,6 +351,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
       const pump = () => {
         while (i < messages.length) {
           // PreSerialized stands in for the message; the service's serializer passes it through.
+          coord.exchange.add('sent', 'worker', messages[i].bytes.byteLength);
           const more = call.write(messages[i++] as unknown as FetchWeightsResponse);
           if (!more) {
             call.once('drain', pump);
@@ -390,6 +393,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         },
         (h, reason) => coord.rejectResult(h.workerId, reason),
         (arrays) => coord.buffers.release(arrays),
+        (bytes) => coord.exchange.add('received', 'worker', bytes),
       ),
     pushEmbeddings: (call, callback) =>
       upload<PushEmbeddingsRequest, NonNullable<PushEmbeddingsRequest['header']>>(
@@ -413,6 +417,8 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
           });
         },
         (h, reason) => coord.rejectResult(h.workerId, reason),
+        undefined,
+        (bytes) => coord.exchange.add('received', 'worker', bytes),
       ),
   };
 }

@@ -9,7 +9,7 @@ import { UsageError } from '../shared/errors.js';
 import type { EvaluationResult } from '../shared/eval/evaluate.js';
 import type { FleetJob } from '../shared/fleet-job.js';
 import type { Logger } from '../shared/log.js';
-import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../shared/metrics.js';
+import { CoordinatorMetrics, countExchange, serveMetrics, type MetricsServer } from '../shared/metrics.js';
 import type { TrainConfig } from '../shared/train-config.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
 import { FleetCoordinator, FleetRunError } from './fleet-coordinator.js';
@@ -166,6 +166,7 @@ async function runCoordinator(
       log,
     );
     closeFleet = () => coord.close();
+    if (metrics) countExchange(metrics.exchangeBytes, coord.exchange);
     expose(coord);
     if (resumed) {
       coord.membership.round = resumed.state.round;
@@ -177,6 +178,7 @@ async function runCoordinator(
     const executor: StepExecutor = {
       execute: (work) => coord.execute(work),
       release: (arrays) => coord.buffers.release(arrays),
+      exchangeBytes: () => coord.exchange.total(),
       get round() {
         return coord.membership.round;
       },

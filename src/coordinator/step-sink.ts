@@ -52,6 +52,8 @@ export function logSink(log: Logger): Partial<StepSink> {
           shards: r.shards,
           shards_computed: r.shardsComputed,
           shard_groups: r.shardGroups,
+          bytes_sent: r.bytesSent,
+          bytes_received: r.bytesReceived,
           workers: r.workers,
           round: r.round,
           seconds: r.seconds,

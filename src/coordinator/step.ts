@@ -2,6 +2,7 @@
 // fleet, or any StepExecutor) -> average the shard gradients by contributing triplets, in shard order
 // -> check (finite loss and gradient) -> apply Adam and the BatchNorm statistics -> publish the new
 // weights. Returns a StepReport; reporting it (log, metrics, NATS, history) is the caller's sink.
+import type { ExchangeTotals } from '../shared/exchange-meter.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { samplePkBatch } from '../shared/data/pk-sampler.js';
 import type { ModelState } from '../shared/model/params.js';
@@ -23,6 +24,8 @@ export interface StepExecutor {
   release(arrays: Iterable<Float32Array>): void;
   /** The membership round the step completed in. */
   readonly round: number;
+  /** Tensor bytes moved with workers so far (a fleet; the single process moves none). */
+  exchangeBytes?(): ExchangeTotals;
 }
 
 export interface StepReport {
@@ -56,6 +59,9 @@ export interface StepReport {
    * two runs give bit-identical updates exactly when their groupings match.
    */
   shardGroups: number[][];
+  /** Tensor bytes this step moved: weights sent to workers, gradients received (0 in one process). */
+  bytesSent: number;
+  bytesReceived: number;
 }
 
 /** What a step leaves for the sinks besides its report: its units and who computed which. */
@@ -155,6 +161,7 @@ const averagedBuffers = new WeakMap<StepContext, Map<string, Float32Array>>();
 export async function runStep(ctx: StepContext, step: number): Promise<StepOutcome> {
   const { epoch, shards, batchHash } = planStep(ctx, step);
   const work = new StepWork<TrainResult>('train', step, epoch, shards);
+  const bytesBefore = ctx.executor.exchangeBytes?.();
   const t0 = performance.now();
   await ctx.executor.execute(work);
   const t1 = performance.now();
@@ -221,11 +228,17 @@ export async function runStep(ctx: StepContext, step: number): Promise<StepOutco
       shards: work.units.length,
       shardsComputed: results.reduce((n, r) => n + r.shards, 0),
       shardGroups: [...work.results].sort((a, b) => a.units[0] - b.units[0]).map((r) => [...r.units]),
+      ...bytesMoved(bytesBefore, ctx.executor.exchangeBytes?.()),
     };
     return { applied: true, report, work };
   } finally {
     release();
   }
+}
+
+function bytesMoved(before?: ExchangeTotals, after?: ExchangeTotals): { bytesSent: number; bytesReceived: number } {
+  if (!before || !after) return { bytesSent: 0, bytesReceived: 0 };
+  return { bytesSent: after.sent - before.sent, bytesReceived: after.received - before.received };
 }
 
 /** Embeds one image of every train item over the fleet and returns item -> embedding. */

@@ -1,6 +1,7 @@
 // Prometheus metrics (prom-client) for the coordinator and the workers, and the HTTP endpoint that
 // serves them (`--metrics-port`). Names follow Prometheus conventions: `tricaps_` prefix, base units
 // (seconds, bytes), `_total` for counters. Node process metrics come from prom-client's defaults.
+import { EXCHANGE_DIRECTIONS, PEER_KINDS, type ExchangeMeter } from './exchange-meter.js';
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { UsageError } from './errors.js';
@@ -118,6 +119,7 @@ export class CoordinatorMetrics {
     labelNames: ['reason', 'worker'],
     registers: [this.registry],
   });
+  readonly exchangeBytes = exchangeBytesCounter(this.registry);
   readonly resumes = new Counter({
     name: 'tricaps_resumes_total',
     help: 'Times this coordinator process resumed the run from a checkpoint',
@@ -156,6 +158,21 @@ export class CoordinatorMetrics {
   }
 }
 
+/**
+ * tricaps_exchange_bytes_total{direction,peer_kind}: tensor bytes moved by the exchange, every label
+ * set present from the start (a panel's rate() sees the first bytes); countExchange feeds it.
+ */
+function exchangeBytesCounter(registry: Registry): Counter<'direction' | 'peer_kind'> {
+  const c = new Counter({
+    name: 'tricaps_exchange_bytes_total',
+    help: 'Tensor bytes moved by the gradient and weights exchange, by direction and the kind of process at the other end',
+    labelNames: ['direction', 'peer_kind'],
+    registers: [registry],
+  });
+  for (const direction of EXCHANGE_DIRECTIONS) for (const peer_kind of PEER_KINDS) c.inc({ direction, peer_kind }, 0);
+  return c;
+}
+
 export class WorkerMetrics {
   readonly registry = new Registry();
   readonly info = new Gauge({
@@ -181,6 +198,8 @@ export class WorkerMetrics {
     help: 'Times this worker registered with a coordinator (more than 1: rejoined)',
     registers: [this.registry],
   });
+  /** Counts the exchange once attached to the fleet client's meter (countExchange). */
+  readonly exchangeBytes = exchangeBytesCounter(this.registry);
   readonly loss = new Gauge({
     name: 'tricaps_worker_loss',
     help: 'Loss of this worker last shards',
@@ -241,4 +260,9 @@ export async function serveMetrics(
     port: typeof address === 'object' && address ? address.port : port,
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
+}
+
+/** Feeds a process's tricaps_exchange_bytes_total from its exchange meter. */
+export function countExchange(counter: Counter<'direction' | 'peer_kind'>, meter: ExchangeMeter): void {
+  meter.attach((direction, peer_kind, bytes) => counter.inc({ direction, peer_kind }, bytes));
 }

@@ -1,6 +1,7 @@
 // The worker's side of the FleetService transport: promise-returning calls with deadlines,
 // streamed weight downloads decoded against the model's shapes, and streamed uploads that respect
 // gRPC flow control. No training logic lives here.
+import { ExchangeMeter } from '../shared/exchange-meter.js';
 import * as grpc from '@grpc/grpc-js';
 import { FastFleetServiceDefinition } from '../shared/wire-fast.js';
 import { callMetadata, channelCredentials, type FleetSecurity } from '../shared/fleet-security.js';
@@ -180,6 +181,8 @@ const deadline = (ms: number) => ({ deadline: Date.now() + ms });
 
 export class FleetClient {
   readonly client: FleetServiceClient;
+  /** Tensor bytes moved with the coordinator (weights down, gradients and embeddings up). */
+  readonly exchange = new ExchangeMeter();
 
   private readonly token: string | undefined;
 
@@ -265,6 +268,7 @@ export class FleetClient {
             version = msg.weightsVersion;
             count = msg.tensorCount;
             const c = fromProtoChunk(msg.chunk);
+            this.exchange.add('received', 'coordinator', c.data.byteLength);
             pending.push(c);
             if (pending.length < c.chunkCount) return;
             const shape = shapes.get(c.name);
@@ -331,11 +335,14 @@ export class FleetClient {
         if (err) reject(err);
         else resolve(res!);
       });
+      const meter = this.exchange;
       const messages = function* () {
         yield first;
         for (const [name, values, shape] of tensors) {
-          for (const c of encodeTensor(name, values, shape, dtype, DEFAULT_CHUNK_BYTES, { copy: false }))
+          for (const c of encodeTensor(name, values, shape, dtype, DEFAULT_CHUNK_BYTES, { copy: false })) {
+            meter.add('sent', 'coordinator', c.data.byteLength);
             yield { chunk: toProtoChunk(c) } as Req;
+          }
         }
       };
       const it = messages();

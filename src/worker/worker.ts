@@ -20,7 +20,7 @@ import { UsageError } from '../shared/errors.js';
 import { Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
 import { computeShardsGradient } from '../shared/train/shard-gradients.js';
-import type { WorkerMetrics } from '../shared/metrics.js';
+import { countExchange, type WorkerMetrics } from '../shared/metrics.js';
 import { assertInside } from '../shared/paths.js';
 import type { FleetSecurity } from '../shared/fleet-security.js';
 import { TRICAPS_VERSION } from '../shared/version.js';
@@ -84,6 +84,7 @@ export class FleetWorker {
     private readonly metrics?: WorkerMetrics,
   ) {
     this.client = new FleetClient(opts.coordinator, opts.security);
+    if (metrics) countExchange(metrics.exchangeBytes, this.client.exchange);
     const where = opts.coordinator;
     this.backoff = new Backoff({
       giveUpAfterMs: opts.reconnectTimeoutMs,
@@ -248,7 +249,11 @@ export class FleetWorker {
       s.run = next.run ?? s.run;
       s.heartbeat.postMessage({ type: 'run', run: s.run });
       if (next.action === StepAction.STEP_ACTION_FINISH) {
-        this.log.info({ steps: this.stepsDone }, `run ${s.run.runId} is over after ${this.stepsDone} steps here`);
+        const moved = this.client.exchange.total();
+        this.log.info(
+          { steps: this.stepsDone, bytes_sent: moved.sent, bytes_received: moved.received },
+          `run ${s.run.runId} is over after ${this.stepsDone} steps here`,
+        );
         return 'done';
       }
       if (next.action !== StepAction.STEP_ACTION_TRAIN && next.action !== StepAction.STEP_ACTION_EMBED) continue;

@@ -152,6 +152,8 @@ describe('one step (runStep)', () => {
       shards: 2,
       shardsComputed: 2,
       shardGroups: [[0], [1]],
+      bytesSent: 0,
+      bytesReceived: 0,
       round: 1,
     });
     // Loss: triplet-weighted mean of the shards' losses (1 and 2): (1*1 + 2*2) / 3.
