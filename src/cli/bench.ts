@@ -5,6 +5,7 @@ import { benchExchangeOne } from '../bench/exchange.js';
 import { loopbackBaseline } from '../bench/loopback-baseline.js';
 import { benchFleet } from '../bench/fleet.js';
 import { FAULT_KINDS, runChaos, type FaultKind } from '../bench/chaos.js';
+import { benchScale, parseRate } from '../bench/scale.js';
 import { InvalidArgumentError } from 'commander';
 import { profileStep } from '../bench/profile-step.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
@@ -139,6 +140,31 @@ export function registerBenchCommands(program: Command): void {
       console.log(JSON.stringify(await profileStep(o.engine, modelOf(o), o.batchTriplets, o.top)));
     });
   registerChaos(bench);
+  bench
+    .command('scale')
+    .description(
+      'fleet scaling on one machine (root): coordinator and N workers in network namespaces, links shaped by tc, compute replaced by a fixed time; images/s, efficiency, bytes and CPU per step',
+    )
+    .option('--workers <list>', 'fleet sizes, comma-separated', intList(1, 64), [1, 2, 4, 8, 16])
+    .option('--link <rate>', 'link rate each way, e.g. 10gbit (default: unshaped veth)')
+    .option('--simulate-compute-ms <ms>', "each worker's compute time per step", intOption(0, 600_000), 290)
+    .option('--steps <n>', 'timed steps per fleet size', intOption(1, 10_000), 10)
+    .option('--warmup <n>', 'untimed steps first', intOption(0, 100), 2)
+    .option('--triplets-per-worker <n>', "each worker's shard (3 images per triplet)", intOption(1, 1024), 32)
+    .option('--wire <dtype>', 'gradient wire format', choiceOption(['float32', 'float16'] as const), 'float32')
+    .action(async (o) => {
+      const report = await benchScale({
+        workers: o.workers,
+        linkBits: o.link === undefined ? undefined : parseRate(o.link),
+        simulateComputeMs: o.simulateComputeMs,
+        steps: o.steps,
+        warmup: o.warmup,
+        tripletsPerWorker: o.tripletsPerWorker,
+        wire: o.wire,
+        say: (m) => process.stderr.write(`scale: ${m}\n`),
+      });
+      console.log(JSON.stringify(report));
+    });
 }
 
 function registerChaos(bench: Command): void {

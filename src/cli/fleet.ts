@@ -1,4 +1,5 @@
 // `tricaps coordinator` and `tricaps worker`: the two halves of a fleet run on separate machines.
+import { processCpuSeconds } from '../shared/stats.js';
 import type { Command } from 'commander';
 import type { FleetSecurity } from '../shared/fleet-security.js';
 import { FleetConfigSchema } from '../coordinator/fleet-config.js';
@@ -53,6 +54,7 @@ export function registerFleetCommands(program: Command): void {
           seconds: result.seconds,
           lost: result.lost.length,
           stopped: result.stopped,
+          cpu_s: processCpuSeconds(),
         },
         `run ${result.runId} ${result.stopped ? 'stopped' : 'complete'} after ${result.stepsRun} steps`,
       );
@@ -83,6 +85,10 @@ export function registerFleetCommands(program: Command): void {
       "benchmarks: each assignment's data and compute take at least this long (the rest is waited out), to emulate a slower device",
       intOption(0, 3_600_000),
     )
+    .option(
+      '--synthetic-gradients',
+      'benchmarks of the fleet alone: load and compute nothing, upload full-size constant gradients after --simulate-compute-ms',
+    )
     .action(async (o) => {
       const log = createLogger('worker');
       const metrics = o.metricsPort !== undefined ? new WorkerMetrics() : undefined;
@@ -110,6 +116,7 @@ export function registerFleetCommands(program: Command): void {
           security: securityFrom(o),
           dataRoot: o.dataRoot,
           simulateComputeMs: o.simulateComputeMs,
+          syntheticGradients: o.syntheticGradients === true,
         },
         {
           get stopping() {

@@ -6,7 +6,7 @@ import type { Logger } from '../shared/log.js';
 import type { CoordinatorMetrics } from '../shared/metrics.js';
 import { join } from 'node:path';
 import { HISTORY_FILE, RunHistory } from '../shared/run-history.js';
-import { median } from '../shared/stats.js';
+import { median, processCpuSeconds } from '../shared/stats.js';
 import type { EventSink } from './nats-bridge.js';
 import type { StepReport, TrainWork } from './step.js';
 
@@ -63,6 +63,7 @@ export function logSink(log: Logger): Partial<StepSink> {
           average_s: r.averageSeconds,
           optimizer_s: r.optimizerSeconds,
           images_per_s: r.imagesPerSecond,
+          cpu_s: processCpuSeconds(),
         },
         `step ${r.step} loss ${r.loss.toFixed(4)} workers ${r.workers} ${r.seconds.toFixed(2)} s`,
       );

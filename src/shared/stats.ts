@@ -8,3 +8,9 @@ export function median(xs: number[]): number {
 export function mean(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 }
+
+/** CPU time this process has used so far (user + system), in seconds. */
+export function processCpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}

@@ -3,6 +3,7 @@
 // data path, compute, upload. It re-registers when the coordinator no longer knows it (dropped, or
 // restarted as a new run), exits 0 when the run is over or on SIGTERM (finishing the step in
 // progress, or giving back one not yet started), and exits 1 when the coordinator stays unreachable.
+import { processCpuSeconds } from '../shared/stats.js';
 import { Worker as Thread } from 'node:worker_threads';
 import { hostname } from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
@@ -19,7 +20,7 @@ import { createModelState, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
 import { Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
-import { computeShardsGradient } from '../shared/train/shard-gradients.js';
+import { computeShardsGradient, type ShardsGradient } from '../shared/train/shard-gradients.js';
 import { countExchange, type WorkerMetrics } from '../shared/metrics.js';
 import { assertInside } from '../shared/paths.js';
 import type { FleetSecurity } from '../shared/fleet-security.js';
@@ -43,6 +44,12 @@ export interface WorkerOptions {
    * slower device in benchmarks and soaks, so that what they measure is the fleet, not this CPU.
    */
   simulateComputeMs?: number;
+  /**
+   * Benchmarks of the fleet alone: load no images and compute nothing; each assignment "takes"
+   * simulateComputeMs and uploads a gradient of the model's shapes (small constant values) and
+   * neutral BatchNorm statistics, so the exchange is measured at full size.
+   */
+  syntheticGradients?: boolean;
 }
 
 /** Set by the process's SIGTERM handler. */
@@ -251,7 +258,12 @@ export class FleetWorker {
       if (next.action === StepAction.STEP_ACTION_FINISH) {
         const moved = this.client.exchange.total();
         this.log.info(
-          { steps: this.stepsDone, bytes_sent: moved.sent, bytes_received: moved.received },
+          {
+            steps: this.stepsDone,
+            bytes_sent: moved.sent,
+            bytes_received: moved.received,
+            cpu_s: processCpuSeconds(),
+          },
           `run ${s.run.runId} is over after ${this.stepsDone} steps here`,
         );
         return 'done';
@@ -314,17 +326,19 @@ export class FleetWorker {
       this.log.debug({ step: run.step, images: imageIds.length, accepted: res.accepted }, 'embeddings sent');
       return;
     }
-    const g = await computeShardsGradient(
-      next.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
-      {
-        model: loaded.model,
-        catalogue: loaded.catalogue,
-        cfg: s.job.train,
-        conv: this.engine.conv,
-        step: run.step,
-        epoch: next.epoch,
-      },
-    );
+    const g = this.opts.syntheticGradients
+      ? syntheticGradient(loaded.model, next.shards.length)
+      : await computeShardsGradient(
+          next.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
+          {
+            model: loaded.model,
+            catalogue: loaded.catalogue,
+            cfg: s.job.train,
+            conv: this.engine.conv,
+            step: run.step,
+            epoch: next.epoch,
+          },
+        );
     const padMs = (this.opts.simulateComputeMs ?? 0) - (g.dataSeconds + g.computeSeconds) * 1000;
     if (padMs > 0) {
       await abortableSleep(padMs, this.stop.signal);
@@ -365,6 +379,7 @@ export class FleetWorker {
         loss: g.loss,
         triplets: g.triplets,
         compute_s: g.computeSeconds,
+        cpu_s: processCpuSeconds(),
       },
       `step ${run.step} shards [${units}] loss ${g.loss.toFixed(4)}`,
     );
@@ -435,6 +450,39 @@ export function assertSameCatalogue(mine: FleetJob['catalogue'], theirs: FleetJo
 
 export function defaultWorkerName(): string {
   return `${hostname()}-${process.pid}`;
+}
+
+const syntheticArrays = new WeakMap<
+  ModelState,
+  { grads: Map<string, Float32Array>; bnStats: Map<string, Float32Array> }
+>();
+
+/** A full-size gradient that costs nothing to compute (--synthetic-gradients); arrays made once. */
+function syntheticGradient(model: ModelState, shards: number): ShardsGradient {
+  let arrays = syntheticArrays.get(model);
+  if (!arrays) {
+    arrays = {
+      grads: new Map([...model.trainable].map(([n, v]) => [n, new Float32Array(v.size).fill(1e-4)])),
+      // Moving mean 0 and variance 1: statistics the coordinator accepts and that change nothing much.
+      bnStats: new Map(
+        [...model.buffers].map(([n, v]) => [n, new Float32Array(v.size).fill(/variance/i.test(n) ? 1 : 0)]),
+      ),
+    };
+    syntheticArrays.set(model, arrays);
+  }
+  const triplets = 8 * shards;
+  return {
+    triplets,
+    activeTriplets: triplets,
+    loss: 1,
+    meanPositiveDistance: 0.5,
+    meanNegativeDistance: 1,
+    grads: arrays.grads,
+    bnStats: arrays.bnStats,
+    shards,
+    dataSeconds: 0,
+    computeSeconds: 0,
+  };
 }
 
 /** Waits ms, or less if the signal fires (a SIGTERM does not wait out a simulated compute). */

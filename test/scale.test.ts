@@ -1,0 +1,64 @@
+// `tricaps bench scale` on a real emulated cluster: namespaces, veth pairs, a bridge and tbf-shaped
+// links, a real coordinator and workers inside them. Small sizes (it is a benchmark; the numbers go
+// in notes); what is asserted is that it runs, reports what it measured, and leaves nothing behind.
+import { execFile, execFileSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { lastJsonLine, tricaps } from './cli-runner.js';
+
+const root = process.getuid?.() === 0;
+const namespaces = () => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+
+describe('bench scale', () => {
+  it.skipIf(!root)(
+    `runs a coordinator and workers in shaped network namespaces and removes them${root ? '' : ' (skipped: needs root)'}`,
+    async () => {
+      const r = await tricaps(
+        'bench',
+        'scale',
+        '--workers',
+        '1,2',
+        '--steps',
+        '2',
+        '--warmup',
+        '1',
+        '--link',
+        '1gbit',
+        '--simulate-compute-ms',
+        '100',
+        '--triplets-per-worker',
+        '4',
+      );
+      expect(r.code, r.stderr.slice(-2000)).toBe(0);
+      const report = lastJsonLine(r.stdout);
+      expect(report.link.used_bits).toBeLessThanOrEqual(1e9);
+      expect(report.rows.map((x: { workers: number }) => x.workers)).toEqual([1, 2]);
+      const [one, two] = report.rows;
+      expect(one.scaling_efficiency).toBe(1);
+      for (const row of report.rows) {
+        expect(row.images_per_s).toBeGreaterThan(0);
+        expect(row.coordinator_cpu_s_per_step).toBeGreaterThan(0);
+        expect(row.worker_cpu_s_per_step).toBeGreaterThan(0);
+        // A worker moves one float32 gradient up and one weights version down per step (SC: 2.4M values).
+        expect(row.worker_bytes_per_step).toBe(2 * 2_425_536 * 4);
+      }
+      // The central exchange: the coordinator's bytes grow with the fleet (what a ring would flatten).
+      expect(two.coordinator_bytes_per_step / one.coordinator_bytes_per_step).toBeCloseTo(2, 1);
+      expect(namespaces()).not.toMatch(/^tcs\d+-/m);
+    },
+  );
+
+  it('without root it says so and exits 2', async () => {
+    // As root, drop to nobody for this one command.
+    const command = [process.execPath, 'dist/cli.js', 'bench', 'scale'];
+    const [program, ...args] = root
+      ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...command]
+      : command;
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) =>
+      execFile(program, args, (err, _out, stderr) => resolve({ code: err ? (err.code as number) : 0, stderr })),
+    );
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim()).toBe(
+      'tricaps: error: bench scale: network namespaces need root (CI runs as root); run it as root or with sudo',
+    );
+  });
+});
