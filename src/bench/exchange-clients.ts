@@ -16,7 +16,10 @@ const setup = workerData as ExchangeClientsSetup;
 
 async function simulate(index: number): Promise<void> {
   const client = new FleetClient(setup.address);
-  const reg = await client.register({ workerName: `sim-${index}`, engine: 'none', device: 'none', runId: '' }, 10_000);
+  const reg = await client.register(
+    { workerName: `sim-${index}`, engine: 'none', device: 'none', runId: '', peerAddress: '' },
+    10_000,
+  );
   const grads: [string, Float32Array, number[]][] = setup.specs.map((s) => {
     const size = s.shape.reduce((a, b) => a * b, 1);
     return [s.name, Float32Array.from({ length: size }, (_, i) => Math.sin(i + index) * 1e-3), s.shape];

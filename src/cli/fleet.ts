@@ -86,6 +86,17 @@ export function registerFleetCommands(program: Command): void {
       intOption(0, 3_600_000),
     )
     .option(
+      '--peer-listen <host:port>',
+      'serve ring exchange hops here (port 0: chosen at start); needed for --exchange ring|auto on the coordinator',
+    )
+    .option('--peer-advertise <host:port>', 'the address ring peers reach this worker at (default: --peer-listen)')
+    .option(
+      '--ring-hop-timeout <ms>',
+      'a ring hop not sent or received by then fails the ring (the coordinator is told)',
+      intOption(100, 3_600_000),
+      60_000,
+    )
+    .option(
       '--synthetic-gradients',
       'benchmarks of the fleet alone: load and compute nothing, upload full-size constant gradients after --simulate-compute-ms',
     )
@@ -117,6 +128,10 @@ export function registerFleetCommands(program: Command): void {
           dataRoot: o.dataRoot,
           simulateComputeMs: o.simulateComputeMs,
           syntheticGradients: o.syntheticGradients === true,
+          peerListen: o.peerListen,
+          peerAdvertise: o.peerAdvertise,
+          ringHopTimeoutMs: o.ringHopTimeout,
+          ringFaults: ringFaultsFromEnv(),
         },
         {
           get stopping() {
@@ -159,5 +174,20 @@ function securityFrom(o: Record<string, any>): FleetSecurity {
     tlsKey: o.tlsKey,
     tlsCa: o.tlsCa,
     joinToken: o.joinToken ?? process.env.TRICAPS_JOIN_TOKEN,
+  };
+}
+
+/**
+ * Fault injection for tests of real processes (never set in production): TRICAPS_TEST_RING_POISON
+ * (nan | shape) corrupts this worker's first ring hop; TRICAPS_TEST_RING_HOLD_MS holds its ring after
+ * the first hop, so a test can kill a member while a reduction is in flight.
+ */
+function ringFaultsFromEnv(): { poison?: 'nan' | 'shape'; holdAfterFirstHopMs?: number } | undefined {
+  const poison = process.env.TRICAPS_TEST_RING_POISON;
+  const hold = Number(process.env.TRICAPS_TEST_RING_HOLD_MS ?? 0);
+  if (!poison && !hold) return undefined;
+  return {
+    poison: poison === 'nan' || poison === 'shape' ? poison : undefined,
+    holdAfterFirstHopMs: hold > 0 ? hold : undefined,
   };
 }

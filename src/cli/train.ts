@@ -150,6 +150,12 @@ export function addFleetOptions(cmd: Command, listenDefault: string): Command {
       'float32',
     )
     .option(
+      '--exchange <how>',
+      'central: each worker uploads its whole gradient; ring: workers reduce among themselves over peer links (--peer-listen) and each uploads a slice; auto: ring from 3 workers',
+      choiceOption(['central', 'ring', 'auto'] as const),
+      'central',
+    )
+    .option(
       '--hard-negative-every <n>',
       'every n steps, embed the train items over the fleet and put confusable items in the same shard (0 = off)',
       intOption(0),
@@ -273,6 +279,7 @@ export function fleetConfigFrom(o: Record<string, any>, defaults: { minWorkers: 
     heartbeatTimeoutMs: o.heartbeatTimeout,
     stepTimeoutMs: o.stepTimeout,
     gradientWire: o.wire,
+    exchange: o.exchange,
     hardNegativeEvery: o.hardNegativeEvery,
     checkpointEvery: o.checkpointEvery,
     keepCheckpoints: o.keepCheckpoints,

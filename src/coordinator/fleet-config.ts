@@ -18,6 +18,11 @@ export const FleetConfigSchema = z
     /** A worker that holds an assignment longer than this is dropped as stalled. */
     stepTimeoutMs: z.number().int().min(1000).default(300_000),
     gradientWire: z.enum(['float32', 'float16']).default('float32'),
+    /**
+     * central: every worker uploads its whole gradient; ring: the members of a round reduce among
+     * themselves (peer links) and each uploads a slice; auto: ring from 3 workers.
+     */
+    exchange: z.enum(['central', 'ring', 'auto']).default('central'),
     /** Refresh the hard-negative plan every this many steps (0 = off). */
     hardNegativeEvery: z.number().int().min(0).default(0),
     /** Write a resumable checkpoint every this many steps (0 = only at the end and on SIGTERM). */

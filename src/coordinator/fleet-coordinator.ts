@@ -3,6 +3,8 @@
 // results against the run, round, step and assignment they claim to answer. The gRPC service
 // (fleet-service.ts) maps requests onto these methods and FleetError codes onto gRPC statuses; the
 // training loop (run-coordinator.ts) drives steps with execute().
+import { ringLayout } from '../shared/plan/ring.js';
+import { RingRound, type RingMemberRef } from './ring-round.js';
 import { ExchangeMeter } from '../shared/exchange-meter.js';
 import type { Logger } from '../shared/log.js';
 import type { EncodedChunk } from '../shared/tensor-codec.js';
@@ -41,10 +43,8 @@ export interface RunRefLike {
   step: number;
 }
 
-export interface TensorSpec {
-  name: string;
-  shape: number[];
-}
+import type { TensorSpec } from '../shared/stream-service.js';
+export type { TensorSpec } from '../shared/stream-service.js';
 
 /** What the coordinator serves as weights and expects back as gradients. */
 export interface WeightSource {
@@ -90,6 +90,12 @@ export interface FleetOptions {
   listener?: MembershipListener;
   /** Refuse a gradient whose norm exceeds this many times the median of recent ones (0: off). */
   maxGradientNormRatio?: number;
+  /**
+   * How train results travel: each worker uploads its whole gradient (central), or the members of a
+   * round reduce among themselves and each uploads one slice of the sum (ring; needs 2 or more
+   * members with peer addresses, else the step goes central).
+   */
+  exchange?: 'central' | 'ring' | 'auto';
   now?: () => number;
 }
 
@@ -111,6 +117,8 @@ export type NextStepAnswer =
       assignment: Assignment;
       shards: PlannedShard[];
       weightsVersion: number;
+      /** The ring this assignment's gradient is reduced over (--exchange ring). */
+      ring?: { members: RingMemberRef[]; position: number; length: number };
     }
   | { action: 'wait'; run: RunRefLike }
   | { action: 'finish'; run: RunRefLike };
@@ -172,6 +180,10 @@ export class FleetCoordinator {
   private readonly refusals = new Map<number, string[]>();
   private fatal: Error | undefined;
   private readonly recentNorms: number[] = [];
+  /** The open ring reduction of the current step's round (--exchange ring). */
+  private ring: RingRound | undefined;
+  /** A step whose ring result the norm guard refused: recomputed centrally. */
+  private centralStep = -1;
   private readonly now: () => number;
   /** Losses so far (metrics and tests). */
   readonly lost: { id: string; name: string; reason: string; step: number }[] = [];
@@ -209,7 +221,7 @@ export class FleetCoordinator {
 
   // ---- requests (called by the transport) ----
 
-  register(req: { workerName: string; engine: string; device: string; runId: string }): {
+  register(req: { workerName: string; engine: string; device: string; runId: string; peerAddress?: string }): {
     member: Member;
     run: RunRefLike;
   } {
@@ -232,6 +244,7 @@ export class FleetCoordinator {
       if (err instanceof FleetFullError) throw new FleetError('full', err.message);
       throw err;
     }
+    member.peerAddress = (req.peerAddress ?? '').slice(0, 300);
     this.log.info(
       {
         worker: member.id,
@@ -269,9 +282,12 @@ export class FleetCoordinator {
       if (!this.membership.get(workerId)) throw this.notMember(workerId);
       if (this.stopped) throw new FleetError('unavailable', 'the coordinator is stopping');
       const work = this.work;
-      const assignment = work?.take(workerId, this.now());
+      // A ring member that sent its slice waits for the others (its assignment stays in flight
+      // until the ring completes; handing it out again would start a second reduction).
+      const assignment = this.ring?.sent(workerId) ? undefined : work?.take(workerId, this.now());
       if (work && assignment) {
         const shards = assignment.units.map((u) => work.units[u]);
+        const ring = this.ring;
         return {
           action: work.kind,
           run: { runId: this.opts.runId, round: assignment.round, step: work.step },
@@ -279,6 +295,10 @@ export class FleetCoordinator {
           assignment,
           shards,
           weightsVersion: this.weights.version,
+          ring:
+            work.kind === 'train' && ring && ring.round === assignment.round && ring.includes(workerId)
+              ? { members: ring.members, position: ring.position(workerId), length: ring.layout.length }
+              : undefined,
         };
       }
       const left = deadline - this.now();
@@ -491,6 +511,7 @@ export class FleetCoordinator {
               members.map((m) => m.id),
               this.membership.round,
             );
+            this.planRing(work);
             this.notify();
           }
         }
@@ -498,7 +519,93 @@ export class FleetCoordinator {
       }
     } finally {
       this.work = undefined;
+      this.ring = undefined;
     }
+  }
+
+  /**
+   * --exchange ring: the members holding this round's train assignments reduce among themselves, in
+   * planning order. Fewer than two, or one without a peer address: the step goes central.
+   */
+  private planRing(work: Work): void {
+    this.ring = undefined;
+    const how = this.opts.exchange ?? 'central';
+    if (how === 'central' || work.kind !== 'train' || this.centralStep === work.step) return;
+    const round = this.membership.round;
+    const members = work.holdersOf(round).map((id) => this.membership.get(id));
+    if (members.length < (how === 'auto' ? 3 : 2) || members.some((m) => !m?.peerAddress)) return;
+    const size = (s: TensorSpec) => s.shape.reduce((a, b) => a * b, 1);
+    const layout = ringLayout(
+      this.weights.gradientSpecs.map((s) => ({ name: s.name, size: size(s) })),
+      this.weights.statSpecs.map((s) => ({ name: s.name, size: size(s) })),
+    );
+    this.ring = new RingRound(
+      work.step,
+      round,
+      members.map((m) => ({ id: m!.id, peerAddress: m!.peerAddress! })),
+      layout,
+    );
+  }
+
+  /**
+   * A ring member's reduced slice. Header checks as for a whole gradient, then the slice must be the
+   * one it owns in this round's ring; a non-finite value is its own (every hop was checked on the
+   * way) and removes it. The last slice completes the step's one result, which the norm guard
+   * checks like any other.
+   */
+  acceptSlice(
+    workerId: string,
+    run: RunRefLike,
+    units: number[],
+    weightsVersion: number,
+    slice: { index: number; offset: number; length: number },
+    values: Float32Array,
+    timings: { dataSeconds: number; computeSeconds: number },
+  ): void {
+    this.checkResultHeader('train', workerId, run, units, weightsVersion);
+    const ring = this.ring;
+    if (!ring || ring.round !== run.round)
+      throw new FleetError('stale', `no ring reduction of round ${run.round} is open (step ${this.currentStep})`);
+    const problem = ring.check(workerId, slice.index, slice.offset, slice.length);
+    if (problem) this.unusable(workerId, problem);
+    const verdict = ring.accept(workerId, values, timings);
+    if (!verdict.ok) this.unusable(workerId, verdict.reason);
+    if (ring.complete) {
+      const result = ring.result();
+      const members = ring.members.map((m) => m.id);
+      this.ring = undefined;
+      try {
+        this.checkNorm(members.join(','), result.grads);
+      } catch (err) {
+        // A sum cannot say which member's part was out of range: the step is recomputed with whole
+        // uploads (central), where the guard checks each member's gradient and removes the one.
+        this.centralStep = ring.step;
+        this.log.warn(
+          { step: ring.step, round: ring.round },
+          `ring result of step ${ring.step} refused (${(err as Error).message}); recomputing the step with whole uploads to find the member`,
+        );
+        for (const m of members) this.work?.revoke(m);
+        this.notify();
+        throw err;
+      }
+      const accepted = (this.work as StepWork<TrainResult>).acceptRing(members, ring.round, result);
+      if (!accepted.ok) throw new FleetError('stale', accepted.reason);
+    }
+    this.notify();
+  }
+
+  /**
+   * A ring member's complaint about a peer. Bad data (non-finite values, a wrong slice) removes the
+   * peer at once; an unreachable peer is removed too, since the round cannot complete without it
+   * (members are authenticated by the join token or mutual TLS: their word is taken).
+   */
+  reportPeer(workerId: string, run: RunRefLike | undefined, peerId: string, reason: string, badData: boolean): void {
+    this.checkRun(run);
+    this.memberOrThrow(workerId);
+    if (!this.ring?.includes(peerId) || !this.ring.includes(workerId)) return;
+    const why = `${badData ? 'sent bad ring data' : 'unreachable from its ring neighbour'} (${describeMember(this.membership.get(workerId)!)}: ${reason.slice(0, 300)})`;
+    if (badData) this.rejectResult(peerId, why);
+    else this.lose(peerId, why, 'warn', 'unusable');
   }
 
   /** Tells workers the run is over and waits (up to timeoutMs) until each has heard it. */
@@ -547,6 +654,14 @@ export class FleetCoordinator {
     const departure = this.membership.remove(workerId, reason);
     if (!departure) return;
     const back = this.work?.revoke(workerId) ?? [];
+    // A ring cannot complete without one of its members: the whole round is planned again over
+    // those left, and its slices so far are dropped (no partial sum is ever applied).
+    const ring = this.ring;
+    if (ring?.includes(workerId)) {
+      this.ring = undefined;
+      for (const m of ring.members) if (m.id !== workerId) back.push(...(this.work?.revoke(m.id) ?? []));
+      back.sort((a, b) => a - b);
+    }
     this.lost.push({ id: workerId, name: departure.member.name, reason, step: this.currentStep });
     const replan = back.length ? `; shards [${back}] of step ${this.currentStep} go to the other workers` : '';
     this.log[level](

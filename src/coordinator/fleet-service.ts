@@ -9,6 +9,7 @@ import {
   type FleetServiceServer,
   type PushEmbeddingsRequest,
   type PushGradientsRequest,
+  type PushSliceRequest,
   type RunRef,
   type TensorChunk,
 } from '../shared/gen/tricaps/v1/fleet.js';
@@ -16,7 +17,10 @@ import { decodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/te
 import { fromProtoChunk, toProtoChunk, toProtoDType } from '../shared/wire.js';
 import { UsageError } from '../shared/errors.js';
 import { FastFleetServiceDefinition, PreSerialized, serializeFetchWeights } from '../shared/wire-fast.js';
-import { serverCredentials, tokenProblem, type FleetSecurity } from '../shared/fleet-security.js';
+import { serverCredentials, type FleetSecurity } from '../shared/fleet-security.js';
+import { Gate, upload, UploadReader, type GateOptions } from '../shared/stream-service.js';
+
+export { UploadReader } from '../shared/stream-service.js';
 import type { Logger } from '../shared/log.js';
 import {
   FleetError,
@@ -39,9 +43,6 @@ const STATUS: Record<FleetErrorCode, grpc.status> = {
   finished: grpc.status.OUT_OF_RANGE,
 };
 
-/** Upper bound on the chunks of one upload (our encoder sends 1 MB chunks: ~10 for SC). */
-const MAX_UPLOAD_CHUNKS = 100_000;
-
 function toServiceError(err: unknown): Partial<grpc.ServiceError> {
   if (err instanceof FleetError) return { code: STATUS[err.code], details: err.message };
   if (err instanceof TensorDecodeError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
@@ -52,67 +53,12 @@ function runOf(ref: RunRef | undefined): RunRefLike | undefined {
   return ref ? { runId: ref.runId, round: ref.round, step: ref.step } : undefined;
 }
 
-export interface ServiceGuards {
-  /** Required on every call when set (see shared/fleet-security.ts). */
-  joinToken?: string;
-  /** Concurrent calls one peer (address:port) may have open. */
-  maxCallsPerPeer: number;
+export interface ServiceGuards extends GateOptions {
   /** An upload stream that has not finished by then is cut (slow senders hold memory). */
   uploadTimeoutMs: number;
-  log?: Logger;
 }
 
 export const DEFAULT_GUARDS: ServiceGuards = { maxCallsPerPeer: 16, uploadTimeoutMs: 120_000 };
-
-/** Admission of calls: the join token, and a bound on concurrent calls per peer. */
-class Gate {
-  private readonly open = new Map<string, number>();
-  private readonly lastLogged = new Map<string, number>();
-
-  constructor(private readonly g: ServiceGuards) {}
-
-  /** Admits a call (returning its release) or says why not. */
-  admit(call: {
-    getPeer(): string;
-    metadata: grpc.Metadata;
-  }): { release: () => void } | { refusal: Partial<grpc.ServiceError> } {
-    const peer = call.getPeer();
-    const problem = tokenProblem(this.g.joinToken, call.metadata);
-    if (problem) {
-      this.note(peer, problem.details);
-      return { refusal: problem };
-    }
-    const n = this.open.get(peer) ?? 0;
-    if (n >= this.g.maxCallsPerPeer) {
-      this.note(peer, 'too many concurrent calls');
-      return {
-        refusal: {
-          code: grpc.status.RESOURCE_EXHAUSTED,
-          details: `more than ${this.g.maxCallsPerPeer} concurrent calls from ${peer}`,
-        },
-      };
-    }
-    this.open.set(peer, n + 1);
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        const left = (this.open.get(peer) ?? 1) - 1;
-        if (left <= 0) this.open.delete(peer);
-        else this.open.set(peer, left);
-      },
-    };
-  }
-
-  /** Refusals are logged at most once a minute per peer (a stray process could call in a loop). */
-  private note(peer: string, why: string): void {
-    const now = Date.now();
-    if (now - (this.lastLogged.get(peer) ?? 0) < 60_000) return;
-    this.lastLogged.set(peer, now);
-    this.g.log?.warn({ peer, why }, `refused a call from ${peer}: ${why}`);
-  }
-}
 
 /** Wraps a unary handler: admission, then FleetError and friends become statuses. */
 function unary<Req, Res>(
@@ -135,158 +81,6 @@ function unary<Req, Res>(
   };
 }
 
-/**
- * Reads an upload stream (a header, then tensor chunks, each tensor's chunks contiguous and in
- * order) and decodes each tensor as soon as its last chunk arrives.
- */
-export class UploadReader {
-  private tensors = new Map<string, Float32Array>();
-  private pending: EncodedChunk[] = [];
-  private chunks = 0;
-  private expected: TensorSpec | undefined;
-  private bytes = 0;
-
-  constructor(
-    private readonly specOf: (name: string) => TensorSpec | undefined,
-    /** Where decoded tensors go (recycled arrays save the page faults of fresh ones). */
-    private readonly allocate: (size: number) => Float32Array = (size) => new Float32Array(size),
-  ) {}
-
-  add(chunk: TensorChunk): void {
-    if (++this.chunks > MAX_UPLOAD_CHUNKS)
-      throw new TensorDecodeError(`upload of more than ${MAX_UPLOAD_CHUNKS} chunks`);
-    const c = fromProtoChunk(chunk);
-    if (this.pending.length === 0) {
-      // The first chunk of a tensor: check it against what is expected before buffering anything.
-      const spec = this.specOf(c.name);
-      if (!spec) throw new TensorDecodeError(`tensor ${c.name}: not expected in this upload`);
-      if (this.tensors.has(spec.name)) throw new TensorDecodeError(`tensor ${spec.name}: sent twice`);
-      if (c.shape.length !== spec.shape.length || c.shape.some((d, i) => d !== spec.shape[i]))
-        throw new TensorDecodeError(`tensor ${c.name}: shape [${c.shape}] where [${spec.shape}] was expected`);
-      const size = spec.shape.reduce((a, b) => a * b, 1);
-      if (c.chunkCount < 1 || c.chunkCount > Math.max(1, size))
-        throw new TensorDecodeError(`tensor ${c.name}: ${c.chunkCount} chunks announced for ${size} values`);
-      this.expected = spec;
-      this.bytes = 0;
-    } else if (this.pending[0].name !== c.name) {
-      throw new TensorDecodeError(
-        `tensor ${this.pending[0].name}: chunk of ${c.name} arrived before its ${this.pending[0].chunkCount} chunks were complete`,
-      );
-    }
-    const spec = this.expected!;
-    const size = spec.shape.reduce((a, b) => a * b, 1);
-    this.bytes += c.data.byteLength;
-    if (this.bytes > size * 4) throw new TensorDecodeError(`tensor ${c.name}: more bytes than ${size} values can take`);
-    this.pending.push(c);
-    if (this.pending.length < this.pending[0].chunkCount) return;
-    this.tensors.set(
-      spec.name,
-      decodeTensor(this.pending, spec, { maxElements: size, maxChunks: MAX_UPLOAD_CHUNKS }, this.allocate(size)),
-    );
-    this.pending = [];
-  }
-
-  finish(expected: string[] | undefined, announced: number): Map<string, Float32Array> {
-    if (this.pending.length)
-      throw new TensorDecodeError(
-        `tensor ${this.pending[0].name}: ${this.pending.length} of ${this.pending[0].chunkCount} chunks received`,
-      );
-    if (this.tensors.size !== announced)
-      throw new TensorDecodeError(`${this.tensors.size} tensors received, the header announced ${announced}`);
-    const missing = (expected ?? []).filter((n) => !this.tensors.has(n));
-    if (missing.length)
-      throw new TensorDecodeError(
-        `missing tensors: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`,
-      );
-    // Handed over: whoever takes them owns the arrays now.
-    const out = this.tensors;
-    this.tensors = new Map();
-    return out;
-  }
-
-  /** The arrays decoded so far of an upload that failed (to give back to their pool). */
-  discard(): Float32Array[] {
-    const arrays = [...this.tensors.values()];
-    this.tensors.clear();
-    return arrays;
-  }
-}
-
-/**
- * Handles one client-streamed upload: header first (checked before any tensor is read), then
- * chunks; answers once, and ignores whatever arrives after an answer.
- */
-function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
-  gate: Gate,
-  timeoutMs: number,
-  call: grpc.ServerReadableStream<Req, { accepted: boolean; reason: string }>,
-  callback: grpc.sendUnaryData<{ accepted: boolean; reason: string }>,
-  onHeader: (header: H) => UploadReader,
-  onComplete: (header: H, reader: UploadReader) => void,
-  onBadContent: (header: H, reason: string) => void,
-  onDiscard?: (arrays: Float32Array[]) => void,
-  onBytes?: (bytes: number) => void,
-): void {
-  const admitted = gate.admit(call);
-  if ('refusal' in admitted) {
-    callback(admitted.refusal);
-    return;
-  }
-  let header: H | undefined;
-  let reader: UploadReader | undefined;
-  let answered = false;
-  const timer = setTimeout(() => {
-    if (answered) return;
-    answered = true;
-    admitted.release();
-    callback({ code: grpc.status.DEADLINE_EXCEEDED, details: `upload not finished within ${timeoutMs} ms; cut` });
-  }, timeoutMs);
-  timer.unref();
-  const answer = (err: unknown) => {
-    if (answered) return;
-    answered = true;
-    clearTimeout(timer);
-    admitted.release();
-    if (err === undefined) {
-      callback(null, { accepted: true, reason: '' });
-      return;
-    }
-    if (err instanceof TensorDecodeError && header !== undefined) onBadContent(header, err.message);
-    // Arrays decoded before the failure (not handed over) go back where they came from.
-    if (reader) onDiscard?.(reader.discard());
-    callback(toServiceError(err));
-  };
-  call.on('data', (msg: Req) => {
-    if (answered) return;
-    try {
-      if (msg.header) {
-        if (header !== undefined) throw new FleetError('invalid-argument', 'a second header in one upload');
-        header = msg.header;
-        reader = onHeader(header);
-      } else if (msg.chunk) {
-        if (!reader) throw new FleetError('invalid-argument', 'tensor chunk before the header');
-        onBytes?.(msg.chunk.data.byteLength);
-        reader.add(msg.chunk);
-      } else {
-        throw new FleetError('invalid-argument', 'empty upload message');
-      }
-    } catch (err) {
-      answer(err);
-    }
-  });
-  call.on('end', () => {
-    if (answered) return;
-    try {
-      if (!header || !reader) throw new FleetError('invalid-argument', 'upload without a header');
-      onComplete(header, reader);
-      answer(undefined);
-    } catch (err) {
-      answer(err);
-    }
-  });
-  call.on('error', () => answer(new FleetError('invalid-argument', 'upload stream failed')));
-}
-
 export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards = DEFAULT_GUARDS): FleetServiceServer {
   const gate = new Gate(guards);
   // What a train upload must carry is fixed by the model for the whole run.
@@ -299,6 +93,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         engine: req.engine,
         device: req.device,
         runId: req.runId,
+        peerAddress: req.peerAddress,
       });
       return {
         run,
@@ -318,15 +113,36 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
       call.on('cancelled', () => abort.abort());
       const a = await coord.nextStep(req.workerId, runOf(req.run), abort.signal);
       if (a.action === 'wait')
-        return { run: a.run, action: StepAction.STEP_ACTION_WAIT, epoch: 0, shards: [], weightsVersion: 0 };
+        return {
+          run: a.run,
+          action: StepAction.STEP_ACTION_WAIT,
+          epoch: 0,
+          shards: [],
+          weightsVersion: 0,
+          ring: undefined,
+        };
       if (a.action === 'finish')
-        return { run: a.run, action: StepAction.STEP_ACTION_FINISH, epoch: 0, shards: [], weightsVersion: 0 };
+        return {
+          run: a.run,
+          action: StepAction.STEP_ACTION_FINISH,
+          epoch: 0,
+          shards: [],
+          weightsVersion: 0,
+          ring: undefined,
+        };
       return {
         run: a.run,
         action: a.action === 'train' ? StepAction.STEP_ACTION_TRAIN : StepAction.STEP_ACTION_EMBED,
         epoch: a.epoch,
         shards: a.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
         weightsVersion: a.weightsVersion,
+        ring: a.ring
+          ? {
+              members: a.ring.members.map((m) => ({ workerId: m.id, peerAddress: m.peerAddress })),
+              position: a.ring.position,
+              length: a.ring.length,
+            }
+          : undefined,
       };
     }),
     fetchWeights: (call) => {
@@ -394,7 +210,39 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         (h, reason) => coord.rejectResult(h.workerId, reason),
         (arrays) => coord.buffers.release(arrays),
         (bytes) => coord.exchange.add('received', 'worker', bytes),
+        toServiceError,
       ),
+    pushSlice: (call, callback) =>
+      upload<PushSliceRequest, NonNullable<PushSliceRequest['header']>>(
+        gate,
+        guards.uploadTimeoutMs,
+        call,
+        callback,
+        (h) => {
+          coord.checkResultHeader('train', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
+          return new UploadReader((name) => (name === 'slice' ? { name, shape: [h.length] } : undefined));
+        },
+        (h, reader) => {
+          const values = reader.finish(['slice'], 1).get('slice')!;
+          coord.acceptSlice(
+            h.workerId,
+            runOf(h.run)!,
+            h.shardIndexes,
+            h.weightsVersion,
+            { index: h.slice, offset: h.offset, length: h.length },
+            values,
+            { dataSeconds: h.dataSeconds, computeSeconds: h.computeSeconds },
+          );
+        },
+        (h, reason) => coord.rejectResult(h.workerId, reason),
+        undefined,
+        (bytes) => coord.exchange.add('received', 'worker', bytes),
+        toServiceError,
+      ),
+    reportPeer: unary(gate, (req) => {
+      coord.reportPeer(req.workerId, runOf(req.run), req.peerId, req.reason, req.badData);
+      return {};
+    }),
     pushEmbeddings: (call, callback) =>
       upload<PushEmbeddingsRequest, NonNullable<PushEmbeddingsRequest['header']>>(
         gate,
@@ -419,6 +267,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         (h, reason) => coord.rejectResult(h.workerId, reason),
         undefined,
         (bytes) => coord.exchange.add('received', 'worker', bytes),
+        toServiceError,
       ),
   };
 }

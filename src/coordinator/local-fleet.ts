@@ -60,6 +60,8 @@ export async function runLocalFleet(
               runId,
               '--name',
               `local-${i + 1}`,
+              // Ring links on loopback, ports chosen by each worker.
+              ...(fleet.exchange === 'central' ? [] : ['--peer-listen', '127.0.0.1:0']),
             ],
             {
               stdio: ['ignore', 'inherit', 'inherit'],

@@ -11,6 +11,8 @@ export interface Member {
   joinedRound: number;
   /** Clock time (ms) of the last sign of life (registration, heartbeat, any RPC). */
   lastSeen: number;
+  /** Where its PeerService listens (ring exchange); empty when it has none. */
+  peerAddress?: string;
 }
 
 export interface Departure {

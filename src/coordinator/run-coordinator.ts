@@ -139,6 +139,7 @@ async function runCoordinator(
         configJson: JSON.stringify(fleetJob),
         embeddingDim: model.arch.outputShape[0] * model.arch.outputShape[1],
         maxGradientNormRatio: fleet.maxGradientNormRatio,
+        exchange: fleet.exchange,
         listener: {
           rejected: (m, kind) => metrics?.rejectedUpdates.inc({ reason: kind, worker: m.id }),
           joined: (m, workers, round) => {

@@ -18,7 +18,8 @@ export class StepWork<R> {
   private readonly queued = new Map<string, Assignment[]>();
   private readonly inFlight = new Map<string, Assignment>();
   private readonly done = new Set<number>();
-  readonly results: { workerId: string; units: number[]; result: R }[] = [];
+  /** Results in arrival order; a ring's one result lists every member it combines. */
+  readonly results: { workerId: string; units: number[]; result: R; members?: string[] }[] = [];
 
   constructor(
     readonly kind: 'train' | 'embed',
@@ -83,6 +84,30 @@ export class StepWork<R> {
     for (const u of a.units) this.done.add(u);
     this.results.push({ workerId, units: a.units, result });
     return verdict;
+  }
+
+  /**
+   * A ring reduction's one result for its members' assignments, each of which must be in flight in
+   * that round (a member sends its slice only after taking its assignment).
+   */
+  acceptRing(members: string[], round: number, result: R): { ok: true } | { ok: false; reason: string } {
+    for (const m of members) {
+      const a = this.inFlight.get(m);
+      if (!a || a.round !== round) return { ok: false, reason: `${m} holds no assignment of round ${round}` };
+    }
+    const units = members.flatMap((m) => this.inFlight.get(m)!.units).sort((a, b) => a - b);
+    for (const m of members) this.inFlight.delete(m);
+    for (const u of units) this.done.add(u);
+    this.results.push({ workerId: members.join(','), units, result, members: [...members] });
+    return { ok: true };
+  }
+
+  /** Members holding an assignment (in flight or queued) of this round, in planning order. */
+  holdersOf(round: number): string[] {
+    const out: string[] = [];
+    for (const [w, a] of this.inFlight) if (a.round === round) out.push(w);
+    for (const [w, q] of this.queued) if (q.some((a) => a.round === round) && !out.includes(w)) out.push(w);
+    return out;
   }
 
   /** A worker is gone: whatever it held (in flight or queued) goes back to be re-planned. */

@@ -213,7 +213,7 @@ export async function runStep(ctx: StepContext, step: number): Promise<StepOutco
       gradientNorm,
       triplets,
       activeTriplets: results.reduce((s, r) => s + r.activeTriplets, 0),
-      workers: new Set(work.results.map((r) => r.workerId)).size,
+      workers: new Set(work.results.flatMap((r) => r.members ?? [r.workerId])).size,
       round: ctx.executor.round,
       seconds,
       workerComputeSeconds: slowest.computeSeconds,

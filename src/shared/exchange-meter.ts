@@ -3,7 +3,7 @@
 // Prometheus (tricaps_exchange_bytes_total{direction,peer_kind}) gets every addition.
 export const EXCHANGE_DIRECTIONS = ['sent', 'received'] as const;
 export type ExchangeDirection = (typeof EXCHANGE_DIRECTIONS)[number];
-export const PEER_KINDS = ['worker', 'coordinator'] as const;
+export const PEER_KINDS = ['worker', 'coordinator', 'peer'] as const;
 export type PeerKind = (typeof PEER_KINDS)[number];
 
 export interface ExchangeTotals {

@@ -14,6 +14,7 @@ import {
   type RegisterRequest,
   type RegisterResponse,
   type RunRef,
+  type SliceHeader,
 } from '../shared/gen/tricaps/v1/fleet.js';
 import {
   DEFAULT_CHUNK_BYTES,
@@ -177,7 +178,7 @@ const FastFleetServiceClient = grpc.makeGenericClientConstructor(
   options?: Partial<grpc.ClientOptions>,
 ) => FleetServiceClient;
 
-const deadline = (ms: number) => ({ deadline: Date.now() + ms });
+export const deadline = (ms: number) => ({ deadline: Date.now() + ms });
 
 export class FleetClient {
   readonly client: FleetServiceClient;
@@ -328,40 +329,38 @@ export class FleetClient {
     tensors: [string, Float32Array, number[]][],
     dtype: WireDType,
   ): Promise<{ accepted: boolean; reason: string }> {
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const call = open((err, res) => {
-        settled = true;
-        if (err) reject(err);
-        else resolve(res!);
-      });
-      const meter = this.exchange;
-      const messages = function* () {
-        yield first;
-        for (const [name, values, shape] of tensors) {
-          for (const c of encodeTensor(name, values, shape, dtype, DEFAULT_CHUNK_BYTES, { copy: false })) {
-            meter.add('sent', 'coordinator', c.data.byteLength);
-            yield { chunk: toProtoChunk(c) } as Req;
-          }
-        }
-      };
-      const it = messages();
-      const pump = () => {
-        for (;;) {
-          if (settled) return; // the coordinator answered early (a rejection): stop sending
-          const next = it.next();
-          if (next.done) {
-            call.end();
-            return;
-          }
-          if (!call.write(next.value)) {
-            call.once('drain', pump);
-            return;
-          }
-        }
-      };
-      pump();
-    });
+    return streamTensors(open, first, tensors, dtype, (bytes) => this.exchange.add('sent', 'coordinator', bytes));
+  }
+
+  /** --exchange ring: the slice of the summed contribution this member owns. */
+  pushSlice(
+    header: SliceHeader,
+    values: Float32Array,
+    dtype: WireDType,
+    ms: number,
+  ): Promise<{ accepted: boolean; reason: string }> {
+    return this.upload(
+      (cb) => this.client.pushSlice(this.md(), deadline(ms), cb),
+      { header },
+      [['slice', values, [values.length]]],
+      dtype,
+    );
+  }
+
+  /** Names a ring peer that sent bad data or could not be reached. */
+  reportPeer(
+    run: RunRef,
+    workerId: string,
+    peerId: string,
+    reason: string,
+    badData: boolean,
+    ms: number,
+  ): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.client.reportPeer({ run, workerId, peerId, reason, badData }, this.md(), deadline(ms), (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
   }
 
   /** Per-call metadata: the join token, when the run has one. */
@@ -372,4 +371,58 @@ export class FleetClient {
   close(): void {
     this.client.close();
   }
+}
+
+/**
+ * Streams a first message (a header) and tensors in chunks over a client stream, respecting gRPC
+ * flow control; stops sending when the receiver answers early (a refusal). `onBytes` counts the
+ * tensor bytes sent.
+ */
+export function streamTensors<Req>(
+  open: (
+    cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void,
+  ) => grpc.ClientWritableStream<Req>,
+  first: Req,
+  tensors: [string, Float32Array, number[]][],
+  dtype: WireDType,
+  onBytes?: (bytes: number) => void,
+  signal?: AbortSignal,
+): Promise<{ accepted: boolean; reason: string }> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const call = open((err, res) => {
+      settled = true;
+      signal?.removeEventListener('abort', cancel);
+      if (err) reject(err);
+      else resolve(res!);
+    });
+    const cancel = () => call.cancel();
+    if (signal?.aborted) cancel();
+    else signal?.addEventListener('abort', cancel, { once: true });
+    const messages = function* () {
+      yield first;
+      for (const [name, values, shape] of tensors) {
+        for (const c of encodeTensor(name, values, shape, dtype, DEFAULT_CHUNK_BYTES, { copy: false })) {
+          onBytes?.(c.data.byteLength);
+          yield { chunk: toProtoChunk(c) } as Req;
+        }
+      }
+    };
+    const it = messages();
+    const pump = () => {
+      for (;;) {
+        if (settled) return; // the receiver answered early (a rejection): stop sending
+        const next = it.next();
+        if (next.done) {
+          call.end();
+          return;
+        }
+        if (!call.write(next.value)) {
+          call.once('drain', pump);
+          return;
+        }
+      }
+    };
+    pump();
+  });
 }

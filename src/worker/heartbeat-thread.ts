@@ -15,15 +15,25 @@ export interface HeartbeatSetup {
   security: FleetSecurity;
 }
 
-export type HeartbeatEvent = { type: 'stop' } | { type: 'gone'; details: string };
+export type HeartbeatEvent =
+  | { type: 'stop' }
+  | { type: 'gone'; details: string }
+  /** The membership round moved on (a worker joined or was lost): an open ring may be dead. */
+  | { type: 'round'; round: number };
 
 const setup = workerData as HeartbeatSetup;
 const client = new FleetClient(setup.address, setup.security);
+let lastRound = setup.run.round;
 
 async function beat(): Promise<void> {
   try {
     const res = await client.heartbeat(setup.run, setup.workerId, Math.max(1000, setup.intervalMs * 2));
     if (res.stop) parentPort!.postMessage({ type: 'stop' } satisfies HeartbeatEvent);
+    const round = res.run?.round ?? 0;
+    if (round > lastRound) {
+      lastRound = round;
+      parentPort!.postMessage({ type: 'round', round } satisfies HeartbeatEvent);
+    }
   } catch (err) {
     const failure = callFailure(err);
     if (failure?.outcome === 'gone' || failure?.outcome === 'wrong-run') {

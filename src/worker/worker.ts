@@ -3,6 +3,9 @@
 // data path, compute, upload. It re-registers when the coordinator no longer knows it (dropped, or
 // restarted as a new run), exits 0 when the run is over or on SIGTERM (finishing the step in
 // progress, or giving back one not yet started), and exits 1 when the coordinator stays unreachable.
+import { packContribution, ringLayout, type Slice } from '../shared/plan/ring.js';
+import { PeerClients, RingInbox, servePeers, type PeerServer } from './peer-link.js';
+import { expectationOf, reduceScatter, RingHopError, type RingFaults, type RingPlan } from './ring-exchange.js';
 import { processCpuSeconds } from '../shared/stats.js';
 import { Worker as Thread } from 'node:worker_threads';
 import { hostname } from 'node:os';
@@ -50,6 +53,14 @@ export interface WorkerOptions {
    * neutral BatchNorm statistics, so the exchange is measured at full size.
    */
   syntheticGradients?: boolean;
+  /** Serve ring hops here (HOST:PORT; port 0: chosen at start); absent: this worker joins no ring. */
+  peerListen?: string;
+  /** The address peers reach this worker at (default: the bound --peer-listen address). */
+  peerAdvertise?: string;
+  /** A ring hop not sent or received by then fails the ring (the coordinator is told). */
+  ringHopTimeoutMs?: number;
+  /** Test hooks that inject ring faults into a real process. */
+  ringFaults?: RingFaults;
 }
 
 /** Set by the process's SIGTERM handler. */
@@ -83,6 +94,12 @@ export class FleetWorker {
   stepsDone = 0;
   /** The coordinator said the run is over. */
   private runOver = false;
+  /** Ring links (--peer-listen): hops in, hops out, and the ring open now (aborted on a new round). */
+  private readonly inbox = new RingInbox();
+  private readonly peers: PeerClients;
+  private peerServer: PeerServer | undefined;
+  private openRing: { round: number; abort: AbortController } | undefined;
+  private packed: Float32Array | undefined;
 
   constructor(
     private readonly opts: WorkerOptions,
@@ -91,6 +108,7 @@ export class FleetWorker {
     private readonly metrics?: WorkerMetrics,
   ) {
     this.client = new FleetClient(opts.coordinator, opts.security);
+    this.peers = new PeerClients(opts.security, this.client.exchange);
     if (metrics) countExchange(metrics.exchangeBytes, this.client.exchange);
     const where = opts.coordinator;
     this.backoff = new Backoff({
@@ -115,6 +133,22 @@ export class FleetWorker {
   /** Runs until the run is over (0), SIGTERM (0) or the coordinator is gone for good (1). */
   async run(): Promise<number> {
     this.engine = await initEngine(this.opts.engine, this.log);
+    if (this.opts.peerListen) {
+      this.peerServer = await servePeers(
+        this.opts.peerListen,
+        this.inbox,
+        this.opts.security,
+        this.log,
+        this.client.exchange,
+      );
+      const advertised = this.opts.peerAdvertise ?? this.peerServer.address;
+      if (/^(0\.0\.0\.0|\[::\]):/.test(advertised))
+        throw new UsageError(
+          `--peer-listen ${this.opts.peerListen} listens on every interface: say where peers reach this worker with --peer-advertise HOST:PORT`,
+        );
+      this.peerAddress = advertised;
+      this.log.info({ peerAddress: advertised }, `ring peers reach this worker at ${advertised}`);
+    }
     try {
       for (;;) {
         if (this.stop.stopping) return 0;
@@ -125,8 +159,17 @@ export class FleetWorker {
       }
     } finally {
       this.client.close();
+      this.peers.close();
+      await this.peerServer?.shutdown();
       this.loaded?.model.dispose();
     }
+  }
+
+  private peerAddress = '';
+
+  /** The membership moved on: a ring of an older round can never complete. */
+  private onRound(round: number): void {
+    if (this.openRing && round > this.openRing.round) this.openRing.abort.abort(new Error(`round ${round} began`));
   }
 
   private async register(): Promise<Session | undefined> {
@@ -134,7 +177,13 @@ export class FleetWorker {
       if (this.stop.stopping) return undefined;
       try {
         const res = await this.client.register(
-          { workerName: this.opts.name, engine: this.engine.name, device: this.engine.device, runId: this.opts.runId },
+          {
+            workerName: this.opts.name,
+            engine: this.engine.name,
+            device: this.engine.device,
+            runId: this.opts.runId,
+            peerAddress: this.peerAddress,
+          },
           10_000,
         );
         this.backoff.succeeded();
@@ -163,7 +212,15 @@ export class FleetWorker {
           heartbeat,
           events: [],
         };
-        heartbeat.on('message', (e: HeartbeatEvent) => session.events.push(e));
+        heartbeat.on('message', (e: HeartbeatEvent) =>
+          e.type === 'round' ? this.onRound(e.round) : session.events.push(e),
+        );
+        this.inbox.onBadData = (from, reason) => {
+          this.log.warn({ peer: from, reason }, `ring peer ${from} sent bad data (${reason}); telling the coordinator`);
+          void this.client
+            .reportPeer(session.run, session.workerId, from, reason, true, 5000)
+            .catch((err) => this.log.warn({ err: (err as Error).message }, 'could not report the ring peer'));
+        };
         heartbeat.on('error', (err) =>
           session.events.push({ type: 'gone', details: `heartbeat thread failed: ${err.message}` }),
         );
@@ -326,6 +383,16 @@ export class FleetWorker {
       this.log.debug({ step: run.step, images: imageIds.length, accepted: res.accepted }, 'embeddings sent');
       return;
     }
+    // A ring is opened before computing: a faster predecessor's first hop may come meanwhile.
+    const ringPlan =
+      next.ring && next.ring.members.length >= 2
+        ? { run, workerId: s.workerId, members: next.ring.members, position: next.ring.position }
+        : undefined;
+    if (ringPlan) {
+      if (!this.peerServer) throw new Error('the coordinator planned a ring for a worker without --peer-listen');
+      this.inbox.open(expectationOf(ringPlan, next.ring!.length));
+      this.openRing = { round: run.round, abort: new AbortController() };
+    }
     const g = this.opts.syntheticGradients
       ? syntheticGradient(loaded.model, next.shards.length)
       : await computeShardsGradient(
@@ -343,6 +410,15 @@ export class FleetWorker {
     if (padMs > 0) {
       await abortableSleep(padMs, this.stop.signal);
       g.computeSeconds += padMs / 1000;
+    }
+    if (ringPlan) {
+      try {
+        await this.reduceOverRing(s, next, ringPlan, g, loaded);
+      } finally {
+        this.inbox.close();
+        this.openRing = undefined;
+      }
+      return;
     }
     const tensors: [string, Float32Array, number[]][] = [];
     for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
@@ -382,6 +458,86 @@ export class FleetWorker {
         cpu_s: processCpuSeconds(),
       },
       `step ${run.step} shards [${units}] loss ${g.loss.toFixed(4)}`,
+    );
+  }
+
+  /**
+   * This member's part of a ring step: pack, reduce-scatter with its peers, upload the owned slice.
+   * A ring that fails (a peer unreachable or silent, the round moved on) is left: the coordinator
+   * re-plans the step over the members left, and this worker asks for work again.
+   */
+  private async reduceOverRing(
+    s: Session,
+    next: NextStepResponse,
+    plan: RingPlan,
+    g: ShardsGradient,
+    loaded: Loaded,
+  ): Promise<void> {
+    const params = loaded.model.arch.params;
+    const slots = (trainable: boolean) =>
+      params
+        .filter((p) => p.trainable === trainable)
+        .map((p) => ({ name: p.name, size: p.shape.reduce((a, b) => a * b, 1) }));
+    const layout = ringLayout(slots(true), slots(false));
+    if (layout.length !== next.ring!.length)
+      throw new UsageError(
+        `the coordinator's ring vector has ${next.ring!.length} values, this worker's model ${layout.length}; run the same tricaps version and model on both sides`,
+      );
+    this.packed = packContribution(layout, g, this.packed);
+    const run = next.run!;
+    const t0 = performance.now();
+    let owned: { slice: Slice; values: Float32Array };
+    try {
+      owned = await reduceScatter(plan, this.packed, this.inbox, this.peers, {
+        dtype: s.gradientDtype,
+        hopTimeoutMs: this.opts.ringHopTimeoutMs ?? 60_000,
+        signal: AbortSignal.any([this.openRing!.abort.signal, this.stop.signal]),
+        faults: this.opts.ringFaults,
+      });
+    } catch (err) {
+      if (this.openRing?.abort.signal.aborted) {
+        this.log.info(
+          { step: run.step, round: run.round },
+          `ring of step ${run.step} round ${run.round} abandoned: the round moved on`,
+        );
+        return;
+      }
+      if (this.stop.stopping) return;
+      const peer = err instanceof RingHopError ? err.peer : undefined;
+      this.log.warn(
+        { step: run.step, round: run.round, peer },
+        `ring of step ${run.step} failed: ${(err as Error).message}`,
+      );
+      if (peer)
+        await this.client
+          .reportPeer(s.run, s.workerId, peer, (err as Error).message, false, 5000)
+          .catch(() => undefined);
+      return;
+    }
+    this.metrics?.phase.observe({ phase: 'ring' }, (performance.now() - t0) / 1000);
+    const t1 = performance.now();
+    await this.client.pushSlice(
+      {
+        run,
+        workerId: s.workerId,
+        shardIndexes: next.shards.map((sh) => sh.index),
+        weightsVersion: loaded.version,
+        slice: owned.slice.index,
+        offset: owned.slice.offset,
+        length: owned.values.length,
+        dataSeconds: g.dataSeconds,
+        computeSeconds: g.computeSeconds,
+      },
+      owned.values,
+      s.gradientDtype,
+      this.opts.transferTimeoutMs,
+    );
+    this.stepsDone += 1;
+    this.metrics?.phase.observe({ phase: 'upload' }, (performance.now() - t1) / 1000);
+    this.metrics?.steps.inc();
+    this.log.debug(
+      { step: run.step, round: run.round, slice: owned.slice.index, loss: g.loss, cpu_s: processCpuSeconds() },
+      `step ${run.step} shards [${next.shards.map((sh) => sh.index)}] loss ${g.loss.toFixed(4)} (ring slice ${owned.slice.index})`,
     );
   }
 

@@ -152,6 +152,8 @@ export interface RegisterRequest {
   device: string;
   /** The run this worker expects (empty: any). A worker of another run is refused. */
   runId: string;
+  /** HOST:PORT where this worker's PeerService listens (--peer-advertise); empty: no ring exchange. */
+  peerAddress: string;
 }
 
 export interface RegisterResponse {
@@ -208,6 +210,21 @@ export interface Shard {
   itemIds: number[];
 }
 
+export interface RingMember {
+  workerId: string;
+  peerAddress: string;
+}
+
+/**
+ * The ring of this step and round (--exchange ring): members in ring order, this worker's position,
+ * and the length of the packed contribution vector every member reduces.
+ */
+export interface RingAssignment {
+  members: RingMember[];
+  position: number;
+  length: number;
+}
+
 export interface NextStepResponse {
   run: RunRef | undefined;
   action: StepAction;
@@ -215,6 +232,8 @@ export interface NextStepResponse {
   shards: Shard[];
   /** Weights the shards must be computed with; fetch them when the worker holds another version. */
   weightsVersion: number;
+  /** Set for a train step whose gradients are reduced over a ring of workers instead of uploaded whole. */
+  ring: RingAssignment | undefined;
 }
 
 export interface GradientHeader {
@@ -277,6 +296,65 @@ export interface LeaveRequest {
 }
 
 export interface LeaveResponse {
+}
+
+/** The slice of the summed contribution a ring member owns after the reduce-scatter. */
+export interface SliceHeader {
+  run: RunRef | undefined;
+  workerId: string;
+  shardIndexes: number[];
+  weightsVersion: number;
+  slice: number;
+  offset: number;
+  length: number;
+  dataSeconds: number;
+  computeSeconds: number;
+}
+
+export interface PushSliceRequest {
+  header?: SliceHeader | undefined;
+  chunk?: TensorChunk | undefined;
+}
+
+export interface PushSliceResponse {
+  accepted: boolean;
+  reason: string;
+}
+
+/**
+ * A ring member names a peer that sent it something it cannot use (non-finite values, a wrong
+ * shape) or that it could not reach; the coordinator decides.
+ */
+export interface ReportPeerRequest {
+  run: RunRef | undefined;
+  workerId: string;
+  peerId: string;
+  reason: string;
+  /** The peer sent bad data (removed at once), rather than being unreachable (left to heartbeats). */
+  badData: boolean;
+}
+
+export interface ReportPeerResponse {
+}
+
+/** One hop of a ring reduction, from a member to its successor. */
+export interface HopHeader {
+  run: RunRef | undefined;
+  fromWorker: string;
+  hop: number;
+  slice: number;
+  offset: number;
+  length: number;
+}
+
+export interface HopRequest {
+  header?: HopHeader | undefined;
+  chunk?: TensorChunk | undefined;
+}
+
+export interface HopResponse {
+  accepted: boolean;
+  reason: string;
 }
 
 function createBaseRunRef(): RunRef {
@@ -572,7 +650,7 @@ export const TensorChunk: MessageFns<TensorChunk> = {
 };
 
 function createBaseRegisterRequest(): RegisterRequest {
-  return { workerName: "", engine: "", device: "", runId: "" };
+  return { workerName: "", engine: "", device: "", runId: "", peerAddress: "" };
 }
 
 export const RegisterRequest: MessageFns<RegisterRequest> = {
@@ -588,6 +666,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     }
     if (message.runId !== "") {
       writer.uint32(34).string(message.runId);
+    }
+    if (message.peerAddress !== "") {
+      writer.uint32(42).string(message.peerAddress);
     }
     return writer;
   },
@@ -637,6 +718,14 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
             message.runId = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.peerAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -663,6 +752,11 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
         : isSet(object.run_id)
         ? globalThis.String(object.run_id)
         : "",
+      peerAddress: isSet(object.peerAddress)
+        ? globalThis.String(object.peerAddress)
+        : isSet(object.peer_address)
+        ? globalThis.String(object.peer_address)
+        : "",
     };
   },
 
@@ -680,6 +774,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     if (message.runId !== "") {
       obj.runId = message.runId;
     }
+    if (message.peerAddress !== "") {
+      obj.peerAddress = message.peerAddress;
+    }
     return obj;
   },
 
@@ -692,6 +789,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     message.engine = object.engine ?? "";
     message.device = object.device ?? "";
     message.runId = object.runId ?? "";
+    message.peerAddress = object.peerAddress ?? "";
     return message;
   },
 };
@@ -1445,8 +1543,202 @@ export const Shard: MessageFns<Shard> = {
   },
 };
 
+function createBaseRingMember(): RingMember {
+  return { workerId: "", peerAddress: "" };
+}
+
+export const RingMember: MessageFns<RingMember> = {
+  encode(message: RingMember, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workerId !== "") {
+      writer.uint32(10).string(message.workerId);
+    }
+    if (message.peerAddress !== "") {
+      writer.uint32(18).string(message.peerAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RingMember {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRingMember();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.peerAddress = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RingMember {
+    return {
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      peerAddress: isSet(object.peerAddress)
+        ? globalThis.String(object.peerAddress)
+        : isSet(object.peer_address)
+        ? globalThis.String(object.peer_address)
+        : "",
+    };
+  },
+
+  toJSON(message: RingMember): unknown {
+    const obj: any = {};
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.peerAddress !== "") {
+      obj.peerAddress = message.peerAddress;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RingMember>, I>>(base?: I): RingMember {
+    return RingMember.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RingMember>, I>>(object: I): RingMember {
+    const message = createBaseRingMember();
+    message.workerId = object.workerId ?? "";
+    message.peerAddress = object.peerAddress ?? "";
+    return message;
+  },
+};
+
+function createBaseRingAssignment(): RingAssignment {
+  return { members: [], position: 0, length: 0 };
+}
+
+export const RingAssignment: MessageFns<RingAssignment> = {
+  encode(message: RingAssignment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.members) {
+      RingMember.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.position !== 0) {
+      writer.uint32(16).uint32(message.position);
+    }
+    if (message.length !== 0) {
+      writer.uint32(24).uint64(message.length);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RingAssignment {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRingAssignment();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.members.push(RingMember.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.position = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.length = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RingAssignment {
+    return {
+      members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => RingMember.fromJSON(e)) : [],
+      position: isSet(object.position) ? globalThis.Number(object.position) : 0,
+      length: isSet(object.length) ? globalThis.Number(object.length) : 0,
+    };
+  },
+
+  toJSON(message: RingAssignment): unknown {
+    const obj: any = {};
+    if (message.members?.length) {
+      obj.members = message.members.map((e) => RingMember.toJSON(e));
+    }
+    if (message.position !== 0) {
+      obj.position = Math.round(message.position);
+    }
+    if (message.length !== 0) {
+      obj.length = Math.round(message.length);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RingAssignment>, I>>(base?: I): RingAssignment {
+    return RingAssignment.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RingAssignment>, I>>(object: I): RingAssignment {
+    const message = createBaseRingAssignment();
+    message.members = object.members?.map((e) => RingMember.fromPartial(e)) || [];
+    message.position = object.position ?? 0;
+    message.length = object.length ?? 0;
+    return message;
+  },
+};
+
 function createBaseNextStepResponse(): NextStepResponse {
-  return { run: undefined, action: 0, epoch: 0, shards: [], weightsVersion: 0 };
+  return { run: undefined, action: 0, epoch: 0, shards: [], weightsVersion: 0, ring: undefined };
 }
 
 export const NextStepResponse: MessageFns<NextStepResponse> = {
@@ -1465,6 +1757,9 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
     }
     if (message.weightsVersion !== 0) {
       writer.uint32(40).uint64(message.weightsVersion);
+    }
+    if (message.ring !== undefined) {
+      RingAssignment.encode(message.ring, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1522,6 +1817,14 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
             message.weightsVersion = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.ring = RingAssignment.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1545,6 +1848,7 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
         : isSet(object.weights_version)
         ? globalThis.Number(object.weights_version)
         : 0,
+      ring: isSet(object.ring) ? RingAssignment.fromJSON(object.ring) : undefined,
     };
   },
 
@@ -1565,6 +1869,9 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
     if (message.weightsVersion !== 0) {
       obj.weightsVersion = Math.round(message.weightsVersion);
     }
+    if (message.ring !== undefined) {
+      obj.ring = RingAssignment.toJSON(message.ring);
+    }
     return obj;
   },
 
@@ -1578,6 +1885,9 @@ export const NextStepResponse: MessageFns<NextStepResponse> = {
     message.epoch = object.epoch ?? 0;
     message.shards = object.shards?.map((e) => Shard.fromPartial(e)) || [];
     message.weightsVersion = object.weightsVersion ?? 0;
+    message.ring = (object.ring !== undefined && object.ring !== null)
+      ? RingAssignment.fromPartial(object.ring)
+      : undefined;
     return message;
   },
 };
@@ -2558,6 +2868,945 @@ export const LeaveResponse: MessageFns<LeaveResponse> = {
   },
 };
 
+function createBaseSliceHeader(): SliceHeader {
+  return {
+    run: undefined,
+    workerId: "",
+    shardIndexes: [],
+    weightsVersion: 0,
+    slice: 0,
+    offset: 0,
+    length: 0,
+    dataSeconds: 0,
+    computeSeconds: 0,
+  };
+}
+
+export const SliceHeader: MessageFns<SliceHeader> = {
+  encode(message: SliceHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    if (message.workerId !== "") {
+      writer.uint32(18).string(message.workerId);
+    }
+    if (message.shardIndexes.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.shardIndexes) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.weightsVersion !== 0) {
+      writer.uint32(32).uint64(message.weightsVersion);
+    }
+    if (message.slice !== 0) {
+      writer.uint32(40).uint32(message.slice);
+    }
+    if (message.offset !== 0) {
+      writer.uint32(48).uint64(message.offset);
+    }
+    if (message.length !== 0) {
+      writer.uint32(56).uint64(message.length);
+    }
+    if (message.dataSeconds !== 0) {
+      writer.uint32(69).float(message.dataSeconds);
+    }
+    if (message.computeSeconds !== 0) {
+      writer.uint32(77).float(message.computeSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SliceHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSliceHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.run = RunRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.shardIndexes.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.shardIndexes.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.weightsVersion = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.slice = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.offset = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.length = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 69) {
+              break;
+            }
+
+            message.dataSeconds = reader.float();
+            continue;
+          }
+          case 9: {
+            if (tag !== 77) {
+              break;
+            }
+
+            message.computeSeconds = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SliceHeader {
+    return {
+      run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      shardIndexes: globalThis.Array.isArray(object?.shardIndexes)
+        ? object.shardIndexes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.shard_indexes)
+        ? object.shard_indexes.map((e: any) => globalThis.Number(e))
+        : [],
+      weightsVersion: isSet(object.weightsVersion)
+        ? globalThis.Number(object.weightsVersion)
+        : isSet(object.weights_version)
+        ? globalThis.Number(object.weights_version)
+        : 0,
+      slice: isSet(object.slice) ? globalThis.Number(object.slice) : 0,
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+      length: isSet(object.length) ? globalThis.Number(object.length) : 0,
+      dataSeconds: isSet(object.dataSeconds)
+        ? globalThis.Number(object.dataSeconds)
+        : isSet(object.data_seconds)
+        ? globalThis.Number(object.data_seconds)
+        : 0,
+      computeSeconds: isSet(object.computeSeconds)
+        ? globalThis.Number(object.computeSeconds)
+        : isSet(object.compute_seconds)
+        ? globalThis.Number(object.compute_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: SliceHeader): unknown {
+    const obj: any = {};
+    if (message.run !== undefined) {
+      obj.run = RunRef.toJSON(message.run);
+    }
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.shardIndexes?.length) {
+      obj.shardIndexes = message.shardIndexes.map((e) => Math.round(e));
+    }
+    if (message.weightsVersion !== 0) {
+      obj.weightsVersion = Math.round(message.weightsVersion);
+    }
+    if (message.slice !== 0) {
+      obj.slice = Math.round(message.slice);
+    }
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    if (message.length !== 0) {
+      obj.length = Math.round(message.length);
+    }
+    if (message.dataSeconds !== 0) {
+      obj.dataSeconds = floatToJson(message.dataSeconds);
+    }
+    if (message.computeSeconds !== 0) {
+      obj.computeSeconds = floatToJson(message.computeSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SliceHeader>, I>>(base?: I): SliceHeader {
+    return SliceHeader.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SliceHeader>, I>>(object: I): SliceHeader {
+    const message = createBaseSliceHeader();
+    message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
+    message.workerId = object.workerId ?? "";
+    message.shardIndexes = object.shardIndexes?.map((e) => e) || [];
+    message.weightsVersion = object.weightsVersion ?? 0;
+    message.slice = object.slice ?? 0;
+    message.offset = object.offset ?? 0;
+    message.length = object.length ?? 0;
+    message.dataSeconds = object.dataSeconds ?? 0;
+    message.computeSeconds = object.computeSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBasePushSliceRequest(): PushSliceRequest {
+  return { header: undefined, chunk: undefined };
+}
+
+export const PushSliceRequest: MessageFns<PushSliceRequest> = {
+  encode(message: PushSliceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      SliceHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.chunk !== undefined) {
+      TensorChunk.encode(message.chunk, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushSliceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushSliceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = SliceHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.chunk = TensorChunk.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushSliceRequest {
+    return {
+      header: isSet(object.header) ? SliceHeader.fromJSON(object.header) : undefined,
+      chunk: isSet(object.chunk) ? TensorChunk.fromJSON(object.chunk) : undefined,
+    };
+  },
+
+  toJSON(message: PushSliceRequest): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = SliceHeader.toJSON(message.header);
+    }
+    if (message.chunk !== undefined) {
+      obj.chunk = TensorChunk.toJSON(message.chunk);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushSliceRequest>, I>>(base?: I): PushSliceRequest {
+    return PushSliceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushSliceRequest>, I>>(object: I): PushSliceRequest {
+    const message = createBasePushSliceRequest();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? SliceHeader.fromPartial(object.header)
+      : undefined;
+    message.chunk = (object.chunk !== undefined && object.chunk !== null)
+      ? TensorChunk.fromPartial(object.chunk)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePushSliceResponse(): PushSliceResponse {
+  return { accepted: false, reason: "" };
+}
+
+export const PushSliceResponse: MessageFns<PushSliceResponse> = {
+  encode(message: PushSliceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accepted !== false) {
+      writer.uint32(8).bool(message.accepted);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PushSliceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePushSliceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accepted = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PushSliceResponse {
+    return {
+      accepted: isSet(object.accepted) ? globalThis.Boolean(object.accepted) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PushSliceResponse): unknown {
+    const obj: any = {};
+    if (message.accepted !== false) {
+      obj.accepted = message.accepted;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PushSliceResponse>, I>>(base?: I): PushSliceResponse {
+    return PushSliceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PushSliceResponse>, I>>(object: I): PushSliceResponse {
+    const message = createBasePushSliceResponse();
+    message.accepted = object.accepted ?? false;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseReportPeerRequest(): ReportPeerRequest {
+  return { run: undefined, workerId: "", peerId: "", reason: "", badData: false };
+}
+
+export const ReportPeerRequest: MessageFns<ReportPeerRequest> = {
+  encode(message: ReportPeerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    if (message.workerId !== "") {
+      writer.uint32(18).string(message.workerId);
+    }
+    if (message.peerId !== "") {
+      writer.uint32(26).string(message.peerId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.badData !== false) {
+      writer.uint32(40).bool(message.badData);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportPeerRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportPeerRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.run = RunRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.peerId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.badData = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportPeerRequest {
+    return {
+      run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      peerId: isSet(object.peerId)
+        ? globalThis.String(object.peerId)
+        : isSet(object.peer_id)
+        ? globalThis.String(object.peer_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      badData: isSet(object.badData)
+        ? globalThis.Boolean(object.badData)
+        : isSet(object.bad_data)
+        ? globalThis.Boolean(object.bad_data)
+        : false,
+    };
+  },
+
+  toJSON(message: ReportPeerRequest): unknown {
+    const obj: any = {};
+    if (message.run !== undefined) {
+      obj.run = RunRef.toJSON(message.run);
+    }
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.peerId !== "") {
+      obj.peerId = message.peerId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.badData !== false) {
+      obj.badData = message.badData;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportPeerRequest>, I>>(base?: I): ReportPeerRequest {
+    return ReportPeerRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportPeerRequest>, I>>(object: I): ReportPeerRequest {
+    const message = createBaseReportPeerRequest();
+    message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
+    message.workerId = object.workerId ?? "";
+    message.peerId = object.peerId ?? "";
+    message.reason = object.reason ?? "";
+    message.badData = object.badData ?? false;
+    return message;
+  },
+};
+
+function createBaseReportPeerResponse(): ReportPeerResponse {
+  return {};
+}
+
+export const ReportPeerResponse: MessageFns<ReportPeerResponse> = {
+  encode(_: ReportPeerResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportPeerResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportPeerResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReportPeerResponse {
+    return {};
+  },
+
+  toJSON(_: ReportPeerResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportPeerResponse>, I>>(base?: I): ReportPeerResponse {
+    return ReportPeerResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportPeerResponse>, I>>(_: I): ReportPeerResponse {
+    const message = createBaseReportPeerResponse();
+    return message;
+  },
+};
+
+function createBaseHopHeader(): HopHeader {
+  return { run: undefined, fromWorker: "", hop: 0, slice: 0, offset: 0, length: 0 };
+}
+
+export const HopHeader: MessageFns<HopHeader> = {
+  encode(message: HopHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      RunRef.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    if (message.fromWorker !== "") {
+      writer.uint32(18).string(message.fromWorker);
+    }
+    if (message.hop !== 0) {
+      writer.uint32(24).uint32(message.hop);
+    }
+    if (message.slice !== 0) {
+      writer.uint32(32).uint32(message.slice);
+    }
+    if (message.offset !== 0) {
+      writer.uint32(40).uint64(message.offset);
+    }
+    if (message.length !== 0) {
+      writer.uint32(48).uint64(message.length);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HopHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHopHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.run = RunRef.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromWorker = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hop = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.slice = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.offset = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.length = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HopHeader {
+    return {
+      run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
+      fromWorker: isSet(object.fromWorker)
+        ? globalThis.String(object.fromWorker)
+        : isSet(object.from_worker)
+        ? globalThis.String(object.from_worker)
+        : "",
+      hop: isSet(object.hop) ? globalThis.Number(object.hop) : 0,
+      slice: isSet(object.slice) ? globalThis.Number(object.slice) : 0,
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+      length: isSet(object.length) ? globalThis.Number(object.length) : 0,
+    };
+  },
+
+  toJSON(message: HopHeader): unknown {
+    const obj: any = {};
+    if (message.run !== undefined) {
+      obj.run = RunRef.toJSON(message.run);
+    }
+    if (message.fromWorker !== "") {
+      obj.fromWorker = message.fromWorker;
+    }
+    if (message.hop !== 0) {
+      obj.hop = Math.round(message.hop);
+    }
+    if (message.slice !== 0) {
+      obj.slice = Math.round(message.slice);
+    }
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    if (message.length !== 0) {
+      obj.length = Math.round(message.length);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HopHeader>, I>>(base?: I): HopHeader {
+    return HopHeader.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HopHeader>, I>>(object: I): HopHeader {
+    const message = createBaseHopHeader();
+    message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
+    message.fromWorker = object.fromWorker ?? "";
+    message.hop = object.hop ?? 0;
+    message.slice = object.slice ?? 0;
+    message.offset = object.offset ?? 0;
+    message.length = object.length ?? 0;
+    return message;
+  },
+};
+
+function createBaseHopRequest(): HopRequest {
+  return { header: undefined, chunk: undefined };
+}
+
+export const HopRequest: MessageFns<HopRequest> = {
+  encode(message: HopRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      HopHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.chunk !== undefined) {
+      TensorChunk.encode(message.chunk, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HopRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHopRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = HopHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.chunk = TensorChunk.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HopRequest {
+    return {
+      header: isSet(object.header) ? HopHeader.fromJSON(object.header) : undefined,
+      chunk: isSet(object.chunk) ? TensorChunk.fromJSON(object.chunk) : undefined,
+    };
+  },
+
+  toJSON(message: HopRequest): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = HopHeader.toJSON(message.header);
+    }
+    if (message.chunk !== undefined) {
+      obj.chunk = TensorChunk.toJSON(message.chunk);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HopRequest>, I>>(base?: I): HopRequest {
+    return HopRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HopRequest>, I>>(object: I): HopRequest {
+    const message = createBaseHopRequest();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? HopHeader.fromPartial(object.header)
+      : undefined;
+    message.chunk = (object.chunk !== undefined && object.chunk !== null)
+      ? TensorChunk.fromPartial(object.chunk)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHopResponse(): HopResponse {
+  return { accepted: false, reason: "" };
+}
+
+export const HopResponse: MessageFns<HopResponse> = {
+  encode(message: HopResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accepted !== false) {
+      writer.uint32(8).bool(message.accepted);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HopResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHopResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accepted = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HopResponse {
+    return {
+      accepted: isSet(object.accepted) ? globalThis.Boolean(object.accepted) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: HopResponse): unknown {
+    const obj: any = {};
+    if (message.accepted !== false) {
+      obj.accepted = message.accepted;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HopResponse>, I>>(base?: I): HopResponse {
+    return HopResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HopResponse>, I>>(object: I): HopResponse {
+    const message = createBaseHopResponse();
+    message.accepted = object.accepted ?? false;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
 export type FleetServiceService = typeof FleetServiceService;
 export const FleetServiceService = {
   register: {
@@ -2629,6 +3878,25 @@ export const FleetServiceService = {
     responseSerialize: (value: LeaveResponse): Buffer => Buffer.from(LeaveResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LeaveResponse => LeaveResponse.decode(value),
   },
+  /** --exchange ring: a member's reduced slice, and a member's complaint about a peer. */
+  pushSlice: {
+    path: "/tricaps.v1.FleetService/PushSlice" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: PushSliceRequest): Buffer => Buffer.from(PushSliceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PushSliceRequest => PushSliceRequest.decode(value),
+    responseSerialize: (value: PushSliceResponse): Buffer => Buffer.from(PushSliceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PushSliceResponse => PushSliceResponse.decode(value),
+  },
+  reportPeer: {
+    path: "/tricaps.v1.FleetService/ReportPeer" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportPeerRequest): Buffer => Buffer.from(ReportPeerRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportPeerRequest => ReportPeerRequest.decode(value),
+    responseSerialize: (value: ReportPeerResponse): Buffer => Buffer.from(ReportPeerResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportPeerResponse => ReportPeerResponse.decode(value),
+  },
 } as const;
 
 export interface FleetServiceServer extends UntypedServiceImplementation {
@@ -2641,6 +3909,9 @@ export interface FleetServiceServer extends UntypedServiceImplementation {
   pushEmbeddings: handleClientStreamingCall<PushEmbeddingsRequest, PushEmbeddingsResponse>;
   /** A worker that stops (SIGTERM) says so, so its shards are re-planned at once. */
   leave: handleUnaryCall<LeaveRequest, LeaveResponse>;
+  /** --exchange ring: a member's reduced slice, and a member's complaint about a peer. */
+  pushSlice: handleClientStreamingCall<PushSliceRequest, PushSliceResponse>;
+  reportPeer: handleUnaryCall<ReportPeerRequest, ReportPeerResponse>;
 }
 
 export interface FleetServiceClient extends Client {
@@ -2747,6 +4018,38 @@ export interface FleetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LeaveResponse) => void,
   ): ClientUnaryCall;
+  /** --exchange ring: a member's reduced slice, and a member's complaint about a peer. */
+  pushSlice(
+    callback: (error: ServiceError | null, response: PushSliceResponse) => void,
+  ): ClientWritableStream<PushSliceRequest>;
+  pushSlice(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PushSliceResponse) => void,
+  ): ClientWritableStream<PushSliceRequest>;
+  pushSlice(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushSliceResponse) => void,
+  ): ClientWritableStream<PushSliceRequest>;
+  pushSlice(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PushSliceResponse) => void,
+  ): ClientWritableStream<PushSliceRequest>;
+  reportPeer(
+    request: ReportPeerRequest,
+    callback: (error: ServiceError | null, response: ReportPeerResponse) => void,
+  ): ClientUnaryCall;
+  reportPeer(
+    request: ReportPeerRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportPeerResponse) => void,
+  ): ClientUnaryCall;
+  reportPeer(
+    request: ReportPeerRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportPeerResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const FleetServiceClient = makeGenericClientConstructor(
@@ -2755,6 +4058,50 @@ export const FleetServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): FleetServiceClient;
   service: typeof FleetServiceService;
+  serviceName: string;
+};
+
+/** Served by each worker (--peer-listen): ring hops from the member before it in the current round. */
+export type PeerServiceService = typeof PeerServiceService;
+export const PeerServiceService = {
+  hop: {
+    path: "/tricaps.v1.PeerService/Hop" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: HopRequest): Buffer => Buffer.from(HopRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): HopRequest => HopRequest.decode(value),
+    responseSerialize: (value: HopResponse): Buffer => Buffer.from(HopResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): HopResponse => HopResponse.decode(value),
+  },
+} as const;
+
+export interface PeerServiceServer extends UntypedServiceImplementation {
+  hop: handleClientStreamingCall<HopRequest, HopResponse>;
+}
+
+export interface PeerServiceClient extends Client {
+  hop(callback: (error: ServiceError | null, response: HopResponse) => void): ClientWritableStream<HopRequest>;
+  hop(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: HopResponse) => void,
+  ): ClientWritableStream<HopRequest>;
+  hop(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: HopResponse) => void,
+  ): ClientWritableStream<HopRequest>;
+  hop(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: HopResponse) => void,
+  ): ClientWritableStream<HopRequest>;
+}
+
+export const PeerServiceClient = makeGenericClientConstructor(
+  PeerServiceService,
+  "tricaps.v1.PeerService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): PeerServiceClient;
+  service: typeof PeerServiceService;
   serviceName: string;
 };
 

@@ -1,0 +1,138 @@
+// One member's part of a ring reduce-scatter: send the running sum of one slice to the successor and
+// add the predecessor's to another, hop after hop, until this member holds the complete sum of the
+// slice it owns. Every wait has a deadline and the whole ring is abandoned when its signal fires
+// (the round changed: a member was lost and the step is being planned again).
+import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
+import { addInto, ownedSlice, reduceScatterHops, sliceBounds, type Slice } from '../shared/plan/ring.js';
+import type { WireDType } from '../shared/tensor-codec.js';
+import { NOT_READY, type PeerClients, type RingInbox } from './peer-link.js';
+
+export interface RingPlan {
+  run: RunRef;
+  workerId: string;
+  members: { workerId: string; peerAddress: string }[];
+  position: number;
+}
+
+/** Test hooks (fault injection into real processes): poison this member's first hop, or hold the ring. */
+export interface RingFaults {
+  poison?: 'nan' | 'shape';
+  holdAfterFirstHopMs?: number;
+}
+
+export class RingHopError extends Error {
+  constructor(
+    message: string,
+    /** The member this failure points at (the successor that could not be reached), if one. */
+    readonly peer?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** What the inbox must expect for this member's ring. */
+export function expectationOf(plan: RingPlan, length: number) {
+  const n = plan.members.length;
+  const bounds = sliceBounds(length, n);
+  return {
+    run: plan.run.runId,
+    round: plan.run.round,
+    step: plan.run.step,
+    predecessor: plan.members[(plan.position - 1 + n) % n].workerId,
+    receive: reduceScatterHops(plan.position, n).map((h) => bounds[h.receive]),
+  };
+}
+
+/**
+ * Reduces `vector` (this member's packed contribution, summed into in place) over the ring; returns
+ * the slice this member owns and its complete values.
+ */
+export async function reduceScatter(
+  plan: RingPlan,
+  vector: Float32Array,
+  inbox: RingInbox,
+  peers: PeerClients,
+  o: { dtype: WireDType; hopTimeoutMs: number; signal: AbortSignal; faults?: RingFaults },
+): Promise<{ slice: Slice; values: Float32Array }> {
+  const n = plan.members.length;
+  const bounds = sliceBounds(vector.length, n);
+  const successor = plan.members[(plan.position + 1) % n];
+  const hops = reduceScatterHops(plan.position, n);
+  for (let k = 0; k < hops.length; k++) {
+    const send = bounds[hops[k].send];
+    const receive = bounds[hops[k].receive];
+    let values = vector.subarray(send.offset, send.offset + send.length);
+    if (k === 0 && o.faults?.poison === 'nan') {
+      values = Float32Array.from(values);
+      values[0] = Number.NaN;
+    } else if (k === 0 && o.faults?.poison === 'shape')
+      values = vector.subarray(send.offset, send.offset + send.length + 1);
+    const deadlineAt = Date.now() + o.hopTimeoutMs;
+    const hopSignal = AbortSignal.any([o.signal, AbortSignal.timeout(o.hopTimeoutMs)]);
+    const sent = sendHop(peers, successor, plan, k, send, values, o.dtype, deadlineAt, hopSignal);
+    const predecessor = plan.members[(plan.position - 1 + n) % n].workerId;
+    const received = inbox.take(k, hopSignal).catch((err) => {
+      if (o.signal.aborted) throw err;
+      throw new RingHopError(`no hop ${k} from ${predecessor} within ${o.hopTimeoutMs} ms`, predecessor);
+    });
+    const [, got] = await Promise.all([sent, received]);
+    addInto(vector.subarray(receive.offset, receive.offset + receive.length), got);
+    if (k === 0 && o.faults?.holdAfterFirstHopMs) await sleep(o.faults.holdAfterFirstHopMs, o.signal);
+  }
+  const own = bounds[ownedSlice(plan.position, n)];
+  return { slice: own, values: vector.subarray(own.offset, own.offset + own.length) };
+}
+
+async function sendHop(
+  peers: PeerClients,
+  successor: { workerId: string; peerAddress: string },
+  plan: RingPlan,
+  hop: number,
+  slice: Slice,
+  values: Float32Array,
+  dtype: WireDType,
+  deadlineAt: number,
+  signal: AbortSignal,
+): Promise<void> {
+  // The successor may not have opened this ring yet (its assignment is on its way): retry briefly.
+  for (;;) {
+    try {
+      await peers.hop(
+        successor.peerAddress,
+        { run: plan.run, fromWorker: plan.workerId, hop, slice },
+        values,
+        dtype,
+        Math.max(1, deadlineAt - Date.now()),
+        signal,
+      );
+      return;
+    } catch (err) {
+      const details = (err as { details?: string }).details ?? (err as Error).message;
+      if (signal.aborted) throw err;
+      if (details === NOT_READY && Date.now() < deadlineAt) {
+        await sleep(50, signal);
+        continue;
+      }
+      throw new RingHopError(
+        `hop ${hop} to ${successor.workerId} at ${successor.peerAddress} failed: ${details}`,
+        /UNAVAILABLE|DEADLINE|ECONNREFUSED|No connection/i.test(
+          `${(err as { code?: number }).code === 14 ? 'UNAVAILABLE' : ''} ${details}`,
+        )
+          ? successor.workerId
+          : undefined,
+      );
+    }
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
