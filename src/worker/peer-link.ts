@@ -94,6 +94,13 @@ export class RingInbox {
     return { ok: true, slice: slice! };
   }
 
+  /** Content that could not be decoded (a non-finite value, a wrong size) from the predecessor. */
+  badContent(h: HopHeader, reason: string): void {
+    const ring = this.ring;
+    if (ring && h.fromWorker === ring.predecessor && h.run?.round === ring.round && h.run?.step === ring.step)
+      this.onBadData?.(h.fromWorker, reason);
+  }
+
   deliver(h: HopHeader, values: Float32Array): string | undefined {
     const bad = nonFinite(values, h.fromWorker, h.slice);
     if (bad) {
@@ -165,11 +172,19 @@ export async function servePeers(
           return new UploadReader((name) => (name === 'hop' ? { name, shape: [slice!.length] } : undefined));
         },
         (h, reader) => {
-          const values = reader.finish(['hop'], 1).get('hop')!;
+          let values: Float32Array;
+          try {
+            values = reader.finish(['hop'], 1).get('hop')!;
+          } catch (err) {
+            // A stream that ended short was cut (its sender gave the ring up): not bad data.
+            throw Object.assign(new Error(`hop ${h.hop} from ${h.fromWorker} ended early: ${(err as Error).message}`), {
+              grpcCode: grpc.status.CANCELLED,
+            });
+          }
           const bad = inbox.deliver(h, values);
           if (bad) throw Object.assign(new Error(bad), { grpcCode: grpc.status.INVALID_ARGUMENT });
         },
-        () => undefined,
+        (h, reason) => inbox.badContent(h, reason),
         undefined,
         (bytes) => meter.add('received', 'peer', bytes),
         (err) => ({

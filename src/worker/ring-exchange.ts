@@ -18,6 +18,8 @@ export interface RingPlan {
 export interface RingFaults {
   poison?: 'nan' | 'shape';
   holdAfterFirstHopMs?: number;
+  /** Told when the hold begins (the worker logs it, so a test knows a reduction is in flight). */
+  onHold?(): void;
 }
 
 export class RingHopError extends Error {
@@ -65,8 +67,10 @@ export async function reduceScatter(
     if (k === 0 && o.faults?.poison === 'nan') {
       values = Float32Array.from(values);
       values[0] = Number.NaN;
-    } else if (k === 0 && o.faults?.poison === 'shape')
-      values = vector.subarray(send.offset, send.offset + send.length + 1);
+    } else if (k === 0 && o.faults?.poison === 'shape') {
+      values = new Float32Array(send.length + 1);
+      values.set(vector.subarray(send.offset, send.offset + send.length));
+    }
     const deadlineAt = Date.now() + o.hopTimeoutMs;
     const hopSignal = AbortSignal.any([o.signal, AbortSignal.timeout(o.hopTimeoutMs)]);
     const sent = sendHop(peers, successor, plan, k, send, values, o.dtype, deadlineAt, hopSignal);
@@ -77,7 +81,10 @@ export async function reduceScatter(
     });
     const [, got] = await Promise.all([sent, received]);
     addInto(vector.subarray(receive.offset, receive.offset + receive.length), got);
-    if (k === 0 && o.faults?.holdAfterFirstHopMs) await sleep(o.faults.holdAfterFirstHopMs, o.signal);
+    if (k === 0 && o.faults?.holdAfterFirstHopMs) {
+      o.faults.onHold?.();
+      await sleep(o.faults.holdAfterFirstHopMs, o.signal);
+    }
   }
   const own = bounds[ownedSlice(plan.position, n)];
   return { slice: own, values: vector.subarray(own.offset, own.offset + own.length) };

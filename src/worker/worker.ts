@@ -169,7 +169,31 @@ export class FleetWorker {
 
   /** The membership moved on: a ring of an older round can never complete. */
   private onRound(round: number): void {
+    this.latestRound = Math.max(this.latestRound, round);
     if (this.openRing && round > this.openRing.round) this.openRing.abort.abort(new Error(`round ${round} began`));
+    for (const w of this.roundWaiters.splice(0)) w();
+  }
+
+  private latestRound = 0;
+  private readonly roundWaiters: (() => void)[] = [];
+
+  /** Resolves once a round after `round` has begun, or after ms (or on SIGTERM). */
+  private roundAfter(round: number, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.latestRound > round || this.stop.stopping) {
+          clearTimeout(timer);
+          this.stop.signal.removeEventListener('abort', check);
+          resolve();
+        } else this.roundWaiters.push(check);
+      };
+      const timer = setTimeout(() => {
+        this.stop.signal.removeEventListener('abort', check);
+        resolve();
+      }, ms);
+      this.stop.signal.addEventListener('abort', check, { once: true });
+      check();
+    });
   }
 
   private async register(): Promise<Session | undefined> {
@@ -492,7 +516,14 @@ export class FleetWorker {
         dtype: s.gradientDtype,
         hopTimeoutMs: this.opts.ringHopTimeoutMs ?? 60_000,
         signal: AbortSignal.any([this.openRing!.abort.signal, this.stop.signal]),
-        faults: this.opts.ringFaults,
+        faults: this.opts.ringFaults && {
+          ...this.opts.ringFaults,
+          onHold: () =>
+            this.log.info(
+              { step: run.step, round: run.round },
+              `holding the ring of step ${run.step} round ${run.round} for ${this.opts.ringFaults!.holdAfterFirstHopMs} ms (TRICAPS_TEST_RING_HOLD_MS)`,
+            ),
+        },
       });
     } catch (err) {
       if (this.openRing?.abort.signal.aborted) {
