@@ -32,7 +32,19 @@ describe('deploy/kubernetes/security', () => {
     // Metrics: the monitoring namespace only (an empty selector would admit every namespace).
     const prometheusOnly = [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }];
     expect(metricsRule.from).toEqual(prometheusOnly);
-    expect(worker.spec.ingress).toEqual([{ from: prometheusOnly, ports: [{ protocol: 'TCP', port: 9464 }] }]);
+    // Workers: ring hops from workers only, on the port the worker StatefulSet listens for peers.
+    const workersOnly = [
+      {
+        podSelector: { matchLabels: { 'app.kubernetes.io/name': 'tricaps', 'app.kubernetes.io/component': 'worker' } },
+      },
+    ];
+    expect(worker.spec.ingress).toEqual([
+      { from: workersOnly, ports: [{ protocol: 'TCP', port: 7071 }] },
+      { from: prometheusOnly, ports: [{ protocol: 'TCP', port: 9464 }] },
+    ]);
+    const workerArgs: string[] = docs('deploy/kubernetes/base/workers.yaml')[0].spec.template.spec.containers[0].args;
+    expect(workerArgs).toContain('--peer-listen=0.0.0.0:7071');
+    expect(workerArgs).toContain('--peer-advertise=$(POD_NAME).tricaps-worker:7071');
     for (const p of policies) expect(p.spec.policyTypes).toEqual(['Ingress']);
   });
 

@@ -13,6 +13,7 @@ import { Cluster, clusterUnavailable, planCluster } from './netns.js';
 
 export interface ScaleOptions {
   workers: number[];
+  exchanges: ('central' | 'ring')[];
   /** Link rate in bits/s each way (undefined: unshaped veth). */
   linkBits?: number;
   simulateComputeMs: number;
@@ -26,7 +27,7 @@ export interface ScaleOptions {
 }
 
 export interface ScaleRow {
-  exchange: 'central';
+  exchange: 'central' | 'ring';
   workers: number;
   step_ms_median: number;
   images_per_s: number;
@@ -51,6 +52,7 @@ export interface ScaleReport {
 
 const PREFIX_STEM = 'tcs';
 const COORDINATOR_PORT = 7070;
+const PEER_PORT = 7071;
 
 function cliPath(): string {
   const here = fileURLToPath(import.meta.url);
@@ -147,7 +149,13 @@ function lines(text: string): LogLine[] {
     .filter((l): l is LogLine => l !== undefined && typeof l.msg === 'string');
 }
 
-async function runOne(cluster: Cluster, n: number, o: ScaleOptions, computeMs: number): Promise<ScaleRow> {
+async function runOne(
+  cluster: Cluster,
+  exchange: 'central' | 'ring',
+  n: number,
+  o: ScaleOptions,
+  computeMs: number,
+): Promise<ScaleRow> {
   const cli = cliPath();
   const c = cluster.node('c');
   const total = o.steps + o.warmup;
@@ -183,6 +191,8 @@ async function runOne(cluster: Cluster, n: number, o: ScaleOptions, computeMs: n
       o.wire,
       '--heartbeat-timeout',
       '60000',
+      '--exchange',
+      exchange,
     ],
     { ...process.env, TRICAPS_LOG_LEVEL: 'info' },
   );
@@ -206,6 +216,7 @@ async function runOne(cluster: Cluster, n: number, o: ScaleOptions, computeMs: n
           String(computeMs),
           '--reconnect-timeout',
           '60',
+          ...(exchange === 'ring' ? ['--peer-listen', `${cluster.node(`w${i + 1}`).ip}:${PEER_PORT}`] : []),
         ],
         { ...process.env, TRICAPS_LOG_LEVEL: 'debug' },
       ),
@@ -237,7 +248,7 @@ async function runOne(cluster: Cluster, n: number, o: ScaleOptions, computeMs: n
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const { cpus } = await import('node:os');
   return {
-    exchange: 'central',
+    exchange,
     workers: n,
     step_ms_median: stepMs,
     images_per_s: images / (stepMs / 1000),
@@ -267,14 +278,19 @@ export async function benchScale(o: ScaleOptions): Promise<ScaleReport> {
     );
     const rows: ScaleRow[] = [];
     for (const n of o.workers) {
-      const row = await runOne(cluster, n, o, link.computeMs);
-      rows.push(row);
-      o.say(
-        `central, ${n} workers: ${row.step_ms_median.toFixed(0)} ms per step, ${row.images_per_s.toFixed(0)} images/s`,
-      );
+      for (const exchange of o.exchanges) {
+        const row = await runOne(cluster, exchange, n, o, link.computeMs);
+        rows.push(row);
+        o.say(
+          `${exchange}, ${n} workers: ${row.step_ms_median.toFixed(0)} ms per step, ${row.images_per_s.toFixed(0)} images/s, ${(row.coordinator_bytes_per_step / 1e6).toFixed(1)} MB through the coordinator`,
+        );
+      }
     }
-    const one = rows.find((r) => r.workers === 1);
-    for (const r of rows) r.scaling_efficiency = one ? r.images_per_s / (r.workers * one.images_per_s) : NaN;
+    // Efficiency against one worker of the same exchange (one worker has no ring: it goes central).
+    for (const r of rows) {
+      const one = rows.find((x) => x.workers === 1 && x.exchange === r.exchange);
+      r.scaling_efficiency = one ? r.images_per_s / (r.workers * one.images_per_s) : NaN;
+    }
     return {
       bench: 'scale',
       model: 'sc (2,425,536 parameters)',

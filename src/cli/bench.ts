@@ -152,9 +152,14 @@ export function registerBenchCommands(program: Command): void {
     .option('--warmup <n>', 'untimed steps first', intOption(0, 100), 2)
     .option('--triplets-per-worker <n>', "each worker's shard (3 images per triplet)", intOption(1, 1024), 32)
     .option('--wire <dtype>', 'gradient wire format', choiceOption(['float32', 'float16'] as const), 'float32')
+    .option('--exchange <list>', 'exchanges to measure side by side, comma-separated (central,ring)', exchangeList, [
+      'central',
+      'ring',
+    ])
     .action(async (o) => {
       const report = await benchScale({
         workers: o.workers,
+        exchanges: o.exchange,
         linkBits: o.link === undefined ? undefined : parseRate(o.link),
         simulateComputeMs: o.simulateComputeMs,
         steps: o.steps,
@@ -206,6 +211,13 @@ function registerChaos(bench: Command): void {
       console.log(JSON.stringify({ bench: 'chaos', seed, ...result }));
       if (!result.ok) process.exitCode = 1;
     });
+}
+
+function exchangeList(value: string): ('central' | 'ring')[] {
+  const list = value.split(',').map((v) => v.trim());
+  for (const x of list)
+    if (x !== 'central' && x !== 'ring') throw new InvalidArgumentError(`"${x}" is not an exchange (central, ring).`);
+  return [...new Set(list)] as ('central' | 'ring')[];
 }
 
 function kindList(value: string): FaultKind[] {
