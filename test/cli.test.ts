@@ -113,6 +113,8 @@ describe('tricaps CLI', () => {
       ['train', '--workers', '2', '--worker-engines', 'webgpu,gpu'],
       /"gpu" is not one of auto, tensorflow, webgpu, wasm, cpu/,
     ],
+    [['bench', 'project', '--scale', 'package.json'], /--scale package.json: not the JSON of tricaps bench scale/],
+    [['bench', 'scale', '--link', 'fast'], /--link fast: expected a rate like 10gbit/],
     [['bench', 'chaos', '--kinds', 'worker-kill,meteor'], /"meteor" is not a fault kind \(worker-kill, /],
     [['bench', 'chaos', '--faults', '2'], /--faults 2 cannot cover the 6 kinds .*use at least 6/],
     [

@@ -31,18 +31,27 @@ describe('bench scale', () => {
       expect(r.code, r.stderr.slice(-2000)).toBe(0);
       const report = lastJsonLine(r.stdout);
       expect(report.link.used_bits).toBeLessThanOrEqual(1e9);
-      expect(report.rows.map((x: { workers: number }) => x.workers)).toEqual([1, 2]);
-      const [one, two] = report.rows;
-      expect(one.scaling_efficiency).toBe(1);
-      for (const row of report.rows) {
-        expect(row.images_per_s).toBeGreaterThan(0);
-        expect(row.coordinator_cpu_s_per_step).toBeGreaterThan(0);
-        expect(row.worker_cpu_s_per_step).toBeGreaterThan(0);
-        // A worker moves one float32 gradient up and one weights version down per step (SC: 2.4M values).
-        expect(row.worker_bytes_per_step).toBe(2 * 2_425_536 * 4);
+      type Row = Record<string, number> & { exchange: string };
+      const rows = report.rows as Row[];
+      expect(rows.map((x) => `${x.exchange} ${x.workers}`)).toEqual(['central 1', 'ring 1', 'central 2', 'ring 2']);
+      const row = (exchange: string, workers: number) =>
+        rows.find((x) => x.exchange === exchange && x.workers === workers)!;
+      expect(row('central', 1).scaling_efficiency).toBe(1);
+      const model = 2_425_536 * 4;
+      for (const x of rows) {
+        expect(x.images_per_s).toBeGreaterThan(0);
+        expect(x.coordinator_cpu_s_per_step).toBeGreaterThan(0);
+        expect(x.worker_cpu_s_per_step).toBeGreaterThan(0);
       }
-      // The central exchange: the coordinator's bytes grow with the fleet (what a ring would flatten).
-      expect(two.coordinator_bytes_per_step / one.coordinator_bytes_per_step).toBeCloseTo(2, 1);
+      // Central: a worker moves one float32 gradient up and one weights version down per step.
+      expect(row('central', 2).worker_bytes_per_step).toBe(2 * model);
+      // The coordinator's bytes grow with the fleet under central; the ring takes the gradient half
+      // off it (one gradient in slices, plus six scalars), the weights still go to every worker.
+      expect(row('central', 2).coordinator_bytes_per_step / row('central', 1).coordinator_bytes_per_step).toBeCloseTo(
+        2,
+        1,
+      );
+      expect(row('ring', 2).coordinator_bytes_per_step).toBeCloseTo(model + 6 * 4 + 2 * model, -5);
       expect(namespaces()).not.toMatch(/^tcs\d+-/m);
     },
   );

@@ -6,6 +6,8 @@ import { loopbackBaseline } from '../bench/loopback-baseline.js';
 import { benchFleet } from '../bench/fleet.js';
 import { FAULT_KINDS, runChaos, type FaultKind } from '../bench/chaos.js';
 import { benchScale, parseRate } from '../bench/scale.js';
+import { calibrate, projectStep } from '../bench/scale-model.js';
+import { UsageError } from '../shared/errors.js';
 import { InvalidArgumentError } from 'commander';
 import { profileStep } from '../bench/profile-step.js';
 import { ENGINE_NAMES } from '../shared/engine/engine.js';
@@ -140,6 +142,7 @@ export function registerBenchCommands(program: Command): void {
       console.log(JSON.stringify(await profileStep(o.engine, modelOf(o), o.batchTriplets, o.top)));
     });
   registerChaos(bench);
+  registerProject(bench);
   bench
     .command('scale')
     .description(
@@ -210,6 +213,65 @@ function registerChaos(bench: Command): void {
       }).finally(() => process.off('SIGINT', stop).off('SIGTERM', stop));
       console.log(JSON.stringify({ bench: 'chaos', seed, ...result }));
       if (!result.ok) process.exitCode = 1;
+    });
+}
+
+function registerProject(bench: Command): void {
+  bench
+    .command('project')
+    .description(
+      'project step time and scaling efficiency to large fleets from a bench scale result: costs calibrated on its central rows, checked against every row, then projected per link rate',
+    )
+    .requiredOption('--scale <file>', 'the JSON `tricaps bench scale` printed')
+    .option('--workers <list>', 'fleet sizes to project', intList(1, 100_000), [1, 8, 64, 512])
+    .option(
+      '--link <list>',
+      'link rates, comma-separated',
+      (v: string) => v.split(',').map((x) => parseRate(x)),
+      [10e9, 25e9, 100e9],
+    )
+    .option('--compute-ms <ms>', "a worker's compute per step in the projection", intOption(1, 600_000), 290)
+    .option('--message-ms <ms>', 'latency of one message or ring hop', floatOption(0, 1000), 0.2)
+    .action(async (o) => {
+      const { readFileSync } = await import('node:fs');
+      let scale: {
+        rows: Parameters<typeof calibrate>[0];
+        link: { used_bits?: number; veth_ceiling_bits: number };
+        simulate_compute_ms: { used: number };
+      };
+      try {
+        scale = JSON.parse(readFileSync(o.scale, 'utf8').trim().split('\n').pop()!);
+        if (!Array.isArray(scale.rows)) throw new Error('no rows');
+      } catch (err) {
+        throw new UsageError(`--scale ${o.scale}: not the JSON of tricaps bench scale (${(err as Error).message})`);
+      }
+      const bytes = 2_425_536 * 4;
+      const costs = calibrate(scale.rows, {
+        computeMs: scale.simulate_compute_ms.used,
+        linkBits: scale.link.used_bits ?? scale.link.veth_ceiling_bits,
+        gradientBytes: bytes,
+        weightsBytes: bytes,
+        messageMs: o.messageMs,
+      });
+      const check = scale.rows.map((r) => {
+        const p = projectStep(costs, r.workers, r.exchange as 'central' | 'ring');
+        return {
+          exchange: r.exchange,
+          workers: r.workers,
+          measured_ms: r.step_ms_median,
+          modelled_ms: p.step_ms,
+          error: (p.step_ms - r.step_ms_median) / r.step_ms_median,
+        };
+      });
+      const projections = (o.link as number[]).flatMap((linkBits) =>
+        (o.workers as number[]).flatMap((n) =>
+          (['central', 'ring'] as const).map((ex) => ({
+            link_bits: linkBits,
+            ...projectStep({ ...costs, linkBits, computeMs: o.computeMs }, n, ex),
+          })),
+        ),
+      );
+      console.log(JSON.stringify({ bench: 'project', costs, check, projections }));
     });
 }
 
