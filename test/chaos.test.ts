@@ -2,7 +2,7 @@
 // three workers through a seeded schedule of every fault kind (kill -9 and SIGSTOP/SIGCONT of
 // workers, kill -9 and --resume of the coordinator, a full checkpoint disk, a late join), and a
 // schedule of coordinator-side faults only, whose final weights must equal the uninterrupted run's
-// bit for bit. The mixed schedule's seed is new each run (TRICAPS_CHAOS_SEED replays one); a failure
+// bit for bit, and the ring exchange under every fault kind. The mixed schedule's seed is new each run (TRICAPS_CHAOS_SEED replays one); a failure
 // prints it with the command that replays it. A longer soak: `tricaps bench chaos --schedules 20`.
 import { describe, expect, it } from 'vitest';
 import { FAULT_KINDS } from '../src/bench/chaos-schedule.js';
@@ -57,5 +57,18 @@ describe('fault-injection soak (real processes)', () => {
     );
     expect(s.coordinators.length).toBeGreaterThanOrEqual(2);
     expect(s.weights).toMatchObject({ identityExpected: true, identical: true });
+  });
+
+  it('the ring exchange under every fault kind: members lost, frozen and joining mid-reduction, coordinator restarts; each step once, all shards', async () => {
+    const s = await soak(
+      '--seed',
+      String(Number(seed) + 2),
+      '--exchange',
+      'ring',
+      '--faults',
+      String(FAULT_KINDS.length),
+    );
+    expect(new Set(s.faults.map((f) => f.kind)).size + Object.keys(s.notRun).length).toBe(FAULT_KINDS.length);
+    expect(s.replay).toMatch(/--exchange ring$/);
   });
 });

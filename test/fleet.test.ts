@@ -134,20 +134,8 @@ describe('fleet options (real processes)', () => {
     const summary = JSON.parse(
       execFileSync(
         process.execPath,
-        [
-          'dist/cli.js',
-          'model',
-          'summary',
-          '--variant',
-          'sc',
-          '--image-size',
-          '32',
-          '--width',
-          '0.25',
-          '--categories',
-          '4',
-          '--json',
-        ],
+        // The TINY model's flags: variant, image size, width and categories.
+        ['dist/cli.js', 'model', 'summary', ...TINY.slice(0, 6), ...TINY.slice(10, 12), '--json'],
         { encoding: 'utf8' },
       ),
     );

@@ -37,6 +37,8 @@ export interface ChaosOptions {
   steps?: number;
   /** Workers' data and compute padded to this (ms): steps long enough for faults to land mid-step. */
   simulateComputeMs: number;
+  /** The gradient exchange of both runs (ring: workers with --peer-listen on loopback). */
+  exchange?: 'central' | 'ring';
   /** Faults per schedule (each kind at least once). */
   faults: number;
   kinds: readonly FaultKind[];
@@ -181,7 +183,8 @@ class Processes {
 function replayCommand(seed: number, o: ChaosOptions): string {
   const kinds = o.kinds.length === FAULT_KINDS.length ? '' : ` --kinds ${o.kinds.join(',')}`;
   const steps = o.steps ? ` --steps ${o.steps}` : '';
-  return `tricaps bench chaos --seed ${seed} --schedules 1${steps} --faults ${o.faults}${kinds} --heartbeat-timeout ${o.heartbeatTimeoutMs} --simulate-compute-ms ${o.simulateComputeMs}`;
+  const exchange = o.exchange === 'ring' ? ' --exchange ring' : '';
+  return `tricaps bench chaos --seed ${seed} --schedules 1${steps} --faults ${o.faults}${kinds} --heartbeat-timeout ${o.heartbeatTimeoutMs} --simulate-compute-ms ${o.simulateComputeMs}${exchange}`;
 }
 
 /** Mounts a small tmpfs so the checkpoint disk can be filled; undefined when that is not possible. */
@@ -270,6 +273,8 @@ async function runSchedule(seed: number, o: ChaosOptions): Promise<ScheduleRepor
     String(hb),
     '--run-id',
     `chaos-${seed}`,
+    '--exchange',
+    o.exchange ?? 'central',
   ];
   const worker = (role: string, address: string, name: string) =>
     procs.start(`${role}-${name}`, [
@@ -284,6 +289,7 @@ async function runSchedule(seed: number, o: ChaosOptions): Promise<ScheduleRepor
       '60',
       '--simulate-compute-ms',
       String(o.simulateComputeMs),
+      ...(o.exchange === 'ring' ? ['--peer-listen', '127.0.0.1:0'] : []),
     ]);
 
   // The watchdog: no coordinator step line for stallMs, or the schedule over its total budget, kills

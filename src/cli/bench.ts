@@ -194,6 +194,7 @@ function registerChaos(bench: Command): void {
     .option('--kinds <list>', `fault kinds, comma-separated (${FAULT_KINDS.join(',')})`, kindList, [...FAULT_KINDS])
     .option('--heartbeat-timeout <ms>', "the coordinator's --heartbeat-timeout", intOption(500, 600_000), 2000)
     .option('--logs <dir>', 'keep every process log here (default: kept only for a failing schedule)')
+    .option('--exchange <how>', 'gradient exchange of the runs', choiceOption(['central', 'ring'] as const), 'central')
     .action(async (o) => {
       const seed: number = o.seed ?? Math.floor(Math.random() * 2 ** 31);
       const abort = new AbortController();
@@ -207,6 +208,7 @@ function registerChaos(bench: Command): void {
         kinds: o.kinds as FaultKind[],
         heartbeatTimeoutMs: o.heartbeatTimeout,
         simulateComputeMs: o.simulateComputeMs,
+        exchange: o.exchange,
         logs: o.logs,
         say: (m) => process.stderr.write(`chaos: ${m}\n`),
         signal: abort.signal,

@@ -178,6 +178,7 @@ export class FleetCoordinator {
   private lastSweep = 0;
   /** Results refused per shard of the current step (a shard that fails everywhere stops the run). */
   private readonly refusals = new Map<number, string[]>();
+  private readonly refusalNames = new Map<number, Set<string>>();
   private fatal: Error | undefined;
   private readonly recentNorms: number[] = [];
   /** The open ring reduction of the current step's round (--exchange ring). */
@@ -261,12 +262,15 @@ export class FleetCoordinator {
     return { member, run: this.runRef() };
   }
 
-  heartbeat(workerId: string, run: RunRefLike | undefined): { stop: boolean; run: RunRefLike } {
+  heartbeat(
+    workerId: string,
+    run: RunRefLike | undefined,
+  ): { stop: boolean; run: RunRefLike; ringStep: number; ringRound: number } {
     this.checkRun(run);
     this.memberOrThrow(workerId);
     const stop = this.finished;
     if (stop) this.told.add(workerId);
-    return { stop, run: this.runRef() };
+    return { stop, run: this.runRef(), ringStep: this.ring?.step ?? 0, ringRound: this.ring?.round ?? 0 };
   }
 
   /** Long poll: the worker's next assignment, WAIT after longPollMs, or FINISH. */
@@ -440,7 +444,10 @@ export class FleetCoordinator {
     for (const u of units) {
       const seen = [...(this.refusals.get(u) ?? []), `${workerId}: ${reason}`];
       this.refusals.set(u, seen);
-      if ((seen.length >= MAX_REFUSALS_PER_SHARD || noneLeft) && !this.fatal) {
+      // Workers, not member ids: one process that registers again and fails again is one worker.
+      const names = new Set([...(this.refusalNames.get(u) ?? []), member.name || workerId]);
+      this.refusalNames.set(u, names);
+      if ((names.size >= MAX_REFUSALS_PER_SHARD || noneLeft) && !this.fatal) {
         const workers = `${seen.length} worker${seen.length > 1 ? 's' : ''} (${seen.join('; ')})`;
         this.fatal = new FleetRunError(
           lastMemberStops
@@ -497,6 +504,7 @@ export class FleetCoordinator {
     this.work = work;
     this.currentStep = work.step;
     this.refusals.clear();
+    this.refusalNames.clear();
     try {
       while (!work.finished) {
         if (this.fatal) throw this.fatal;
@@ -507,8 +515,11 @@ export class FleetCoordinator {
             this.notePause(members.length, work);
           } else {
             this.noteResume();
+            // A ring sums in planning order: planned by worker name (then id), a fleet of the same
+            // names reduces in the same order after a coordinator restart, whoever joins first.
+            const order = (this.opts.exchange ?? 'central') === 'central' ? members : [...members].sort(byName);
             work.plan(
-              members.map((m) => m.id),
+              order.map((m) => m.id),
               this.membership.round,
             );
             this.planRing(work);
@@ -545,6 +556,19 @@ export class FleetCoordinator {
       members.map((m) => ({ id: m!.id, peerAddress: m!.peerAddress! })),
       layout,
     );
+  }
+
+  /**
+   * A member of the open ring was lost: the ring is dropped with its slices so far (no partial sum is
+   * ever applied) and the step planned again over the members left; its members abandon it when their
+   * heartbeat shows a newer round and another ring. (A join does not disturb an open ring: the
+   * newcomer takes part from the next plan.) Returns the units taken back.
+   */
+  private dropRing(): number[] {
+    const ring = this.ring;
+    if (!ring) return [];
+    this.ring = undefined;
+    return ring.members.flatMap((m) => this.work?.revoke(m.id) ?? []);
   }
 
   /**
@@ -653,15 +677,10 @@ export class FleetCoordinator {
   private lose(workerId: string, reason: string, level: 'warn' | 'info', kind: LossKind): void {
     const departure = this.membership.remove(workerId, reason);
     if (!departure) return;
-    const back = this.work?.revoke(workerId) ?? [];
-    // A ring cannot complete without one of its members: the whole round is planned again over
-    // those left, and its slices so far are dropped (no partial sum is ever applied).
-    const ring = this.ring;
-    if (ring?.includes(workerId)) {
-      this.ring = undefined;
-      for (const m of ring.members) if (m.id !== workerId) back.push(...(this.work?.revoke(m.id) ?? []));
-      back.sort((a, b) => a - b);
-    }
+    const back = [
+      ...(this.work?.revoke(workerId) ?? []),
+      ...(this.ring?.includes(workerId) ? this.dropRing() : []),
+    ].sort((a, b) => a - b);
     this.lost.push({ id: workerId, name: departure.member.name, reason, step: this.currentStep });
     const replan = back.length ? `; shards [${back}] of step ${this.currentStep} go to the other workers` : '';
     this.log[level](
@@ -752,4 +771,8 @@ export class FleetCoordinator {
       signal?.addEventListener('abort', done);
     });
   }
+}
+
+function byName(a: Member, b: Member): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
 }

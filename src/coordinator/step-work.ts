@@ -19,7 +19,7 @@ export class StepWork<R> {
   private readonly inFlight = new Map<string, Assignment>();
   private readonly done = new Set<number>();
   /** Results in arrival order; a ring's one result lists every member it combines. */
-  readonly results: { workerId: string; units: number[]; result: R; members?: string[] }[] = [];
+  readonly results: { workerId: string; units: number[]; result: R; members?: string[]; groups?: number[][] }[] = [];
 
   constructor(
     readonly kind: 'train' | 'embed',
@@ -95,10 +95,12 @@ export class StepWork<R> {
       const a = this.inFlight.get(m);
       if (!a || a.round !== round) return { ok: false, reason: `${m} holds no assignment of round ${round}` };
     }
-    const units = members.flatMap((m) => this.inFlight.get(m)!.units).sort((a, b) => a - b);
+    // Each member's units, in ring order: together they decide the summation order.
+    const groups = members.map((m) => [...this.inFlight.get(m)!.units]);
+    const units = groups.flat().sort((a, b) => a - b);
     for (const m of members) this.inFlight.delete(m);
     for (const u of units) this.done.add(u);
-    this.results.push({ workerId: members.join(','), units, result, members: [...members] });
+    this.results.push({ workerId: members.join(','), units, result, members: [...members], groups });
     return { ok: true };
   }
 

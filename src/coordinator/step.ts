@@ -227,7 +227,8 @@ export async function runStep(ctx: StepContext, step: number): Promise<StepOutco
       batchHash,
       shards: work.units.length,
       shardsComputed: results.reduce((n, r) => n + r.shards, 0),
-      shardGroups: [...work.results].sort((a, b) => a.units[0] - b.units[0]).map((r) => [...r.units]),
+      // A ring's members' units in ring order; whole uploads' units in shard order.
+      shardGroups: [...work.results].sort((a, b) => a.units[0] - b.units[0]).flatMap((r) => r.groups ?? [[...r.units]]),
       ...bytesMoved(bytesBefore, ctx.executor.exchangeBytes?.()),
     };
     return { applied: true, report, work };

@@ -322,9 +322,7 @@ export class FleetClient {
   }
 
   private upload<Req>(
-    open: (
-      cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void,
-    ) => grpc.ClientWritableStream<Req>,
+    open: OpenUpload<Req>,
     first: Req,
     tensors: [string, Float32Array, number[]][],
     dtype: WireDType,
@@ -373,15 +371,18 @@ export class FleetClient {
   }
 }
 
+/** Opens a client-streamed upload whose answer goes to the callback. */
+export type OpenUpload<Req> = (
+  cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void,
+) => grpc.ClientWritableStream<Req>;
+
 /**
  * Streams a first message (a header) and tensors in chunks over a client stream, respecting gRPC
  * flow control; stops sending when the receiver answers early (a refusal). `onBytes` counts the
  * tensor bytes sent.
  */
 export function streamTensors<Req>(
-  open: (
-    cb: (err: grpc.ServiceError | null, res?: { accepted: boolean; reason: string }) => void,
-  ) => grpc.ClientWritableStream<Req>,
+  open: OpenUpload<Req>,
   first: Req,
   tensors: [string, Float32Array, number[]][],
   dtype: WireDType,

@@ -18,21 +18,26 @@ export interface HeartbeatSetup {
 export type HeartbeatEvent =
   | { type: 'stop' }
   | { type: 'gone'; details: string }
-  /** The membership round moved on (a worker joined or was lost): an open ring may be dead. */
-  | { type: 'round'; round: number };
+  /** The membership round or the open ring changed: a ring of an older round may be dead. */
+  | { type: 'round'; round: number; ringStep: number; ringRound: number };
 
 const setup = workerData as HeartbeatSetup;
 const client = new FleetClient(setup.address, setup.security);
-let lastRound = setup.run.round;
+let last = '';
 
 async function beat(): Promise<void> {
   try {
     const res = await client.heartbeat(setup.run, setup.workerId, Math.max(1000, setup.intervalMs * 2));
     if (res.stop) parentPort!.postMessage({ type: 'stop' } satisfies HeartbeatEvent);
-    const round = res.run?.round ?? 0;
-    if (round > lastRound) {
-      lastRound = round;
-      parentPort!.postMessage({ type: 'round', round } satisfies HeartbeatEvent);
+    const seen = `${res.run?.round ?? 0}/${res.ringStep}/${res.ringRound}`;
+    if (seen !== last) {
+      last = seen;
+      parentPort!.postMessage({
+        type: 'round',
+        round: res.run?.round ?? 0,
+        ringStep: res.ringStep,
+        ringRound: res.ringRound,
+      } satisfies HeartbeatEvent);
     }
   } catch (err) {
     const failure = callFailure(err);

@@ -98,7 +98,7 @@ export class FleetWorker {
   private readonly inbox = new RingInbox();
   private readonly peers: PeerClients;
   private peerServer: PeerServer | undefined;
-  private openRing: { round: number; abort: AbortController } | undefined;
+  private openRing: { step: number; round: number; abort: AbortController } | undefined;
   private packed: Float32Array | undefined;
 
   constructor(
@@ -167,10 +167,15 @@ export class FleetWorker {
 
   private peerAddress = '';
 
-  /** The membership moved on: a ring of an older round can never complete. */
-  private onRound(round: number): void {
+  /**
+   * The membership moved on: a ring of an older round that is no longer the coordinator's open ring
+   * was dropped (a member was lost) and can never complete.
+   */
+  private onRound(round: number, ringStep: number, ringRound: number): void {
     this.latestRound = Math.max(this.latestRound, round);
-    if (this.openRing && round > this.openRing.round) this.openRing.abort.abort(new Error(`round ${round} began`));
+    const ring = this.openRing;
+    if (ring && round > ring.round && !(ringStep === ring.step && ringRound === ring.round))
+      ring.abort.abort(new Error(`round ${round} began and the ring was re-planned`));
     for (const w of this.roundWaiters.splice(0)) w();
   }
 
@@ -236,9 +241,15 @@ export class FleetWorker {
           heartbeat,
           events: [],
         };
-        heartbeat.on('message', (e: HeartbeatEvent) =>
-          e.type === 'round' ? this.onRound(e.round) : session.events.push(e),
-        );
+        heartbeat.on('message', (e: HeartbeatEvent) => {
+          if (e.type === 'round') return this.onRound(e.round, e.ringStep, e.ringRound);
+          // Not a member any more (a restarted coordinator), or the run is over: no ring of ours
+          // can complete.
+          this.openRing?.abort.abort(
+            new Error(e.type === 'stop' ? 'the run is over' : 'the coordinator no longer knows this worker'),
+          );
+          session.events.push(e);
+        });
         this.inbox.onBadData = (from, reason) => {
           this.log.warn({ peer: from, reason }, `ring peer ${from} sent bad data (${reason}); telling the coordinator`);
           void this.client
@@ -415,7 +426,7 @@ export class FleetWorker {
     if (ringPlan) {
       if (!this.peerServer) throw new Error('the coordinator planned a ring for a worker without --peer-listen');
       this.inbox.open(expectationOf(ringPlan, next.ring!.length));
-      this.openRing = { round: run.round, abort: new AbortController() };
+      this.openRing = { step: run.step, round: run.round, abort: new AbortController() };
     }
     const g = this.opts.syntheticGradients
       ? syntheticGradient(loaded.model, next.shards.length)
@@ -527,9 +538,10 @@ export class FleetWorker {
       });
     } catch (err) {
       if (this.openRing?.abort.signal.aborted) {
+        const why = (this.openRing.abort.signal.reason as Error | undefined)?.message ?? 'aborted';
         this.log.info(
           { step: run.step, round: run.round },
-          `ring of step ${run.step} round ${run.round} abandoned: the round moved on`,
+          `ring of step ${run.step} round ${run.round} abandoned: ${why}`,
         );
         return;
       }

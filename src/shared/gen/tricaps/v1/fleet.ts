@@ -177,6 +177,12 @@ export interface HeartbeatResponse {
     | undefined;
   /** The run is over or the coordinator is shutting down: the worker should exit. */
   stop: boolean;
+  /**
+   * The ring reduction open now (--exchange ring), by step and round; 0/0 when none. A member whose
+   * ring is of an older round and not this one abandons it.
+   */
+  ringStep: number;
+  ringRound: number;
 }
 
 export interface FetchWeightsRequest {
@@ -1033,7 +1039,7 @@ export const HeartbeatRequest: MessageFns<HeartbeatRequest> = {
 };
 
 function createBaseHeartbeatResponse(): HeartbeatResponse {
-  return { run: undefined, stop: false };
+  return { run: undefined, stop: false, ringStep: 0, ringRound: 0 };
 }
 
 export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
@@ -1043,6 +1049,12 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
     }
     if (message.stop !== false) {
       writer.uint32(16).bool(message.stop);
+    }
+    if (message.ringStep !== 0) {
+      writer.uint32(24).uint64(message.ringStep);
+    }
+    if (message.ringRound !== 0) {
+      writer.uint32(32).uint64(message.ringRound);
     }
     return writer;
   },
@@ -1076,6 +1088,22 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
             message.stop = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ringStep = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ringRound = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1092,6 +1120,16 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
     return {
       run: isSet(object.run) ? RunRef.fromJSON(object.run) : undefined,
       stop: isSet(object.stop) ? globalThis.Boolean(object.stop) : false,
+      ringStep: isSet(object.ringStep)
+        ? globalThis.Number(object.ringStep)
+        : isSet(object.ring_step)
+        ? globalThis.Number(object.ring_step)
+        : 0,
+      ringRound: isSet(object.ringRound)
+        ? globalThis.Number(object.ringRound)
+        : isSet(object.ring_round)
+        ? globalThis.Number(object.ring_round)
+        : 0,
     };
   },
 
@@ -1103,6 +1141,12 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
     if (message.stop !== false) {
       obj.stop = message.stop;
     }
+    if (message.ringStep !== 0) {
+      obj.ringStep = Math.round(message.ringStep);
+    }
+    if (message.ringRound !== 0) {
+      obj.ringRound = Math.round(message.ringRound);
+    }
     return obj;
   },
 
@@ -1113,6 +1157,8 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
     const message = createBaseHeartbeatResponse();
     message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
     message.stop = object.stop ?? false;
+    message.ringStep = object.ringStep ?? 0;
+    message.ringRound = object.ringRound ?? 0;
     return message;
   },
 };
