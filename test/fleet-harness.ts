@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FleetProcess } from '../src/bench/processes.js';
 
-export { FleetProcess, TINY, type LogLine } from '../src/bench/processes.js';
+export { FleetProcess, listeningAddress, TINY, type LogLine } from '../src/bench/processes.js';
 
 /** Tracks processes of one test and kills whatever is left at the end. */
 export class Fleet {
@@ -32,16 +32,6 @@ export class Fleet {
     await Promise.all(this.procs.map((p) => p.exited));
     this.procs.length = 0;
   }
-}
-
-/** The address a coordinator logged it listens on. */
-export async function listeningAddress(c: FleetProcess): Promise<string> {
-  const l = await c.waitFor(
-    (x) => typeof x.address === 'string' && x.msg.includes('listening on'),
-    60_000,
-    'listening line',
-  );
-  return l.address as string;
 }
 
 /** Temporary directories of one test file, removed by cleanup() (call it in afterEach). */

@@ -26,7 +26,7 @@ import {
   type PlannedFault,
   type StepLine,
 } from './chaos-schedule.js';
-import { FleetProcess, TINY, type LogLine } from './processes.js';
+import { FleetProcess, listeningAddress, TINY, type LogLine } from './processes.js';
 
 export { FAULT_KINDS, type FaultKind } from './chaos-schedule.js';
 
@@ -328,7 +328,7 @@ async function runSchedule(seed: number, o: ChaosOptions): Promise<ScheduleRepor
       '--checkpoint-dir',
       referenceDir,
     ]);
-    const refAddress = await listening(ref);
+    const refAddress = await listeningAddress(ref);
     for (const w of WORKERS) worker('reference-worker', refAddress, w);
     const refExit = await ref.exited;
     if (refExit.code !== 0) throw new Error(`the reference run failed (exit ${refExit.code ?? refExit.signal})`);
@@ -351,7 +351,7 @@ async function runSchedule(seed: number, o: ChaosOptions): Promise<ScheduleRepor
       ...(resume ? ['--resume'] : []),
     ];
     let coord = procs.start('coordinator', coordinatorArgs('127.0.0.1:0', false));
-    const address = await listening(coord);
+    const address = await listeningAddress(coord);
     const workers = new Map<string, FleetProcess>();
     for (const w of WORKERS) if (w !== late) workers.set(w, worker('worker', address, w));
     const incarnations: { proc: FleetProcess; startStep: number }[] = [{ proc: coord, startStep: 0 }];
@@ -534,15 +534,6 @@ async function runSchedule(seed: number, o: ChaosOptions): Promise<ScheduleRepor
     if (o.logs || report.ok) rmSync(work, { recursive: true, force: true });
   }
   return report;
-}
-
-async function listening(c: FleetProcess): Promise<string> {
-  const l = await c.waitFor(
-    (x) => typeof x.address === 'string' && x.msg.includes('listening on'),
-    60_000,
-    'listening',
-  );
-  return l.address as string;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -95,6 +95,16 @@ export class FleetProcess {
   }
 }
 
+/** The address a coordinator logged it listens on. */
+export async function listeningAddress(c: FleetProcess): Promise<string> {
+  const l = await c.waitFor(
+    (x) => typeof x.address === 'string' && x.msg.includes('listening on'),
+    60_000,
+    'listening line',
+  );
+  return l.address as string;
+}
+
 /** A tiny model and synthetic catalogue: steps of a fraction of a second on wasm (tests, the soak). */
 export const TINY = [
   '--variant',

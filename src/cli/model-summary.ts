@@ -1,35 +1,16 @@
 // `tricaps model summary`: layer shapes, parameter counts and forward cost, as a table or JSON.
 import type { Command } from 'commander';
 import { buildArchitecture, forwardMacsPerImage, parameterCounts } from '../shared/model/architecture.js';
-import { modelConfig, ROUTING_POOLS, ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
-import { choiceOption, floatOption, intOption } from './options.js';
+import { modelConfig } from '../shared/model/config.js';
+import { addArchitectureOptions, intOption } from './options.js';
 
 export function registerModelCommands(program: Command): void {
   const model = program.command('model').description('inspect the TriCapsNet model');
-  model
-    .command('summary')
+  addArchitectureOptions(model.command('summary'), 256)
     .description(
       'print layer output shapes, parameter counts (trainable and BatchNorm buffers) and multiply-accumulates',
     )
-    .option('--variant <v>', `model variant (${VARIANTS.join('|')})`, choiceOption(VARIANTS), 'sc')
-    .option('--image-size <n>', 'input side in pixels (multiple of 16)', intOption(16, 1024), 256)
     .option('--categories <n>', 'number of categories (class capsules)', intOption(2, 1000), 23)
-    .option('--width <x>', 'channel width multiplier', floatOption(0.01, 8), 1)
-    .option('--primary-dim <n>', 'primary capsule dimension', intOption(2, 64), 16)
-    .option('--class-dim <n>', 'class capsule dimension', intOption(2, 64), 16)
-    .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
-    .option(
-      '--routing-rule <r>',
-      `routing logit update (${ROUTING_RULES.join('|')})`,
-      choiceOption(ROUTING_RULES),
-      'reassign',
-    )
-    .option(
-      '--routing-pool <p>',
-      `class capsule input (${ROUTING_POOLS.join('|')})`,
-      choiceOption(ROUTING_POOLS),
-      'sum',
-    )
     .option('--json', 'print JSON instead of a table')
     .action((o) => {
       const arch = buildArchitecture(

@@ -4,7 +4,6 @@ import { Command, InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import { ENGINE_NAMES, type EngineChoice } from '../shared/engine/engine.js';
 import { createLogger } from '../shared/log.js';
-import { ROUTING_POOLS, ROUTING_RULES, VARIANTS } from '../shared/model/config.js';
 import { MASK_MODES } from '../shared/model/embedding.js';
 import { MINING_STRATEGIES } from '../shared/model/mining.js';
 import { TrainConfigSchema, type TrainConfig } from '../shared/train-config.js';
@@ -13,30 +12,12 @@ import { trainLocal, type LocalCheckpointing } from '../coordinator/train-local.
 import { runLocalFleet } from '../coordinator/local-fleet.js';
 import { outsideComputeShare } from '../coordinator/run-coordinator.js';
 import { FleetConfigSchema, type FleetConfig } from '../coordinator/fleet-config.js';
-import { choiceOption, collectChoices, floatOption, intOption } from './options.js';
+import { addArchitectureOptions, choiceOption, collectChoices, floatOption, intOption } from './options.js';
 import { UsageError } from '../shared/errors.js';
 import { mean } from '../shared/stats.js';
 
 export function addModelOptions(cmd: Command): Command {
-  return cmd
-    .option('--variant <v>', `model variant (${VARIANTS.join('|')})`, choiceOption(VARIANTS), 'sc')
-    .option('--image-size <n>', 'input side in pixels (multiple of 16)', intOption(16, 1024), 64)
-    .option('--width <x>', 'channel width multiplier', floatOption(0.01, 8), 1)
-    .option('--primary-dim <n>', 'primary capsule dimension', intOption(2, 64), 16)
-    .option('--class-dim <n>', 'class capsule dimension', intOption(2, 64), 16)
-    .option('--routing-iterations <n>', 'dynamic routing iterations', intOption(1, 10), 3)
-    .option(
-      '--routing-rule <r>',
-      `routing logit update (${ROUTING_RULES.join('|')})`,
-      choiceOption(ROUTING_RULES),
-      'reassign',
-    )
-    .option(
-      '--routing-pool <p>',
-      `class capsule input: coupling-weighted ${ROUTING_POOLS.join('|')} of predictions (sum = reference)`,
-      choiceOption(ROUTING_POOLS),
-      'sum',
-    )
+  return addArchitectureOptions(cmd, 64)
     .option('--engine <e>', `compute engine (${ENGINE_NAMES.join('|')})`, choiceOption(ENGINE_NAMES), 'auto')
     .option('--batch-triplets <n>', 'triplets per step (a PK batch of 3n images)', intOption(2, 4096), 16)
     .option('--images-per-item <k>', 'K of the PK batch', intOption(2, 64), 3)

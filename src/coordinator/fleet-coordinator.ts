@@ -6,6 +6,7 @@
 import { ringLayout } from '../shared/plan/ring.js';
 import { RingRound, type RingMemberRef } from './ring-round.js';
 import { ExchangeMeter } from '../shared/exchange-meter.js';
+import type { TensorSpec } from '../shared/stream-service.js';
 import type { Logger } from '../shared/log.js';
 import type { EncodedChunk } from '../shared/tensor-codec.js';
 import { median } from '../shared/stats.js';
@@ -43,7 +44,6 @@ export interface RunRefLike {
   step: number;
 }
 
-import type { TensorSpec } from '../shared/stream-service.js';
 export type { TensorSpec } from '../shared/stream-service.js';
 
 /** What the coordinator serves as weights and expects back as gradients. */
@@ -177,8 +177,7 @@ export class FleetCoordinator {
   private sweepTimer: NodeJS.Timeout | undefined;
   private lastSweep = 0;
   /** Results refused per shard of the current step (a shard that fails everywhere stops the run). */
-  private readonly refusals = new Map<number, string[]>();
-  private readonly refusalNames = new Map<number, Set<string>>();
+  private readonly refusals = new Map<number, { worker: string; text: string }[]>();
   private fatal: Error | undefined;
   private readonly recentNorms: number[] = [];
   /** The open ring reduction of the current step's round (--exchange ring). */
@@ -442,17 +441,19 @@ export class FleetCoordinator {
     // cause named above, until a worker joins: one machine's broken mount must not end the run.)
     const noneLeft = lastMemberStops && this.membership.size === 0;
     for (const u of units) {
-      const seen = [...(this.refusals.get(u) ?? []), `${workerId}: ${reason}`];
+      const seen = [
+        ...(this.refusals.get(u) ?? []),
+        { worker: member.name || workerId, text: `${workerId}: ${reason}` },
+      ];
       this.refusals.set(u, seen);
       // Workers, not member ids: one process that registers again and fails again is one worker.
-      const names = new Set([...(this.refusalNames.get(u) ?? []), member.name || workerId]);
-      this.refusalNames.set(u, names);
-      if ((names.size >= MAX_REFUSALS_PER_SHARD || noneLeft) && !this.fatal) {
-        const workers = `${seen.length} worker${seen.length > 1 ? 's' : ''} (${seen.join('; ')})`;
+      const workers = new Set(seen.map((r) => r.worker)).size;
+      if ((workers >= MAX_REFUSALS_PER_SHARD || noneLeft) && !this.fatal) {
+        const who = `${seen.length} worker${seen.length > 1 ? 's' : ''} (${seen.map((r) => r.text).join('; ')})`;
         this.fatal = new FleetRunError(
           lastMemberStops
-            ? `step ${work.step}: shard ${u} could not be computed on ${workers}; stopping the run. Check the data of this step`
-            : `step ${work.step}: shard ${u} gave unusable results on ${workers}; stopping the run. Lower --lr, or check the data of this step`,
+            ? `step ${work.step}: shard ${u} could not be computed on ${who}; stopping the run. Check the data of this step`
+            : `step ${work.step}: shard ${u} gave unusable results on ${who}; stopping the run. Lower --lr, or check the data of this step`,
         );
         this.notify();
       }
@@ -504,7 +505,6 @@ export class FleetCoordinator {
     this.work = work;
     this.currentStep = work.step;
     this.refusals.clear();
-    this.refusalNames.clear();
     try {
       while (!work.finished) {
         if (this.fatal) throw this.fatal;
@@ -559,9 +559,9 @@ export class FleetCoordinator {
   }
 
   /**
-   * A member of the open ring was lost: the ring is dropped with its slices so far (no partial sum is
-   * ever applied) and the step planned again over the members left; its members abandon it when their
-   * heartbeat shows a newer round and another ring. (A join does not disturb an open ring: the
+   * The open ring cannot complete (a member was lost) or its result was refused: it is dropped with
+   * its slices so far (no partial sum is ever applied) and the step planned again; its members
+   * abandon it when their heartbeat shows another ring. (A join does not disturb an open ring: the
    * newcomer takes part from the next plan.) Returns the units taken back.
    */
   private dropRing(): number[] {
@@ -597,7 +597,6 @@ export class FleetCoordinator {
     if (ring.complete) {
       const result = ring.result();
       const members = ring.members.map((m) => m.id);
-      this.ring = undefined;
       try {
         this.checkNorm(members.join(','), result.grads);
       } catch (err) {
@@ -608,10 +607,11 @@ export class FleetCoordinator {
           { step: ring.step, round: ring.round },
           `ring result of step ${ring.step} refused (${(err as Error).message}); recomputing the step with whole uploads to find the member`,
         );
-        for (const m of members) this.work?.revoke(m);
+        this.dropRing();
         this.notify();
         throw err;
       }
+      this.ring = undefined;
       const accepted = (this.work as StepWork<TrainResult>).acceptRing(members, ring.round, result);
       if (!accepted.ok) throw new FleetError('stale', accepted.reason);
     }

@@ -3,7 +3,7 @@
 // have arrived it assembles the summed vector and turns it into the one result the step averages.
 // Pure state: the fleet coordinator creates one per planned round and drops it when the round ends.
 import type { ShardsGradient } from '../shared/train/shard-gradients.js';
-import { nonFinite, ownedSlice, sliceBounds, unpackReduced, type RingLayout, type Slice } from '../shared/plan/ring.js';
+import { ownedSlice, sliceBounds, unpackReduced, type RingLayout, type Slice } from '../shared/plan/ring.js';
 
 export interface RingMemberRef {
   id: string;
@@ -49,7 +49,10 @@ export class RingRound {
     return undefined;
   }
 
-  /** Stores a member's reduced slice; a non-finite value is the member's (hops were checked). */
+  /**
+   * Stores a member's reduced slice. Its values were decoded (so finite: a non-finite value is
+   * refused in decoding and names the member, whose own part it must be, since every hop was checked).
+   */
   accept(
     workerId: string,
     values: Float32Array,
@@ -57,8 +60,6 @@ export class RingRound {
   ): { ok: true } | { ok: false; reason: string } {
     const s = this.sliceOf(workerId);
     if (values.length !== s.length) return { ok: false, reason: `slice of ${values.length} values, ${s.length} due` };
-    const bad = nonFinite(values, workerId, s.index);
-    if (bad) return { ok: false, reason: bad };
     this.received.set(s.index, values);
     this.dataSeconds = Math.max(this.dataSeconds, timings.dataSeconds);
     this.computeSeconds = Math.max(this.computeSeconds, timings.computeSeconds);

@@ -55,8 +55,9 @@ export interface StepReport {
   shards: number;
   shardsComputed: number;
   /**
-   * The shards each result combined, in shard order: the grouping decides the summation order, so
-   * two runs give bit-identical updates exactly when their groupings match.
+   * The shards each result combined, in shard order (a ring: each member's shards, in ring order):
+   * the grouping decides the summation order, so two runs give bit-identical updates exactly when
+   * their groupings match.
    */
   shardGroups: number[][];
   /** Tensor bytes this step moved: weights sent to workers, gradients received (0 in one process). */

@@ -126,17 +126,22 @@ export class Backoff {
     this.delayMs = Math.min(5000, this.delayMs * 2);
     const signal = this.o.signal;
     if (signal.aborted) return Promise.resolve();
-    if (this.o.sleep) return this.o.sleep(ms, signal);
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(t);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const t = setTimeout(done, ms);
-      signal.addEventListener('abort', done, { once: true });
-    });
+    return (this.o.sleep ?? abortableSleep)(ms, signal);
   }
+}
+
+/** Waits ms, or less if the signal fires (a stop does not wait out a backoff or a simulated compute). */
+export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 /**

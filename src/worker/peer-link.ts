@@ -11,7 +11,7 @@ import {
   type RunRef,
 } from '../shared/gen/tricaps/v1/fleet.js';
 import { callMetadata, channelCredentials, serverCredentials, type FleetSecurity } from '../shared/fleet-security.js';
-import { checkHopHeader, nonFinite, type Slice } from '../shared/plan/ring.js';
+import { checkHopHeader, type Slice } from '../shared/plan/ring.js';
 import { Gate, upload, UploadReader } from '../shared/stream-service.js';
 import type { ExchangeMeter } from '../shared/exchange-meter.js';
 import type { WireDType } from '../shared/tensor-codec.js';
@@ -83,36 +83,34 @@ export class RingInbox {
     if (problem) {
       // A wrong shape from the real predecessor of this very ring is bad data; anything else is a
       // stranger or a stale sender, refused and otherwise ignored.
-      const fromPredecessor =
-        h.fromWorker === ring.predecessor &&
-        run.runId === ring.run &&
-        run.round === ring.round &&
-        run.step === ring.step;
-      if (fromPredecessor) this.onBadData?.(h.fromWorker, problem);
+      this.badContent(h, problem);
       return { ok: false, code: grpc.status.FAILED_PRECONDITION, reason: problem };
     }
     return { ok: true, slice: slice! };
   }
 
-  /** Content that could not be decoded (a non-finite value, a wrong size) from the predecessor. */
+  /**
+   * Bad content (a wrong slice, a non-finite value the decoder refused): reported when it comes from
+   * this ring's predecessor, ignored from anyone else.
+   */
   badContent(h: HopHeader, reason: string): void {
     const ring = this.ring;
-    if (ring && h.fromWorker === ring.predecessor && h.run?.round === ring.round && h.run?.step === ring.step)
-      this.onBadData?.(h.fromWorker, reason);
+    const fromPredecessor =
+      ring &&
+      h.fromWorker === ring.predecessor &&
+      h.run?.runId === ring.run &&
+      h.run.round === ring.round &&
+      h.run.step === ring.step;
+    if (fromPredecessor) this.onBadData?.(h.fromWorker, reason);
   }
 
-  deliver(h: HopHeader, values: Float32Array): string | undefined {
-    const bad = nonFinite(values, h.fromWorker, h.slice);
-    if (bad) {
-      this.onBadData?.(h.fromWorker, bad);
-      return bad;
-    }
+  /** A hop's values (decoded, so whole and finite). */
+  deliver(h: HopHeader, values: Float32Array): void {
     const waiter = this.waiters.get(h.hop);
     if (waiter) {
       this.waiters.delete(h.hop);
       waiter(values);
     } else this.arrived.set(h.hop, values);
-    return undefined;
   }
 
   /** The values of hop `hop` from the predecessor, when they arrive (or the signal fires). */
@@ -181,8 +179,7 @@ export async function servePeers(
               grpcCode: grpc.status.CANCELLED,
             });
           }
-          const bad = inbox.deliver(h, values);
-          if (bad) throw Object.assign(new Error(bad), { grpcCode: grpc.status.INVALID_ARGUMENT });
+          inbox.deliver(h, values);
         },
         (h, reason) => inbox.badContent(h, reason),
         undefined,

@@ -2,7 +2,9 @@
 // add the predecessor's to another, hop after hop, until this member holds the complete sum of the
 // slice it owns. Every wait has a deadline and the whole ring is abandoned when its signal fires
 // (the round changed: a member was lost and the step is being planned again).
+import * as grpc from '@grpc/grpc-js';
 import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
+import { abortableSleep } from './fleet-client.js';
 import { addInto, ownedSlice, reduceScatterHops, sliceBounds, type Slice } from '../shared/plan/ring.js';
 import type { WireDType } from '../shared/tensor-codec.js';
 import { NOT_READY, type PeerClients, type RingInbox } from './peer-link.js';
@@ -59,6 +61,7 @@ export async function reduceScatter(
   const n = plan.members.length;
   const bounds = sliceBounds(vector.length, n);
   const successor = plan.members[(plan.position + 1) % n];
+  const predecessor = plan.members[(plan.position - 1 + n) % n].workerId;
   const hops = reduceScatterHops(plan.position, n);
   for (let k = 0; k < hops.length; k++) {
     const send = bounds[hops[k].send];
@@ -74,7 +77,6 @@ export async function reduceScatter(
     const deadlineAt = Date.now() + o.hopTimeoutMs;
     const hopSignal = AbortSignal.any([o.signal, AbortSignal.timeout(o.hopTimeoutMs)]);
     const sent = sendHop(peers, successor, plan, k, send, values, o.dtype, deadlineAt, hopSignal);
-    const predecessor = plan.members[(plan.position - 1 + n) % n].workerId;
     const received = inbox.take(k, hopSignal).catch((err) => {
       if (o.signal.aborted) throw err;
       throw new RingHopError(`no hop ${k} from ${predecessor} within ${o.hopTimeoutMs} ms`, predecessor);
@@ -83,7 +85,7 @@ export async function reduceScatter(
     addInto(vector.subarray(receive.offset, receive.offset + receive.length), got);
     if (k === 0 && o.faults?.holdAfterFirstHopMs) {
       o.faults.onHold?.();
-      await sleep(o.faults.holdAfterFirstHopMs, o.signal);
+      await abortableSleep(o.faults.holdAfterFirstHopMs, o.signal);
     }
   }
   const own = bounds[ownedSlice(plan.position, n)];
@@ -117,29 +119,16 @@ async function sendHop(
       const details = (err as { details?: string }).details ?? (err as Error).message;
       if (signal.aborted) throw err;
       if (details === NOT_READY && Date.now() < deadlineAt) {
-        await sleep(50, signal);
+        await abortableSleep(50, signal);
         continue;
       }
+      // Unreachable or silent: the successor is the one to name (a refusal names the sender).
+      const code = (err as { code?: number }).code;
+      const unreachable = code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED;
       throw new RingHopError(
         `hop ${hop} to ${successor.workerId} at ${successor.peerAddress} failed: ${details}`,
-        /UNAVAILABLE|DEADLINE|ECONNREFUSED|No connection/i.test(
-          `${(err as { code?: number }).code === 14 ? 'UNAVAILABLE' : ''} ${details}`,
-        )
-          ? successor.workerId
-          : undefined,
+        unreachable ? successor.workerId : undefined,
       );
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

@@ -21,7 +21,7 @@ import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
-import { Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
+import { abortableSleep, Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
 import { computeShardsGradient, type ShardsGradient } from '../shared/train/shard-gradients.js';
 import { countExchange, type WorkerMetrics } from '../shared/metrics.js';
@@ -172,33 +172,9 @@ export class FleetWorker {
    * was dropped (a member was lost) and can never complete.
    */
   private onRound(round: number, ringStep: number, ringRound: number): void {
-    this.latestRound = Math.max(this.latestRound, round);
     const ring = this.openRing;
     if (ring && round > ring.round && !(ringStep === ring.step && ringRound === ring.round))
       ring.abort.abort(new Error(`round ${round} began and the ring was re-planned`));
-    for (const w of this.roundWaiters.splice(0)) w();
-  }
-
-  private latestRound = 0;
-  private readonly roundWaiters: (() => void)[] = [];
-
-  /** Resolves once a round after `round` has begun, or after ms (or on SIGTERM). */
-  private roundAfter(round: number, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const check = () => {
-        if (this.latestRound > round || this.stop.stopping) {
-          clearTimeout(timer);
-          this.stop.signal.removeEventListener('abort', check);
-          resolve();
-        } else this.roundWaiters.push(check);
-      };
-      const timer = setTimeout(() => {
-        this.stop.signal.removeEventListener('abort', check);
-        resolve();
-      }, ms);
-      this.stop.signal.addEventListener('abort', check, { once: true });
-      check();
-    });
   }
 
   private async register(): Promise<Session | undefined> {
@@ -682,18 +658,4 @@ function syntheticGradient(model: ModelState, shards: number): ShardsGradient {
     dataSeconds: 0,
     computeSeconds: 0,
   };
-}
-
-/** Waits ms, or less if the signal fires (a SIGTERM does not wait out a simulated compute). */
-function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = () => {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const t = setTimeout(done, ms);
-    signal.addEventListener('abort', done);
-  });
 }

@@ -5,7 +5,6 @@ import { weightedAverage } from '../../src/shared/plan/average.js';
 import {
   allGatherHops,
   checkHopHeader,
-  nonFinite,
   ownedSlice,
   packContribution,
   reduceInMemory,
@@ -139,13 +138,5 @@ describe('hop checks', () => {
     expect(checkHopHeader({ ...good, length: 11 }, want)).toBe(
       'w2-aa sent slice 2 [20, +11) where slice 2 [20, +10) was due',
     );
-  });
-
-  it('name the sender of a non-finite value', () => {
-    expect(nonFinite(new Float32Array([1, 2]), 'w2-aa', 0)).toBeUndefined();
-    expect(nonFinite(new Float32Array([1, NaN]), 'w2-aa', 3)).toBe(
-      'w2-aa sent a non-finite value (NaN) in slice 3 at 1',
-    );
-    expect(nonFinite(new Float32Array([Infinity]), 'w1', 0)).toMatch(/Infinity/);
   });
 });

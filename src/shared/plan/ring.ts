@@ -1,6 +1,7 @@
 // The ring exchange's arithmetic, with no network: how a worker's contribution is laid out as one
 // vector, how that vector is cut into slices, which slice each member sends and receives at each hop
-// of a reduce-scatter and of an all-gather, and the checks a receiver makes on every hop. The peer
+// of a reduce-scatter and of an all-gather, and the header checks a receiver makes on every hop
+// (values are checked finite by the tensor decoder). The peer
 // transport moves these slices; tests run whole rings in memory against the central average.
 //
 // A contribution is one Float32Array: every gradient multiplied by the member's triplets (so that
@@ -169,14 +170,6 @@ export function checkHopHeader(
   const s = want.slice;
   if (got.slice !== s.index || got.offset !== s.offset || got.length !== s.length)
     return `${got.from} sent slice ${got.slice} [${got.offset}, +${got.length}) where slice ${s.index} [${s.offset}, +${s.length}) was due`;
-  return undefined;
-}
-
-/** The first non-finite value of a received slice, named (undefined: all finite). */
-export function nonFinite(values: Float32Array, from: string, sliceIndex: number): string | undefined {
-  for (let i = 0; i < values.length; i++)
-    if (!Number.isFinite(values[i]))
-      return `${from} sent a non-finite value (${values[i]}) in slice ${sliceIndex} at ${i}`;
   return undefined;
 }
 
