@@ -44,7 +44,7 @@ async function run(
 }
 
 describe('ring exchange (real processes)', () => {
-  it('trains like the central exchange (float32 summation order aside) with one gradient through the coordinator per step', async () => {
+  it('trains like the central exchange (float32 summation order aside) with one gradient up and one model down through the coordinator per step', async () => {
     const central = await run('central', ['a', 'b', 'c'], 5);
     expect((await central.coord.exited).code).toBe(0);
     const ring = await run('ring', ['a', 'b', 'c'], 5);
@@ -66,6 +66,13 @@ describe('ring exchange (real processes)', () => {
       // Central: three whole gradients arrive; ring: one vector in slices, whatever the fleet size.
       expect(c[i].bytes_received).toBe(3 * (VECTOR - 6) * 4);
       expect(r[i].bytes_received).toBe(VECTOR * 4);
+      // Weights down: central sends each worker the whole model; ring sends each member one slice
+      // (they all-gather the rest), so one model in total (plus message framing, under 1%).
+      const weights = (VECTOR - 6) * 4;
+      expect(c[i].bytes_sent, `central step ${i}`).toBeGreaterThanOrEqual(3 * weights);
+      expect(c[i].bytes_sent).toBeLessThan(3 * weights * 1.01);
+      expect(r[i].bytes_sent, `ring step ${i}`).toBeGreaterThanOrEqual(weights);
+      expect(r[i].bytes_sent).toBeLessThan(weights * 1.01);
     }
     // The workers moved the ring's hops among themselves.
     for (const w of ring.workers) {

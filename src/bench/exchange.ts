@@ -54,6 +54,10 @@ class StaticWeights implements WeightSource {
     }
     return this.cache.chunks;
   }
+  flat(): Float32Array {
+    const size = this.gradientSpecs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+    return new Float32Array(size).fill(this.version * 1e-3);
+  }
 }
 
 export interface ExchangeRow {

@@ -8,7 +8,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { createServer as createHttp2Server } from 'node:http2';
 import { Worker as Thread } from 'node:worker_threads';
 import { median } from '../shared/stats.js';
-import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, widenSession } from '../coordinator/fleet-service.js';
+import { FLOW_CONTROL_WINDOW, MAX_FRAME_SIZE, widenSession } from '../shared/http2-window.js';
 
 export type LoopbackProtocol = 'tcp' | 'http2';
 

@@ -51,6 +51,8 @@ export interface WeightSource {
   readonly version: number;
   /** Every parameter and buffer of the current version, float32. */
   chunks(): EncodedChunk[];
+  /** The same values as one vector (parameters, then buffers, in architecture order): ring slices. */
+  flat(): Float32Array;
   /** Gradients expected per trainable parameter. */
   readonly gradientSpecs: TensorSpec[];
   /** New statistics expected per BatchNorm buffer. */
@@ -118,7 +120,7 @@ export type NextStepAnswer =
       shards: PlannedShard[];
       weightsVersion: number;
       /** The ring this assignment's gradient is reduced over (--exchange ring). */
-      ring?: { members: RingMemberRef[]; position: number; length: number };
+      ring?: { members: RingMemberRef[]; position: number; length: number; weightsLength: number };
     }
   | { action: 'wait'; run: RunRefLike }
   | { action: 'finish'; run: RunRefLike };
@@ -300,7 +302,12 @@ export class FleetCoordinator {
           weightsVersion: this.weights.version,
           ring:
             work.kind === 'train' && ring && ring.round === assignment.round && ring.includes(workerId)
-              ? { members: ring.members, position: ring.position(workerId), length: ring.layout.length }
+              ? {
+                  members: ring.members,
+                  position: ring.position(workerId),
+                  length: ring.layout.length,
+                  weightsLength: this.weights.flat().length,
+                }
               : undefined,
         };
       }
@@ -314,6 +321,27 @@ export class FleetCoordinator {
     this.checkRun(run);
     this.memberOrThrow(workerId);
     return { version: this.weights.version, chunks: this.weights.chunks() };
+  }
+
+  /**
+   * One slice of the current weights vector (a ring member fetches its own and all-gathers the rest
+   * from its peers).
+   */
+  weightSlice(
+    workerId: string,
+    run: RunRefLike | undefined,
+    offset: number,
+    length: number,
+  ): { version: number; values: Float32Array } {
+    this.checkRun(run);
+    this.memberOrThrow(workerId);
+    const flat = this.weights.flat();
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || offset + length > flat.length)
+      throw new FleetError(
+        'invalid-argument',
+        `weights slice [${offset}, +${length}) is outside the ${flat.length} weights of this run (different model configuration?)`,
+      );
+    return { version: this.weights.version, values: flat.subarray(offset, offset + length) };
   }
 
   /** The tensors a train result must carry (gradients, then statistics), for decoding. */

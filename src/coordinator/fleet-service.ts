@@ -13,10 +13,11 @@ import {
   type RunRef,
   type TensorChunk,
 } from '../shared/gen/tricaps/v1/fleet.js';
-import { decodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
+import { decodeTensor, encodeTensor, TensorDecodeError, type EncodedChunk } from '../shared/tensor-codec.js';
 import { fromProtoChunk, toProtoChunk, toProtoDType } from '../shared/wire.js';
 import { UsageError } from '../shared/errors.js';
 import { FastFleetServiceDefinition, PreSerialized, serializeFetchWeights } from '../shared/wire-fast.js';
+import { widenFlowControlWindows } from '../shared/http2-window.js';
 import { serverCredentials, type FleetSecurity } from '../shared/fleet-security.js';
 import { Gate, upload, UploadReader, type GateOptions } from '../shared/stream-service.js';
 
@@ -141,6 +142,7 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
               members: a.ring.members.map((m) => ({ workerId: m.id, peerAddress: m.peerAddress })),
               position: a.ring.position,
               length: a.ring.length,
+              weightsLength: a.ring.weightsLength,
             }
           : undefined,
       };
@@ -153,16 +155,19 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
       }
       call.once('finish', admitted.release);
       call.once('close', admitted.release);
-      let snapshot: ReturnType<FleetCoordinator['weightChunks']>;
+      let messages: PreSerialized[];
       try {
-        snapshot = coord.weightChunks(call.request.workerId, runOf(call.request.run));
+        const { workerId, sliceOffset, sliceLength } = call.request;
+        messages =
+          sliceLength > 0
+            ? sliceMessages(coord.weightSlice(workerId, runOf(call.request.run), sliceOffset, sliceLength))
+            : weightMessages(coord.weightChunks(workerId, runOf(call.request.run)));
       } catch (err) {
         // grpc-js sends the status of a server stream given as an 'error' event.
         admitted.release();
         call.emit('error', toServiceError(err));
         return;
       }
-      const messages = weightMessages(snapshot);
       let i = 0;
       const pump = () => {
         while (i < messages.length) {
@@ -319,37 +324,14 @@ function weightMessages(snapshot: { version: number; chunks: EncodedChunk[] }): 
   return messages;
 }
 
-/** HTTP/2 flow-control window for gradient uploads (the protocol default is 64 KB). */
-export const FLOW_CONTROL_WINDOW = 16 << 20;
-/** Largest HTTP/2 frame peers may send us (the default, 16 KB, means 64 frames per 1 MB chunk). */
-export const MAX_FRAME_SIZE = (1 << 24) - 1;
-
-/** Gives an accepted HTTP/2 session the wide connection and per-stream receive windows. */
-export function widenSession(session: import('node:http2').ServerHttp2Session): void {
-  session.settings({ initialWindowSize: FLOW_CONTROL_WINDOW, maxFrameSize: MAX_FRAME_SIZE });
-  session.setLocalWindowSize(FLOW_CONTROL_WINDOW);
-}
-
-/**
- * grpc-js lets clients widen their receive window ('grpc-node.flow_control_window') but has no
- * server option, so uploads crawl at HTTP/2's 64 KB default, one window update per 64 KB. Every
- * session the server accepts gets a wide connection window and a wide per-stream window instead.
- * This reaches into grpc-js's private list of its HTTP/2 servers; if that ever disappears the
- * server still works, at the default window.
- */
-function widenFlowControlWindows(server: grpc.Server): void {
-  const servers = (server as unknown as { http2Servers?: Map<import('node:http2').Http2Server, unknown> }).http2Servers;
-  if (!(servers instanceof Map)) return;
-  for (const h2 of servers.keys()) {
-    h2.on('session', (session) => {
-      session.on('connect', () => undefined);
-      try {
-        widenSession(session);
-      } catch {
-        // the session closed before we could widen it
-      }
-    });
-  }
+/** A ring member's slice of the weights vector: one tensor "weights" (views of the published array). */
+function sliceMessages(slice: { version: number; values: Float32Array }): PreSerialized[] {
+  return encodeTensor('weights', slice.values, [slice.values.length], 'float32', undefined, { copy: false }).map(
+    (c) =>
+      new PreSerialized(
+        serializeFetchWeights({ weightsVersion: slice.version, tensorCount: 1, chunk: toProtoChunk(c) }),
+      ),
+  );
 }
 
 export async function serveFleet(

@@ -78,7 +78,7 @@ export class ModelWeightSource implements WeightSource {
   version = 0;
   readonly gradientSpecs: TensorSpec[];
   readonly statSpecs: TensorSpec[];
-  private published: { version: number; chunks: EncodedChunk[] } | undefined;
+  private published: { version: number; chunks: EncodedChunk[]; flat: Float32Array } | undefined;
 
   constructor(private readonly model: ModelState) {
     this.gradientSpecs = model.arch.params.filter((p) => p.trainable).map((p) => ({ name: p.name, shape: p.shape }));
@@ -103,13 +103,21 @@ export class ModelWeightSource implements WeightSource {
       );
       offset += v.size;
     }
-    this.published = { version, chunks };
+    this.published = { version, chunks, flat: host };
     this.version = version;
   }
 
   chunks(): EncodedChunk[] {
+    return this.current().chunks;
+  }
+
+  flat(): Float32Array {
+    return this.current().flat;
+  }
+
+  private current(): { chunks: EncodedChunk[]; flat: Float32Array } {
     if (this.published?.version !== this.version) throw new Error(`weights version ${this.version} was not published`);
-    return this.published.chunks;
+    return this.published;
   }
 }
 

@@ -175,7 +175,7 @@ export function decodeTensor(
     const count = c.data.byteLength / per;
     if (next + count > size) fail(`chunk ${i} runs past the end of the tensor`);
     if (per === 4 && LITTLE_ENDIAN) {
-      new Uint8Array(out.buffer, next * 4, c.data.byteLength).set(c.data);
+      new Uint8Array(out.buffer, out.byteOffset + next * 4, c.data.byteLength).set(c.data);
     } else if (LITTLE_ENDIAN) {
       const aligned = c.data.byteOffset % 2 === 0 ? c.data : c.data.slice();
       const half = new Uint16Array(aligned.buffer, aligned.byteOffset, count);

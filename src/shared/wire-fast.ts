@@ -1,13 +1,16 @@
-// Serializers for the three messages that carry tensor bytes (weights down, gradients and
-// embeddings up). The generated ts-proto encoders copy a 1 MB payload four to five times (writer
+// Serializers for the messages that carry tensor bytes (weights down; gradients, embeddings and ring
+// slices up; ring hops between workers). The generated ts-proto encoders copy a 1 MB payload four to five times (writer
 // growth, fork/join, finish, Buffer.from); these write the same protobuf bytes with one copy: the
 // small fields through the generated encoders, then the payload field appended by hand. A test
 // checks they are byte-identical to the generated ones; decoding stays generated.
 import {
   FetchWeightsResponse,
   FleetServiceService,
+  HopRequest,
+  PeerServiceService,
   PushEmbeddingsRequest,
   PushGradientsRequest,
+  PushSliceRequest,
   TensorChunk,
 } from './gen/tricaps/v1/fleet.js';
 
@@ -66,6 +69,14 @@ export function serializePushEmbeddings(m: PushEmbeddingsRequest): Buffer {
     : Buffer.from(PushEmbeddingsRequest.encode(m).finish());
 }
 
+export function serializePushSlice(m: PushSliceRequest): Buffer {
+  return m.chunk ? encodeWithChunk(new Uint8Array(0), 2, m.chunk) : Buffer.from(PushSliceRequest.encode(m).finish());
+}
+
+export function serializeHop(m: HopRequest): Buffer {
+  return m.chunk ? encodeWithChunk(new Uint8Array(0), 2, m.chunk) : Buffer.from(HopRequest.encode(m).finish());
+}
+
 /**
  * A message serialized ahead of time: every download of one weights version sends the same bytes,
  * so they are encoded once per version instead of once per worker. grpc-js copies a message into
@@ -87,4 +98,10 @@ export const FastFleetServiceDefinition = {
   fetchWeights: { ...FleetServiceService.fetchWeights, responseSerialize: serializeFetchWeights },
   pushGradients: { ...FleetServiceService.pushGradients, requestSerialize: serializePushGradients },
   pushEmbeddings: { ...FleetServiceService.pushEmbeddings, requestSerialize: serializePushEmbeddings },
+  pushSlice: { ...FleetServiceService.pushSlice, requestSerialize: serializePushSlice },
 } as typeof FleetServiceService;
+
+export const FastPeerServiceDefinition = {
+  ...PeerServiceService,
+  hop: { ...PeerServiceService.hop, requestSerialize: serializeHop },
+} as typeof PeerServiceService;

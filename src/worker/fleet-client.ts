@@ -7,6 +7,7 @@ import { FastFleetServiceDefinition } from '../shared/wire-fast.js';
 import { callMetadata, channelCredentials, type FleetSecurity } from '../shared/fleet-security.js';
 import {
   type FleetServiceClient,
+  type FetchWeightsRequest,
   type EmbeddingHeader,
   type GradientHeader,
   type HeartbeatResponse,
@@ -246,14 +247,42 @@ export class FleetClient {
   }
 
   /** Downloads the current weights; every tensor is checked against the shape the model expects. */
+  /** The current weights, every tensor whole. */
   fetchWeights(
     run: RunRef,
     workerId: string,
     shapes: Map<string, number[]>,
     ms: number,
   ): Promise<{ version: number; values: Map<string, Float32Array> }> {
+    return this.download({ run, workerId, sliceOffset: 0, sliceLength: 0 }, shapes, ms);
+  }
+
+  /** One slice of the current weights vector (a ring member's), decoded into `into`. */
+  async fetchWeightSlice(
+    run: RunRef,
+    workerId: string,
+    offset: number,
+    into: Float32Array,
+    ms: number,
+  ): Promise<number> {
+    const req = { run, workerId, sliceOffset: offset, sliceLength: into.length };
+    const { version } = await this.download(
+      req,
+      new Map([['weights', [into.length]]]),
+      ms,
+      new Map([['weights', into]]),
+    );
+    return version;
+  }
+
+  private download(
+    req: FetchWeightsRequest,
+    shapes: Map<string, number[]>,
+    ms: number,
+    into?: Map<string, Float32Array>,
+  ): Promise<{ version: number; values: Map<string, Float32Array> }> {
     return new Promise((resolve, reject) => {
-      const stream = this.client.fetchWeights({ run, workerId }, this.md(), deadline(ms));
+      const stream = this.client.fetchWeights(req, this.md(), deadline(ms));
       const values = new Map<string, Float32Array>();
       let pending: EncodedChunk[] = [];
       let version = -1;
@@ -285,7 +314,12 @@ export class FleetClient {
             const size = shape.reduce((a, b) => a * b, 1);
             values.set(
               c.name,
-              decodeTensor(pending, { name: c.name, shape }, { maxElements: size, maxChunks: 100_000 }),
+              decodeTensor(
+                pending,
+                { name: c.name, shape },
+                { maxElements: size, maxChunks: 100_000 },
+                into?.get(c.name),
+              ),
             );
             pending = [];
           } catch (err) {

@@ -3,13 +3,9 @@
 // checked, every value finite), and clients that send hops to the successor. The same join token
 // and TLS settings as the coordinator's link apply. The ring's schedule lives in ring-exchange.ts.
 import * as grpc from '@grpc/grpc-js';
-import {
-  PeerServiceClient,
-  PeerServiceService,
-  type HopHeader,
-  type HopRequest,
-  type RunRef,
-} from '../shared/gen/tricaps/v1/fleet.js';
+import type { HopHeader, HopRequest, PeerServiceClient, RunRef } from '../shared/gen/tricaps/v1/fleet.js';
+import { FastPeerServiceDefinition } from '../shared/wire-fast.js';
+import { widenFlowControlWindows } from '../shared/http2-window.js';
 import { callMetadata, channelCredentials, serverCredentials, type FleetSecurity } from '../shared/fleet-security.js';
 import { checkHopHeader, type Slice } from '../shared/plan/ring.js';
 import { Gate, upload, UploadReader } from '../shared/stream-service.js';
@@ -152,7 +148,7 @@ export async function servePeers(
   if (!m) throw new UsageError(`--peer-listen ${listen}: expected HOST:PORT, e.g. 0.0.0.0:7071`);
   const gate = new Gate({ joinToken: security.joinToken, maxCallsPerPeer: 4, log });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
-  server.addService(PeerServiceService, {
+  server.addService(FastPeerServiceDefinition, {
     hop: (
       call: grpc.ServerReadableStream<HopRequest, { accepted: boolean; reason: string }>,
       callback: grpc.sendUnaryData<{ accepted: boolean; reason: string }>,
@@ -197,6 +193,7 @@ export async function servePeers(
       err ? reject(new UsageError(`cannot listen for peers on ${listen}: ${err.message.split('\n')[0]}`)) : resolve(p),
     ),
   );
+  widenFlowControlWindows(server);
   return {
     address: `${m[1]}:${port}`,
     shutdown: () =>
@@ -212,6 +209,16 @@ export async function servePeers(
       }),
   };
 }
+
+/** The generated client over the definition with the fast hop serializer. */
+const FastPeerServiceClient = grpc.makeGenericClientConstructor(
+  FastPeerServiceDefinition,
+  'tricaps.v1.PeerService',
+) as unknown as new (
+  address: string,
+  credentials: grpc.ChannelCredentials,
+  options?: Partial<grpc.ClientOptions>,
+) => PeerServiceClient;
 
 /** Clients to ring successors, one channel per address. */
 export class PeerClients {
@@ -233,7 +240,7 @@ export class PeerClients {
   ): Promise<void> {
     let client = this.clients.get(address);
     if (!client) {
-      client = new PeerServiceClient(address, channelCredentials(this.security), {
+      client = new FastPeerServiceClient(address, channelCredentials(this.security), {
         'grpc.max_receive_message_length': 8 << 20,
         'grpc.initial_reconnect_backoff_ms': 100,
         'grpc.max_reconnect_backoff_ms': 1000,

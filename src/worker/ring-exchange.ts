@@ -1,11 +1,22 @@
-// One member's part of a ring reduce-scatter: send the running sum of one slice to the successor and
-// add the predecessor's to another, hop after hop, until this member holds the complete sum of the
-// slice it owns. Every wait has a deadline and the whole ring is abandoned when its signal fires
-// (the round changed: a member was lost and the step is being planned again).
+// One member's part of a ring step: all-gather the step's weights (each member starts with one
+// slice, forwards complete slices), then reduce-scatter the gradient (send the running sum of one
+// slice to the successor and add the predecessor's to another, hop after hop, until this member
+// holds the complete sum of the slice it owns). Every wait has a deadline and the whole ring is
+// abandoned when its signal fires (the round changed: a member was lost and the step is being
+// planned again).
 import * as grpc from '@grpc/grpc-js';
 import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
 import { abortableSleep } from './fleet-client.js';
-import { addInto, ownedSlice, reduceScatterHops, sliceBounds, type Slice } from '../shared/plan/ring.js';
+import {
+  addInto,
+  allGatherHops,
+  ownedSlice,
+  reduceHopIndex,
+  reduceScatterHops,
+  ringStepReceives,
+  sliceBounds,
+  type Slice,
+} from '../shared/plan/ring.js';
 import type { WireDType } from '../shared/tensor-codec.js';
 import { NOT_READY, type PeerClients, type RingInbox } from './peer-link.js';
 
@@ -34,17 +45,72 @@ export class RingHopError extends Error {
   }
 }
 
-/** What the inbox must expect for this member's ring. */
-export function expectationOf(plan: RingPlan, length: number) {
+/** What the inbox must expect for this member's ring step (weights all-gather, then reduce-scatter). */
+export function expectationOf(plan: RingPlan, weightsLength: number, length: number) {
   const n = plan.members.length;
-  const bounds = sliceBounds(length, n);
   return {
     run: plan.run.runId,
     round: plan.run.round,
     step: plan.run.step,
     predecessor: plan.members[(plan.position - 1 + n) % n].workerId,
-    receive: reduceScatterHops(plan.position, n).map((h) => bounds[h.receive]),
+    receive: ringStepReceives(plan.position, n, weightsLength, length),
   };
+}
+
+interface HopOptions {
+  hopTimeoutMs: number;
+  signal: AbortSignal;
+}
+
+/**
+ * One hop: sends `values` (slice `send`) to the successor while taking hop `hop` from the
+ * predecessor; resolves with what the predecessor sent (decoded and checked by the inbox).
+ */
+async function exchangeHop(
+  plan: RingPlan,
+  hop: number,
+  send: Slice,
+  values: Float32Array,
+  dtype: WireDType,
+  inbox: RingInbox,
+  peers: PeerClients,
+  o: HopOptions,
+): Promise<Float32Array> {
+  const n = plan.members.length;
+  const successor = plan.members[(plan.position + 1) % n];
+  const predecessor = plan.members[(plan.position - 1 + n) % n].workerId;
+  const deadlineAt = Date.now() + o.hopTimeoutMs;
+  const hopSignal = AbortSignal.any([o.signal, AbortSignal.timeout(o.hopTimeoutMs)]);
+  const sent = sendHop(peers, successor, plan, hop, send, values, dtype, deadlineAt, hopSignal);
+  const received = inbox.take(hop, hopSignal).catch((err) => {
+    if (o.signal.aborted) throw err;
+    throw new RingHopError(`no hop ${hop} from ${predecessor} within ${o.hopTimeoutMs} ms`, predecessor);
+  });
+  const [, got] = await Promise.all([sent, received]);
+  return got;
+}
+
+/**
+ * All-gathers the step's weights over the ring: `weights` holds this member's owned slice complete
+ * (fetched from the coordinator, or current already); every other slice is filled in from the
+ * predecessor, hop by hop, and forwarded. Always float32: the weights are the coordinator's exactly.
+ */
+export async function allGather(
+  plan: RingPlan,
+  weights: Float32Array,
+  inbox: RingInbox,
+  peers: PeerClients,
+  o: HopOptions,
+): Promise<void> {
+  const n = plan.members.length;
+  const bounds = sliceBounds(weights.length, n);
+  const hops = allGatherHops(plan.position, n);
+  for (let k = 0; k < hops.length; k++) {
+    const send = bounds[hops[k].send];
+    const receive = bounds[hops[k].receive];
+    const values = weights.subarray(send.offset, send.offset + send.length);
+    weights.set(await exchangeHop(plan, k, send, values, 'float32', inbox, peers, o), receive.offset);
+  }
 }
 
 /**
@@ -56,12 +122,10 @@ export async function reduceScatter(
   vector: Float32Array,
   inbox: RingInbox,
   peers: PeerClients,
-  o: { dtype: WireDType; hopTimeoutMs: number; signal: AbortSignal; faults?: RingFaults },
+  o: HopOptions & { dtype: WireDType; faults?: RingFaults },
 ): Promise<{ slice: Slice; values: Float32Array }> {
   const n = plan.members.length;
   const bounds = sliceBounds(vector.length, n);
-  const successor = plan.members[(plan.position + 1) % n];
-  const predecessor = plan.members[(plan.position - 1 + n) % n].workerId;
   const hops = reduceScatterHops(plan.position, n);
   for (let k = 0; k < hops.length; k++) {
     const send = bounds[hops[k].send];
@@ -74,14 +138,7 @@ export async function reduceScatter(
       values = new Float32Array(send.length + 1);
       values.set(vector.subarray(send.offset, send.offset + send.length));
     }
-    const deadlineAt = Date.now() + o.hopTimeoutMs;
-    const hopSignal = AbortSignal.any([o.signal, AbortSignal.timeout(o.hopTimeoutMs)]);
-    const sent = sendHop(peers, successor, plan, k, send, values, o.dtype, deadlineAt, hopSignal);
-    const received = inbox.take(k, hopSignal).catch((err) => {
-      if (o.signal.aborted) throw err;
-      throw new RingHopError(`no hop ${k} from ${predecessor} within ${o.hopTimeoutMs} ms`, predecessor);
-    });
-    const [, got] = await Promise.all([sent, received]);
+    const got = await exchangeHop(plan, reduceHopIndex(k, n), send, values, o.dtype, inbox, peers, o);
     addInto(vector.subarray(receive.offset, receive.offset + receive.length), got);
     if (k === 0 && o.faults?.holdAfterFirstHopMs) {
       o.faults.onHold?.();

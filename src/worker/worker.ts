@@ -3,9 +3,16 @@
 // data path, compute, upload. It re-registers when the coordinator no longer knows it (dropped, or
 // restarted as a new run), exits 0 when the run is over or on SIGTERM (finishing the step in
 // progress, or giving back one not yet started), and exits 1 when the coordinator stays unreachable.
-import { packContribution, ringLayout, type Slice } from '../shared/plan/ring.js';
+import { ownedSlice, packContribution, ringLayout, sliceBounds, type Slice } from '../shared/plan/ring.js';
 import { PeerClients, RingInbox, servePeers, type PeerServer } from './peer-link.js';
-import { expectationOf, reduceScatter, RingHopError, type RingFaults, type RingPlan } from './ring-exchange.js';
+import {
+  allGather,
+  expectationOf,
+  reduceScatter,
+  RingHopError,
+  type RingFaults,
+  type RingPlan,
+} from './ring-exchange.js';
 import { processCpuSeconds } from '../shared/stats.js';
 import { Worker as Thread } from 'node:worker_threads';
 import { hostname } from 'node:os';
@@ -84,6 +91,8 @@ interface Loaded {
   catalogue: Catalogue;
   shapes: Map<string, number[]>;
   version: number;
+  /** The weights of `version` as one vector (parameters, then buffers): a ring member forwards slices of it. */
+  flat: Float32Array | undefined;
 }
 
 export class FleetWorker {
@@ -100,6 +109,8 @@ export class FleetWorker {
   private peerServer: PeerServer | undefined;
   private openRing: { step: number; round: number; abort: AbortController } | undefined;
   private packed: Float32Array | undefined;
+  /** The vector a ring's weights are gathered into (swapped with the loaded weights when complete). */
+  private gathering: Float32Array | undefined;
 
   constructor(
     private readonly opts: WorkerOptions,
@@ -293,7 +304,14 @@ export class FleetWorker {
     assertSameCatalogue(catalogueFingerprint(catalogue), job.catalogue);
     const arch = buildArchitecture(job.train.model);
     const model = createModelState(arch, job.train.seed);
-    this.loaded = { key, model, catalogue, shapes: new Map(arch.params.map((p) => [p.name, p.shape])), version: -1 };
+    this.loaded = {
+      key,
+      model,
+      catalogue,
+      shapes: new Map(arch.params.map((p) => [p.name, p.shape])),
+      version: -1,
+      flat: undefined,
+    };
   }
 
   private async serve(s: Session): Promise<'done' | 'reregister' | 'unreachable'> {
@@ -365,17 +383,41 @@ export class FleetWorker {
 
   private async work(s: Session, next: NextStepResponse): Promise<void> {
     const loaded = this.loaded!;
+    const run = next.run!;
+    // A ring is opened before anything else: a faster predecessor's first hop may come meanwhile.
+    const ringPlan =
+      next.action === StepAction.STEP_ACTION_TRAIN && next.ring && next.ring.members.length >= 2
+        ? { run, workerId: s.workerId, members: next.ring.members, position: next.ring.position }
+        : undefined;
+    if (!ringPlan) return this.workCentrally(s, next, loaded);
+    if (!this.peerServer) throw new Error('the coordinator planned a ring for a worker without --peer-listen');
+    this.inbox.open(expectationOf(ringPlan, next.ring!.weightsLength, next.ring!.length));
+    this.openRing = { step: run.step, round: run.round, abort: new AbortController() };
+    try {
+      if (!(await this.gatherWeights(s, next, ringPlan, loaded))) return;
+      const g = await this.computeTrain(s, next, loaded);
+      await this.reduceOverRing(s, next, ringPlan, g, loaded);
+    } finally {
+      this.inbox.close();
+      this.openRing = undefined;
+    }
+  }
+
+  private async workCentrally(s: Session, next: NextStepResponse, loaded: Loaded): Promise<void> {
     if (loaded.version !== next.weightsVersion) {
       const t0 = performance.now();
       const { version, values } = await retrying(
         () => this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs),
         this.backoff,
       );
+      const flat = loaded.flat ?? new Float32Array(weightsLength(loaded));
+      let at = 0;
       for (const [name, v] of [...loaded.model.trainable, ...loaded.model.buffers]) {
-        const t = tf.tensor(values.get(name)!, v.shape);
-        v.assign(t);
-        t.dispose();
+        flat.set(values.get(name)!, at);
+        at += v.size;
       }
+      loaded.flat = flat;
+      assignWeights(loaded.model, flat);
       loaded.version = version;
       this.metrics?.phase.observe({ phase: 'download' }, (performance.now() - t0) / 1000);
       if (version !== next.weightsVersion) return; // the coordinator moved on meanwhile: ask again
@@ -394,43 +436,7 @@ export class FleetWorker {
       this.log.debug({ step: run.step, images: imageIds.length, accepted: res.accepted }, 'embeddings sent');
       return;
     }
-    // A ring is opened before computing: a faster predecessor's first hop may come meanwhile.
-    const ringPlan =
-      next.ring && next.ring.members.length >= 2
-        ? { run, workerId: s.workerId, members: next.ring.members, position: next.ring.position }
-        : undefined;
-    if (ringPlan) {
-      if (!this.peerServer) throw new Error('the coordinator planned a ring for a worker without --peer-listen');
-      this.inbox.open(expectationOf(ringPlan, next.ring!.length));
-      this.openRing = { step: run.step, round: run.round, abort: new AbortController() };
-    }
-    const g = this.opts.syntheticGradients
-      ? syntheticGradient(loaded.model, next.shards.length)
-      : await computeShardsGradient(
-          next.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
-          {
-            model: loaded.model,
-            catalogue: loaded.catalogue,
-            cfg: s.job.train,
-            conv: this.engine.conv,
-            step: run.step,
-            epoch: next.epoch,
-          },
-        );
-    const padMs = (this.opts.simulateComputeMs ?? 0) - (g.dataSeconds + g.computeSeconds) * 1000;
-    if (padMs > 0) {
-      await abortableSleep(padMs, this.stop.signal);
-      g.computeSeconds += padMs / 1000;
-    }
-    if (ringPlan) {
-      try {
-        await this.reduceOverRing(s, next, ringPlan, g, loaded);
-      } finally {
-        this.inbox.close();
-        this.openRing = undefined;
-      }
-      return;
-    }
+    const g = await this.computeTrain(s, next, loaded);
     const tensors: [string, Float32Array, number[]][] = [];
     for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
     for (const [name, values] of g.bnStats) tensors.push([name, values, loaded.shapes.get(name)!]);
@@ -472,6 +478,104 @@ export class FleetWorker {
     );
   }
 
+  /** The shards' gradient (or a synthetic one), padded to --simulate-compute-ms. */
+  private async computeTrain(s: Session, next: NextStepResponse, loaded: Loaded): Promise<ShardsGradient> {
+    const g = this.opts.syntheticGradients
+      ? syntheticGradient(loaded.model, next.shards.length)
+      : await computeShardsGradient(
+          next.shards.map((sh) => ({ index: sh.index, imageIds: sh.imageIds, itemIds: sh.itemIds })),
+          {
+            model: loaded.model,
+            catalogue: loaded.catalogue,
+            cfg: s.job.train,
+            conv: this.engine.conv,
+            step: next.run!.step,
+            epoch: next.epoch,
+          },
+        );
+    const padMs = (this.opts.simulateComputeMs ?? 0) - (g.dataSeconds + g.computeSeconds) * 1000;
+    if (padMs > 0) {
+      await abortableSleep(padMs, this.stop.signal);
+      g.computeSeconds += padMs / 1000;
+    }
+    return g;
+  }
+
+  /**
+   * The step's weights over the ring: this member's slice from the coordinator (or from the weights
+   * it holds, when they are the step's already), the rest from its peers. False: the ring failed
+   * or was abandoned (said and reported); the worker asks for work again.
+   */
+  private async gatherWeights(s: Session, next: NextStepResponse, plan: RingPlan, loaded: Loaded): Promise<boolean> {
+    const length = weightsLength(loaded);
+    if (length !== next.ring!.weightsLength)
+      throw new UsageError(
+        `the coordinator's weights vector has ${next.ring!.weightsLength} values, this worker's model ${length}; run the same tricaps version and model on both sides`,
+      );
+    const t0 = performance.now();
+    const target = this.gathering?.length === length ? this.gathering : new Float32Array(length);
+    const own = sliceBounds(length, plan.members.length)[ownedSlice(plan.position, plan.members.length)];
+    const ownValues = target.subarray(own.offset, own.offset + own.length);
+    try {
+      if (loaded.version === next.weightsVersion && loaded.flat) {
+        ownValues.set(loaded.flat.subarray(own.offset, own.offset + own.length));
+      } else {
+        const version = await retrying(
+          () => this.client.fetchWeightSlice(s.run, s.workerId, own.offset, ownValues, this.opts.transferTimeoutMs),
+          this.backoff,
+        );
+        if (version !== next.weightsVersion) {
+          this.log.info(
+            { step: plan.run.step, version, wanted: next.weightsVersion },
+            `the coordinator moved on to weights version ${version} before this ring gathered ${next.weightsVersion}`,
+          );
+          return false;
+        }
+      }
+      await allGather(plan, target, this.inbox, this.peers, this.ringHopOptions());
+    } catch (err) {
+      await this.ringFailed(s, plan.run, err);
+      return false;
+    }
+    this.gathering = loaded.flat;
+    loaded.flat = target;
+    if (loaded.version !== next.weightsVersion) assignWeights(loaded.model, target);
+    loaded.version = next.weightsVersion;
+    this.metrics?.phase.observe({ phase: 'download' }, (performance.now() - t0) / 1000);
+    return true;
+  }
+
+  private ringHopOptions(): { hopTimeoutMs: number; signal: AbortSignal } {
+    return {
+      hopTimeoutMs: this.opts.ringHopTimeoutMs ?? 60_000,
+      signal: AbortSignal.any([this.openRing!.abort.signal, this.stop.signal]),
+    };
+  }
+
+  /**
+   * A ring that failed (a peer unreachable or silent, the round moved on) is left: the coordinator
+   * re-plans the step over the members left, and this worker asks for work again. A peer to blame
+   * is reported.
+   */
+  private async ringFailed(s: Session, run: RunRef, err: unknown): Promise<void> {
+    if (this.openRing?.abort.signal.aborted) {
+      const why = (this.openRing.abort.signal.reason as Error | undefined)?.message ?? 'aborted';
+      this.log.info(
+        { step: run.step, round: run.round },
+        `ring of step ${run.step} round ${run.round} abandoned: ${why}`,
+      );
+      return;
+    }
+    if (this.stop.stopping) return;
+    const peer = err instanceof RingHopError ? err.peer : undefined;
+    this.log.warn(
+      { step: run.step, round: run.round, peer },
+      `ring of step ${run.step} failed: ${(err as Error).message}`,
+    );
+    if (peer)
+      await this.client.reportPeer(s.run, s.workerId, peer, (err as Error).message, false, 5000).catch(() => undefined);
+  }
+
   /**
    * This member's part of a ring step: pack, reduce-scatter with its peers, upload the owned slice.
    * A ring that fails (a peer unreachable or silent, the round moved on) is left: the coordinator
@@ -501,8 +605,7 @@ export class FleetWorker {
     try {
       owned = await reduceScatter(plan, this.packed, this.inbox, this.peers, {
         dtype: s.gradientDtype,
-        hopTimeoutMs: this.opts.ringHopTimeoutMs ?? 60_000,
-        signal: AbortSignal.any([this.openRing!.abort.signal, this.stop.signal]),
+        ...this.ringHopOptions(),
         faults: this.opts.ringFaults && {
           ...this.opts.ringFaults,
           onHold: () =>
@@ -513,24 +616,7 @@ export class FleetWorker {
         },
       });
     } catch (err) {
-      if (this.openRing?.abort.signal.aborted) {
-        const why = (this.openRing.abort.signal.reason as Error | undefined)?.message ?? 'aborted';
-        this.log.info(
-          { step: run.step, round: run.round },
-          `ring of step ${run.step} round ${run.round} abandoned: ${why}`,
-        );
-        return;
-      }
-      if (this.stop.stopping) return;
-      const peer = err instanceof RingHopError ? err.peer : undefined;
-      this.log.warn(
-        { step: run.step, round: run.round, peer },
-        `ring of step ${run.step} failed: ${(err as Error).message}`,
-      );
-      if (peer)
-        await this.client
-          .reportPeer(s.run, s.workerId, peer, (err as Error).message, false, 5000)
-          .catch(() => undefined);
+      await this.ringFailed(s, run, err);
       return;
     }
     this.metrics?.phase.observe({ phase: 'ring' }, (performance.now() - t0) / 1000);
@@ -620,6 +706,27 @@ export function assertSameCatalogue(mine: FleetJob['catalogue'], theirs: FleetJo
     throw new UsageError(
       `the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${theirs.name}: ${theirs.images} images, ${theirs.categories} categories); mount the same --data path on every machine`,
     );
+  }
+}
+
+/** Values in a model's weights vector (parameters, then buffers). */
+function weightsLength(loaded: Loaded): number {
+  let n = 0;
+  for (const [, v] of [...loaded.model.trainable, ...loaded.model.buffers]) n += v.size;
+  return n;
+}
+
+/**
+ * The model's variables from a weights vector. Copies: a backend may keep the array it is given
+ * (the cpu backend does), and the vector is written again next step.
+ */
+function assignWeights(model: ModelState, flat: Float32Array): void {
+  let at = 0;
+  for (const [, v] of [...model.trainable, ...model.buffers]) {
+    const t = tf.tensor(flat.slice(at, at + v.size), v.shape);
+    v.assign(t);
+    t.dispose();
+    at += v.size;
   }
 }
 

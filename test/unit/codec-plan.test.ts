@@ -155,9 +155,9 @@ describe('gradient averaging', () => {
 
 describe('fast bulk serializers', () => {
   it('write exactly the bytes the generated encoders write', async () => {
-    const { FetchWeightsResponse, PushEmbeddingsRequest, PushGradientsRequest } =
+    const { FetchWeightsResponse, HopRequest, PushEmbeddingsRequest, PushGradientsRequest, PushSliceRequest } =
       await import('../../src/shared/gen/tricaps/v1/fleet.js');
-    const { serializeFetchWeights, serializePushEmbeddings, serializePushGradients } =
+    const { serializeFetchWeights, serializeHop, serializePushEmbeddings, serializePushGradients, serializePushSlice } =
       await import('../../src/shared/wire-fast.js');
     const { toProtoChunk } = await import('../../src/shared/wire.js');
     const big = Float32Array.from({ length: 70_000 }, (_, i) => Math.cos(i));
@@ -178,6 +178,10 @@ describe('fast bulk serializers', () => {
           Buffer.from(PushEmbeddingsRequest.encode({ chunk: c }).finish()),
         ),
       ).toBe(0);
+      expect(
+        Buffer.compare(serializePushSlice({ chunk: c }), Buffer.from(PushSliceRequest.encode({ chunk: c }).finish())),
+      ).toBe(0);
+      expect(Buffer.compare(serializeHop({ chunk: c }), Buffer.from(HopRequest.encode({ chunk: c }).finish()))).toBe(0);
       const w = { weightsVersion: 2 ** 40 + 3, tensorCount: 41, chunk: c };
       expect(Buffer.compare(serializeFetchWeights(w), Buffer.from(FetchWeightsResponse.encode(w).finish()))).toBe(0);
       expect(FetchWeightsResponse.decode(serializeFetchWeights(w))).toEqual(

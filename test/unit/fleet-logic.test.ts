@@ -123,6 +123,7 @@ describe('fleet coordinator (no transport)', () => {
   const weights: WeightSource = {
     version: 0,
     chunks: () => [],
+    flat: () => new Float32Array(2),
     gradientSpecs: [{ name: 'g', shape: [2] }],
     statSpecs: [],
   };
@@ -367,6 +368,7 @@ describe('fleet coordinator failure paths (no transport)', () => {
   const weights: WeightSource = {
     version: 0,
     chunks: () => [],
+    flat: () => new Float32Array(2),
     gradientSpecs: [{ name: 'g', shape: [2] }],
     statSpecs: [],
   };

@@ -4,6 +4,9 @@ import { describe, expect, it } from 'vitest';
 import { weightedAverage } from '../../src/shared/plan/average.js';
 import {
   allGatherHops,
+  allGatherInMemory,
+  reduceHopIndex,
+  ringStepReceives,
   checkHopHeader,
   ownedSlice,
   packContribution,
@@ -112,6 +115,24 @@ describe('ring reduction', () => {
         5,
       );
     }
+  });
+
+  it('an all-gather from one owned slice each gives every member the whole weights vector, bit for bit', () => {
+    for (const n of [2, 3, 7]) {
+      const full = Float32Array.from({ length: 1001 }, (_, i) => Math.sin(i) * 1e-3 + i);
+      for (const v of allGatherInMemory(full, n)) expect(v).toEqual(full);
+    }
+  });
+
+  it("a ring step's hops: the weights' all-gather first (hops 0..n-2), then the reduce-scatter", () => {
+    const n = 4;
+    const receives = ringStepReceives(1, n, 100, 23);
+    expect(receives).toHaveLength(2 * (n - 1));
+    const w = sliceBounds(100, n);
+    const g = sliceBounds(23, n);
+    expect(receives.slice(0, n - 1)).toEqual(allGatherHops(1, n).map((h) => w[h.receive]));
+    expect(receives.slice(n - 1)).toEqual(reduceScatterHops(1, n).map((h) => g[h.receive]));
+    expect(reduceHopIndex(0, n)).toBe(n - 1);
   });
 
   it('refuses contributions that do not fit the model', () => {

@@ -136,6 +136,22 @@ export function allGatherHops(position: number, n: number): { send: number; rece
   return Array.from({ length: n - 1 }, (_, k) => ({ send: mod(position + 1 - k, n), receive: mod(position - k, n) }));
 }
 
+/**
+ * The slice a member receives at every hop of one ring step, by hop index: hops 0..n-2 all-gather
+ * the weights (a vector of weightsLength), hops n-1..2n-3 reduce-scatter the contribution (length).
+ */
+export function ringStepReceives(position: number, n: number, weightsLength: number, length: number): Slice[] {
+  const weights = sliceBounds(weightsLength, n);
+  const sums = sliceBounds(length, n);
+  return [
+    ...allGatherHops(position, n).map((h) => weights[h.receive]),
+    ...reduceScatterHops(position, n).map((h) => sums[h.receive]),
+  ];
+}
+
+/** The hop index of the reduce-scatter's hop k (the all-gather's come first). */
+export const reduceHopIndex = (k: number, n: number): number => n - 1 + k;
+
 /** What a receiver knows a hop must be. */
 export interface HopExpectation {
   run: string;
@@ -177,6 +193,28 @@ export function checkHopHeader(
 export function addInto(acc: Float32Array, x: Float32Array): void {
   if (acc.length !== x.length) throw new Error(`addInto: ${x.length} values into ${acc.length}`);
   for (let i = 0; i < x.length; i++) acc[i] += x[i];
+}
+
+/**
+ * A whole all-gather in memory: member i starts with only its owned slice of `full` (the rest NaN)
+ * and forwards complete slices hop by hop. Returns every member's vector (each must equal `full`).
+ */
+export function allGatherInMemory(full: Float32Array, n: number): Float32Array[] {
+  const bounds = sliceBounds(full.length, n);
+  const work = Array.from({ length: n }, (_, i) => {
+    const v = new Float32Array(full.length).fill(Number.NaN);
+    const s = bounds[ownedSlice(i, n)];
+    v.set(full.subarray(s.offset, s.offset + s.length), s.offset);
+    return v;
+  });
+  for (let k = 0; k < n - 1; k++) {
+    const messages = work.map((v, i) => {
+      const s = bounds[allGatherHops(i, n)[k].send];
+      return v.slice(s.offset, s.offset + s.length);
+    });
+    work.forEach((v, i) => v.set(messages[mod(i - 1, n)], bounds[allGatherHops(i, n)[k].receive].offset));
+  }
+  return work;
 }
 
 /**

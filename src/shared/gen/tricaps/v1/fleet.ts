@@ -188,6 +188,13 @@ export interface HeartbeatResponse {
 export interface FetchWeightsRequest {
   run: RunRef | undefined;
   workerId: string;
+  /**
+   * A ring member fetches only its slice of the flat weights vector (parameters, then statistics, in
+   * architecture order) and gathers the rest from its peers: one tensor "weights" of slice_length
+   * values. slice_length 0: every tensor whole.
+   */
+  sliceOffset: number;
+  sliceLength: number;
 }
 
 /**
@@ -229,6 +236,11 @@ export interface RingAssignment {
   members: RingMember[];
   position: number;
   length: number;
+  /**
+   * Length of the flat weights vector the members all-gather before computing (each fetches one slice
+   * of it from the coordinator, or takes it from the weights it holds when they are current).
+   */
+  weightsLength: number;
 }
 
 export interface NextStepResponse {
@@ -343,7 +355,11 @@ export interface ReportPeerRequest {
 export interface ReportPeerResponse {
 }
 
-/** One hop of a ring reduction, from a member to its successor. */
+/**
+ * One hop of a ring step, from a member to its successor. With n members, hops 0..n-2 all-gather
+ * the step's weights (float32, complete slices forwarded) and hops n-1..2n-3 reduce-scatter the
+ * gradient (running sums of slices).
+ */
 export interface HopHeader {
   run: RunRef | undefined;
   fromWorker: string;
@@ -1164,7 +1180,7 @@ export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
 };
 
 function createBaseFetchWeightsRequest(): FetchWeightsRequest {
-  return { run: undefined, workerId: "" };
+  return { run: undefined, workerId: "", sliceOffset: 0, sliceLength: 0 };
 }
 
 export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
@@ -1174,6 +1190,12 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
     }
     if (message.workerId !== "") {
       writer.uint32(18).string(message.workerId);
+    }
+    if (message.sliceOffset !== 0) {
+      writer.uint32(24).uint64(message.sliceOffset);
+    }
+    if (message.sliceLength !== 0) {
+      writer.uint32(32).uint64(message.sliceLength);
     }
     return writer;
   },
@@ -1207,6 +1229,22 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
             message.workerId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sliceOffset = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sliceLength = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1227,6 +1265,16 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
         : isSet(object.worker_id)
         ? globalThis.String(object.worker_id)
         : "",
+      sliceOffset: isSet(object.sliceOffset)
+        ? globalThis.Number(object.sliceOffset)
+        : isSet(object.slice_offset)
+        ? globalThis.Number(object.slice_offset)
+        : 0,
+      sliceLength: isSet(object.sliceLength)
+        ? globalThis.Number(object.sliceLength)
+        : isSet(object.slice_length)
+        ? globalThis.Number(object.slice_length)
+        : 0,
     };
   },
 
@@ -1238,6 +1286,12 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
     if (message.workerId !== "") {
       obj.workerId = message.workerId;
     }
+    if (message.sliceOffset !== 0) {
+      obj.sliceOffset = Math.round(message.sliceOffset);
+    }
+    if (message.sliceLength !== 0) {
+      obj.sliceLength = Math.round(message.sliceLength);
+    }
     return obj;
   },
 
@@ -1248,6 +1302,8 @@ export const FetchWeightsRequest: MessageFns<FetchWeightsRequest> = {
     const message = createBaseFetchWeightsRequest();
     message.run = (object.run !== undefined && object.run !== null) ? RunRef.fromPartial(object.run) : undefined;
     message.workerId = object.workerId ?? "";
+    message.sliceOffset = object.sliceOffset ?? 0;
+    message.sliceLength = object.sliceLength ?? 0;
     return message;
   },
 };
@@ -1683,7 +1739,7 @@ export const RingMember: MessageFns<RingMember> = {
 };
 
 function createBaseRingAssignment(): RingAssignment {
-  return { members: [], position: 0, length: 0 };
+  return { members: [], position: 0, length: 0, weightsLength: 0 };
 }
 
 export const RingAssignment: MessageFns<RingAssignment> = {
@@ -1696,6 +1752,9 @@ export const RingAssignment: MessageFns<RingAssignment> = {
     }
     if (message.length !== 0) {
       writer.uint32(24).uint64(message.length);
+    }
+    if (message.weightsLength !== 0) {
+      writer.uint32(32).uint64(message.weightsLength);
     }
     return writer;
   },
@@ -1737,6 +1796,14 @@ export const RingAssignment: MessageFns<RingAssignment> = {
             message.length = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.weightsLength = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1754,6 +1821,11 @@ export const RingAssignment: MessageFns<RingAssignment> = {
       members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => RingMember.fromJSON(e)) : [],
       position: isSet(object.position) ? globalThis.Number(object.position) : 0,
       length: isSet(object.length) ? globalThis.Number(object.length) : 0,
+      weightsLength: isSet(object.weightsLength)
+        ? globalThis.Number(object.weightsLength)
+        : isSet(object.weights_length)
+        ? globalThis.Number(object.weights_length)
+        : 0,
     };
   },
 
@@ -1768,6 +1840,9 @@ export const RingAssignment: MessageFns<RingAssignment> = {
     if (message.length !== 0) {
       obj.length = Math.round(message.length);
     }
+    if (message.weightsLength !== 0) {
+      obj.weightsLength = Math.round(message.weightsLength);
+    }
     return obj;
   },
 
@@ -1779,6 +1854,7 @@ export const RingAssignment: MessageFns<RingAssignment> = {
     message.members = object.members?.map((e) => RingMember.fromPartial(e)) || [];
     message.position = object.position ?? 0;
     message.length = object.length ?? 0;
+    message.weightsLength = object.weightsLength ?? 0;
     return message;
   },
 };
