@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM_STAMP := node_modules/.tricaps-installed
 
-.PHONY: all install build test demo bench typecheck clean proto services format format-check
+.PHONY: all install build test demo bench typecheck clean proto kernels services format format-check
 
 all: build
 
@@ -22,6 +22,11 @@ proto: $(NPM_STAMP)
 	npx buf lint
 	rm -rf src/shared/gen
 	npx buf generate
+
+# WebAssembly kernels (src/coordinator/kernels/*.wat) into the TypeScript modules that carry their
+# bytes; the output is committed, and a test fails when it lags its source.
+kernels: $(NPM_STAMP)
+	node scripts/assemble-kernels.mjs
 
 typecheck: $(NPM_STAMP)
 	npx tsc -p tsconfig.json --noEmit

@@ -16,7 +16,7 @@ describe('bench scale', () => {
         'bench',
         'scale',
         '--workers',
-        '1,2',
+        '1,2,3',
         '--steps',
         '2',
         '--warmup',
@@ -33,7 +33,14 @@ describe('bench scale', () => {
       expect(report.link.used_bits).toBeLessThanOrEqual(1e9);
       type Row = Record<string, number> & { exchange: string };
       const rows = report.rows as Row[];
-      expect(rows.map((x) => `${x.exchange} ${x.workers}`)).toEqual(['central 1', 'ring 1', 'central 2', 'ring 2']);
+      expect(rows.map((x) => `${x.exchange} ${x.workers}`)).toEqual([
+        'central 1',
+        'ring 1',
+        'central 2',
+        'ring 2',
+        'central 3',
+        'ring 3',
+      ]);
       const row = (exchange: string, workers: number) =>
         rows.find((x) => x.exchange === exchange && x.workers === workers)!;
       expect(row('central', 1).scaling_efficiency).toBe(1);
@@ -45,13 +52,18 @@ describe('bench scale', () => {
       }
       // Central: a worker moves one float32 gradient up and one weights version down per step.
       expect(row('central', 2).worker_bytes_per_step).toBe(2 * model);
-      // The coordinator's bytes grow with the fleet under central; the ring takes the gradient half
-      // off it (one gradient in slices, plus six scalars), the weights still go to every worker.
-      expect(row('central', 2).coordinator_bytes_per_step / row('central', 1).coordinator_bytes_per_step).toBeCloseTo(
-        2,
-        1,
-      );
-      expect(row('ring', 2).coordinator_bytes_per_step).toBeCloseTo(model + 6 * 4 + 2 * model, -5);
+      // The coordinator's bytes grow with the fleet under central; under the ring they stay one
+      // gradient up (in slices, plus six scalars) and one model down (a slice to each member, which
+      // they all-gather), whatever the fleet size: what one worker costs it centrally.
+      for (const n of [2, 3]) {
+        expect(row('central', n).coordinator_bytes_per_step / row('central', 1).coordinator_bytes_per_step).toBeCloseTo(
+          n,
+          1,
+        );
+        const ring = row('ring', n).coordinator_bytes_per_step;
+        expect(ring, `ring ${n}`).toBeGreaterThanOrEqual(2 * model + 6 * 4);
+        expect(ring, `ring ${n}`).toBeLessThan(2 * model * 1.01);
+      }
       expect(namespaces()).not.toMatch(/^tcs\d+-/m);
     },
   );

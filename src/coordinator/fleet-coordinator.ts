@@ -5,6 +5,8 @@
 // training loop (run-coordinator.ts) drives steps with execute().
 import { ringLayout } from '../shared/plan/ring.js';
 import { RingRound, type RingMemberRef } from './ring-round.js';
+import { BufferPool } from '../shared/buffer-pool.js';
+export { BufferPool } from '../shared/buffer-pool.js';
 import { ExchangeMeter } from '../shared/exchange-meter.js';
 import type { TensorSpec } from '../shared/stream-service.js';
 import type { Logger } from '../shared/log.js';
@@ -124,35 +126,6 @@ export type NextStepAnswer =
     }
   | { action: 'wait'; run: RunRefLike }
   | { action: 'finish'; run: RunRefLike };
-
-/**
- * Recycled Float32Arrays for decoded uploads: a step's gradients are released once averaged and
- * decoded into again next step (multi-megabyte fresh arrays cost page faults and GC). Bounded.
- */
-export class BufferPool {
-  private readonly free = new Map<number, Float32Array[]>();
-  private held = 0;
-
-  constructor(private readonly maxBytes = 512 << 20) {}
-
-  take(size: number): Float32Array {
-    const list = this.free.get(size);
-    const hit = list?.pop();
-    if (hit) {
-      this.held -= hit.byteLength;
-      return hit;
-    }
-    return new Float32Array(size);
-  }
-
-  release(arrays: Iterable<Float32Array>): void {
-    for (const a of arrays) {
-      if (this.held + a.byteLength > this.maxBytes) return;
-      this.held += a.byteLength;
-      this.free.set(a.length, [...(this.free.get(a.length) ?? []), a]);
-    }
-  }
-}
 
 export class StoppedError extends Error {}
 
@@ -583,6 +556,7 @@ export class FleetCoordinator {
       round,
       members.map((m) => ({ id: m!.id, peerAddress: m!.peerAddress! })),
       layout,
+      this.buffers.take(layout.length),
     );
   }
 
@@ -621,6 +595,7 @@ export class FleetCoordinator {
     const problem = ring.check(workerId, slice.index, slice.offset, slice.length);
     if (problem) this.unusable(workerId, problem);
     const verdict = ring.accept(workerId, values, timings);
+    this.buffers.release([values]);
     if (!verdict.ok) this.unusable(workerId, verdict.reason);
     if (ring.complete) {
       const result = ring.result();

@@ -225,7 +225,10 @@ export function fleetServiceImpl(coord: FleetCoordinator, guards: ServiceGuards 
         callback,
         (h) => {
           coord.checkResultHeader('train', h.workerId, runOf(h.run), h.shardIndexes, h.weightsVersion);
-          return new UploadReader((name) => (name === 'slice' ? { name, shape: [h.length] } : undefined));
+          return new UploadReader(
+            (name) => (name === 'slice' ? { name, shape: [h.length] } : undefined),
+            (size) => coord.buffers.take(size),
+          );
         },
         (h, reader) => {
           const values = reader.finish(['slice'], 1).get('slice')!;

@@ -12,7 +12,8 @@ export interface RingMemberRef {
 
 export class RingRound {
   readonly bounds: Slice[];
-  private readonly received = new Map<number, Float32Array>();
+  /** Slices received so far (their values are copied into the vector). */
+  private readonly received = new Set<number>();
   private dataSeconds = 0;
   private computeSeconds = 0;
 
@@ -21,8 +22,12 @@ export class RingRound {
     readonly round: number,
     readonly members: RingMemberRef[],
     readonly layout: RingLayout,
+    /** Where the reduced vector is assembled (a recycled array; the result's tensors are views of it). */
+    private readonly vector: Float32Array = new Float32Array(layout.length),
   ) {
     if (members.length < 2) throw new Error(`RingRound: ${members.length} members; a ring needs 2`);
+    if (vector.length !== layout.length)
+      throw new Error(`RingRound: a vector of ${vector.length} values for a layout of ${layout.length}`);
     this.bounds = sliceBounds(layout.length, members.length);
   }
 
@@ -50,8 +55,9 @@ export class RingRound {
   }
 
   /**
-   * Stores a member's reduced slice. Its values were decoded (so finite: a non-finite value is
-   * refused in decoding and names the member, whose own part it must be, since every hop was checked).
+   * Stores (copies) a member's reduced slice. Its values were decoded (so finite: a non-finite value
+   * is refused in decoding and names the member, whose own part it must be, since every hop was
+   * checked).
    */
   accept(
     workerId: string,
@@ -60,7 +66,8 @@ export class RingRound {
   ): { ok: true } | { ok: false; reason: string } {
     const s = this.sliceOf(workerId);
     if (values.length !== s.length) return { ok: false, reason: `slice of ${values.length} values, ${s.length} due` };
-    this.received.set(s.index, values);
+    this.vector.set(values, s.offset);
+    this.received.add(s.index);
     this.dataSeconds = Math.max(this.dataSeconds, timings.dataSeconds);
     this.computeSeconds = Math.max(this.computeSeconds, timings.computeSeconds);
     return { ok: true };
@@ -75,11 +82,13 @@ export class RingRound {
     return this.received.size === this.members.length;
   }
 
-  /** The step's one result: the summed vector divided out (gradient and statistics means). */
+  /**
+   * The step's one result: the summed vector divided out in place (gradient and statistics means,
+   * views of the vector: releasing them to the pool it came from releases the vector).
+   */
   result(): ShardsGradient {
-    const v = new Float32Array(this.layout.length);
-    for (const s of this.bounds) v.set(this.received.get(s.index)!, s.offset);
-    const { grads, bnStats, scalars } = unpackReduced(this.layout, v);
+    if (!this.complete) throw new Error(`RingRound: ${this.received.size} of ${this.members.length} slices`);
+    const { grads, bnStats, scalars } = unpackReduced(this.layout, this.vector);
     const t = scalars.triplets;
     return {
       triplets: t,

@@ -122,7 +122,7 @@ async function startJob(
   }
   const engine = await initEngine(cfg.engine, log);
   const model = createModelState(arch, cfg.seed, resumed?.weights.values);
-  const updater = new ParameterUpdater(model, cfg.optimizer);
+  const updater = new ParameterUpdater(model, cfg.optimizer, 'host');
   try {
     if (resumed) await updater.restore(resumed.optimizer);
   } catch (err) {

@@ -79,6 +79,7 @@ export class ModelWeightSource implements WeightSource {
   readonly gradientSpecs: TensorSpec[];
   readonly statSpecs: TensorSpec[];
   private published: { version: number; chunks: EncodedChunk[]; flat: Float32Array } | undefined;
+  private spare: Float32Array | undefined;
 
   constructor(private readonly model: ModelState) {
     this.gradientSpecs = model.arch.params.filter((p) => p.trainable).map((p) => ({ name: p.name, shape: p.shape }));
@@ -86,15 +87,28 @@ export class ModelWeightSource implements WeightSource {
   }
 
   /**
-   * Reads the model's current values (one awaited read of all of them, concatenated on the device:
-   * no synchronous read, so the coordinator may run on any engine) and makes them `version`.
+   * Makes `values` (the weights vector, parameters then buffers; copied) version `version`; without
+   * them, reads the model's current values (one awaited read of all of them, concatenated on the
+   * device: no synchronous read, so the coordinator may run on any engine).
    */
-  async publish(version: number): Promise<void> {
+  async publish(version: number, values?: Float32Array): Promise<void> {
     const entries = [...this.model.trainable, ...this.model.buffers];
-    const flat = tf.tidy(() => tf.concat(entries.map(([, v]) => tf.reshape(v, [-1]))));
-    // The array is ours: the tensor it came from is disposed now, and no backend reuses its storage.
-    const host = (await flat.data()) as Float32Array;
-    flat.dispose();
+    const size = entries.reduce((n, [, v]) => n + v.size, 0);
+    let host: Float32Array;
+    if (values) {
+      if (values.length !== size) throw new Error(`publish: ${values.length} values for a model of ${size}`);
+      // Two arrays in turn (a fresh multi-megabyte array costs more in page faults than the copy).
+      // The previous version's may be written now: downloads serialize a version's bytes when they
+      // start, and nobody is handed an old version's chunks after a new one is published.
+      host = this.spare?.length === size ? this.spare : new Float32Array(size);
+      host.set(values);
+      this.spare = this.published?.flat;
+    } else {
+      const flat = tf.tidy(() => tf.concat(entries.map(([, v]) => tf.reshape(v, [-1]))));
+      // The array is ours: the tensor it came from is disposed now, and no backend reuses its storage.
+      host = (await flat.data()) as Float32Array;
+      flat.dispose();
+    }
     const chunks: EncodedChunk[] = [];
     let offset = 0;
     for (const [name, v] of entries) {
@@ -201,14 +215,8 @@ export async function runStep(ctx: StepContext, step: number): Promise<StepOutco
     // arrays (they are small): the BatchNorm buffers are assigned tensors that may keep them.
     const stats = weightedAverage(ordered.map((r) => ({ triplets: r.shards, grads: r.bnStats }))).grads;
     const t2 = performance.now();
-    const gradTensors = new Map([...avg.grads].map(([n, g]) => [n, tf.tensor(g, ctx.model.trainable.get(n)!.shape)]));
-    const statTensors = new Map([...stats].map(([n, s]) => [n, tf.tensor(s, ctx.model.buffers.get(n)!.shape)]));
-    try {
-      ctx.updater.apply(gradTensors, statTensors, epoch);
-    } finally {
-      tf.dispose([...gradTensors.values(), ...statTensors.values()]);
-    }
-    await ctx.weights?.publish(ctx.weights.version + 1);
+    await ctx.updater.applyHost(avg.grads, stats, epoch);
+    if (ctx.weights) await ctx.weights.publish(ctx.weights.version + 1, await ctx.updater.weightsVector());
     const t3 = performance.now();
     const slowest = results.reduce((m, r) =>
       r.dataSeconds + r.computeSeconds > m.dataSeconds + m.computeSeconds ? r : m,

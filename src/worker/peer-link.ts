@@ -13,6 +13,7 @@ import type { ExchangeMeter } from '../shared/exchange-meter.js';
 import type { WireDType } from '../shared/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
 import { UsageError } from '../shared/errors.js';
+import { BufferPool } from '../shared/buffer-pool.js';
 import { deadline, streamTensors } from './fleet-client.js';
 
 /** What this worker's ring is, while one is open. */
@@ -30,6 +31,8 @@ export const NOT_READY = 'not ready for this ring yet';
 
 /** Hops received, by hop index, for the ring open now; and the first bad hop, if any. */
 export class RingInbox {
+  /** Arrays hops are decoded into, recycled once their values are summed or copied (recycle()). */
+  private readonly pool = new BufferPool(128 << 20);
   private ring: RingExpectation | undefined;
   private readonly arrived = new Map<number, Float32Array>();
   private readonly waiters = new Map<number, (v: Float32Array) => void>();
@@ -38,12 +41,14 @@ export class RingInbox {
 
   open(ring: RingExpectation): void {
     this.ring = ring;
+    this.pool.release(this.arrived.values());
     this.arrived.clear();
     this.waiters.clear();
   }
 
   close(): void {
     this.ring = undefined;
+    this.pool.release(this.arrived.values());
     this.arrived.clear();
     this.waiters.clear();
   }
@@ -98,6 +103,16 @@ export class RingInbox {
       h.run.round === ring.round &&
       h.run.step === ring.step;
     if (fromPredecessor) this.onBadData?.(h.fromWorker, reason);
+  }
+
+  /** An array to decode a hop into. */
+  allocate(size: number): Float32Array {
+    return this.pool.take(size);
+  }
+
+  /** A hop's values are used up (summed or copied): their array may be decoded into again. */
+  recycle(values: Float32Array): void {
+    this.pool.release([values]);
   }
 
   /** A hop's values (decoded, so whole and finite). */
@@ -163,7 +178,10 @@ export async function servePeers(
           const verdict = inbox.admit(h);
           if (!verdict.ok) throw Object.assign(new Error(verdict.reason), { grpcCode: verdict.code });
           slice = verdict.slice;
-          return new UploadReader((name) => (name === 'hop' ? { name, shape: [slice!.length] } : undefined));
+          return new UploadReader(
+            (name) => (name === 'hop' ? { name, shape: [slice!.length] } : undefined),
+            (size) => inbox.allocate(size),
+          );
         },
         (h, reader) => {
           let values: Float32Array;

@@ -109,7 +109,9 @@ export async function allGather(
     const send = bounds[hops[k].send];
     const receive = bounds[hops[k].receive];
     const values = weights.subarray(send.offset, send.offset + send.length);
-    weights.set(await exchangeHop(plan, k, send, values, 'float32', inbox, peers, o), receive.offset);
+    const got = await exchangeHop(plan, k, send, values, 'float32', inbox, peers, o);
+    weights.set(got, receive.offset);
+    inbox.recycle(got);
   }
 }
 
@@ -140,6 +142,7 @@ export async function reduceScatter(
     }
     const got = await exchangeHop(plan, reduceHopIndex(k, n), send, values, o.dtype, inbox, peers, o);
     addInto(vector.subarray(receive.offset, receive.offset + receive.length), got);
+    inbox.recycle(got);
     if (k === 0 && o.faults?.holdAfterFirstHopMs) {
       o.faults.onHold?.();
       await abortableSleep(o.faults.holdAfterFirstHopMs, o.signal);

@@ -26,7 +26,7 @@ import { FleetJobSchema, type FleetJob } from '../shared/fleet-job.js';
 import { StepAction, WireDType, type NextStepResponse, type RunRef } from '../shared/gen/tricaps/v1/fleet.js';
 import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
-import { createModelState, type ModelState } from '../shared/model/params.js';
+import { createModelState, tensorFromHost, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
 import { abortableSleep, Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
 import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
@@ -111,6 +111,8 @@ export class FleetWorker {
   private packed: Float32Array | undefined;
   /** The vector a ring's weights are gathered into (swapped with the loaded weights when complete). */
   private gathering: Float32Array | undefined;
+  /** How long this step's weights took to gather (for the step's debug line). */
+  private gatherMs = 0;
 
   constructor(
     private readonly opts: WorkerOptions,
@@ -541,7 +543,8 @@ export class FleetWorker {
     loaded.flat = target;
     if (loaded.version !== next.weightsVersion) assignWeights(loaded.model, target);
     loaded.version = next.weightsVersion;
-    this.metrics?.phase.observe({ phase: 'download' }, (performance.now() - t0) / 1000);
+    this.gatherMs = performance.now() - t0;
+    this.metrics?.phase.observe({ phase: 'download' }, this.gatherMs / 1000);
     return true;
   }
 
@@ -619,8 +622,8 @@ export class FleetWorker {
       await this.ringFailed(s, run, err);
       return;
     }
-    this.metrics?.phase.observe({ phase: 'ring' }, (performance.now() - t0) / 1000);
     const t1 = performance.now();
+    this.metrics?.phase.observe({ phase: 'ring' }, (t1 - t0) / 1000);
     await this.client.pushSlice(
       {
         run,
@@ -638,10 +641,20 @@ export class FleetWorker {
       this.opts.transferTimeoutMs,
     );
     this.stepsDone += 1;
-    this.metrics?.phase.observe({ phase: 'upload' }, (performance.now() - t1) / 1000);
+    const t2 = performance.now();
+    this.metrics?.phase.observe({ phase: 'upload' }, (t2 - t1) / 1000);
     this.metrics?.steps.inc();
     this.log.debug(
-      { step: run.step, round: run.round, slice: owned.slice.index, loss: g.loss, cpu_s: processCpuSeconds() },
+      {
+        step: run.step,
+        round: run.round,
+        slice: owned.slice.index,
+        loss: g.loss,
+        cpu_s: processCpuSeconds(),
+        gather_ms: Math.round(this.gatherMs),
+        reduce_ms: Math.round(t1 - t0),
+        upload_ms: Math.round(t2 - t1),
+      },
       `step ${run.step} shards [${next.shards.map((sh) => sh.index)}] loss ${g.loss.toFixed(4)} (ring slice ${owned.slice.index})`,
     );
   }
@@ -716,14 +729,11 @@ function weightsLength(loaded: Loaded): number {
   return n;
 }
 
-/**
- * The model's variables from a weights vector. Copies: a backend may keep the array it is given
- * (the cpu backend does), and the vector is written again next step.
- */
+/** The model's variables from a weights vector (which is written again next step). */
 function assignWeights(model: ModelState, flat: Float32Array): void {
   let at = 0;
   for (const [, v] of [...model.trainable, ...model.buffers]) {
-    const t = tf.tensor(flat.slice(at, at + v.size), v.shape);
+    const t = tensorFromHost(flat.subarray(at, at + v.size), v.shape);
     v.assign(t);
     t.dispose();
     at += v.size;

@@ -119,4 +119,70 @@ describe('checkpoint store', () => {
     a.dispose();
     b.dispose();
   });
+
+  for (const backend of ['cpu', 'wasm'] as const) {
+    it(`host Adam is tfjs's Adam bit for bit (${backend}): same weights, statistics and checkpoint; each restores the other`, async () => {
+      await useBackend(backend);
+      // Gradients of mixed signs and magnitudes (from 1e-8 to 10), different every step.
+      const gradients = (m: ReturnType<typeof tinyModel>, k: number) =>
+        new Map(
+          [...m.trainable].map(([n, v]) => [
+            n,
+            Float32Array.from({ length: v.size }, (_, i) => Math.sin(i * 0.37 + k) * 10 ** ((i % 10) - 8)),
+          ]),
+        );
+      const stats = (m: ReturnType<typeof tinyModel>, k: number) =>
+        new Map([...m.buffers].map(([n, v]) => [n, Float32Array.from({ length: v.size }, (_, i) => 1 + 0.1 * k + i)]));
+      const cfg = OptimizerConfigSchema.parse({ learningRate: 3e-3 });
+      const device = tinyModel();
+      const host = tinyModel();
+      const onDevice = new ParameterUpdater(device, cfg);
+      const onHost = new ParameterUpdater(host, cfg, 'host');
+      for (let k = 1; k <= 4; k++) {
+        await onDevice.applyHost(gradients(device, k), stats(device, k), k >> 1);
+        await onHost.applyHost(gradients(host, k), stats(host, k), k >> 1);
+      }
+      const read = async (m: ReturnType<typeof tinyModel>) =>
+        Promise.all([...m.trainable.values(), ...m.buffers.values()].map(async (v) => Array.from(await v.data())));
+      expect(await read(host)).toEqual(await read(device));
+      const vector = await onHost.weightsVector();
+      expect(Array.from(vector!)).toEqual((await read(device)).flat());
+      expect(await onDevice.weightsVector()).toBeUndefined();
+      const a = await onDevice.state();
+      const b = await onHost.state();
+      // Moment names are "<variable>/m": the variables' names carry their model's instance prefix.
+      const unprefixed = (names: string[]) => names.map((n) => n.replace(/^m\d+\//, ''));
+      expect(unprefixed(b.names)).toEqual(unprefixed(a.names));
+      expect(b.names[3]).toMatch(/^m\d+\/stem\/conv\/kernel\/m$/);
+      expect(b.shapes).toEqual(a.shapes);
+      expect(b.values.map((v) => Array.from(v))).toEqual(a.values.map((v) => Array.from(v)));
+      // Each mode's checkpoint restores into the other and the next step agrees.
+      const twinDevice = tinyModel();
+      const twinHost = tinyModel();
+      for (const [n, v] of device.trainable) {
+        twinDevice.trainable.get(n)!.assign(v);
+        twinHost.trainable.get(n)!.assign(v);
+      }
+      for (const [n, v] of device.buffers) {
+        twinDevice.buffers.get(n)!.assign(v);
+        twinHost.buffers.get(n)!.assign(v);
+      }
+      const fromHost = new ParameterUpdater(twinDevice, cfg);
+      await fromHost.restore(b);
+      const fromDevice = new ParameterUpdater(twinHost, cfg, 'host');
+      await fromDevice.restore(a);
+      await fromHost.applyHost(gradients(twinDevice, 5), new Map(), 2);
+      await fromDevice.applyHost(gradients(twinHost, 5), new Map(), 2);
+      await onHost.applyHost(gradients(host, 5), new Map(), 2);
+      expect(await read(twinDevice)).toEqual(await read(host));
+      expect(await read(twinHost)).toEqual(await read(host));
+      await expect(fromDevice.restore(a)).rejects.toThrow(/restore\(\) after the first step/);
+      expect(() => onHost.apply(new Map(), new Map(), 0)).toThrow(/keeps Adam on the host/);
+      await expect(onHost.applyHost(new Map([['nope', new Float32Array(1)]]), new Map(), 0)).rejects.toThrow(
+        /gradient for unknown parameter nope/,
+      );
+      for (const x of [onDevice, onHost, fromHost, fromDevice]) x.dispose();
+      for (const x of [device, host, twinDevice, twinHost]) x.dispose();
+    });
+  }
 });

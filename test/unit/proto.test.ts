@@ -92,7 +92,12 @@ describe('generated protocol code', () => {
     it('streams a float16 tensor in chunks that reassemble within float16 precision', async () => {
       const chunks: EncodedChunk[] = [];
       await new Promise<void>((resolve, reject) => {
-        const stream = client.fetchWeights({ run: { runId: 'r', round: 1, step: 0 }, workerId: 'w0', dtype: 2 });
+        const stream = client.fetchWeights({
+          run: { runId: 'r', round: 1, step: 0 },
+          workerId: 'w0',
+          sliceOffset: 0,
+          sliceLength: 0,
+        });
         stream.on('data', (m: FetchWeightsResponse) => chunks.push(fromProtoChunk(m.chunk!)));
         stream.on('error', reject);
         stream.on('end', () => resolve());

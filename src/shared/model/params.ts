@@ -58,6 +58,15 @@ export function createModelState(arch: Architecture, seed: number, values?: Map<
   };
 }
 
+/**
+ * A tensor of host values that the caller goes on changing: the wasm backend copies them into its
+ * heap at once; other backends may keep the array itself (cpu does, webgpu until its upload), so
+ * they get a copy.
+ */
+export function tensorFromHost(values: Float32Array, shape: number[]): tf.Tensor {
+  return tf.tensor(tf.getBackend() === 'wasm' ? values : values.slice(), shape);
+}
+
 /** Parameter name for a tfjs variable name created above. */
 export function paramName(variableName: string): string {
   return variableName.slice(variableName.indexOf('/') + 1);

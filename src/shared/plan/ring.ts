@@ -72,7 +72,10 @@ export function packContribution(layout: RingLayout, c: MemberContribution, out?
   return v;
 }
 
-/** The reduced vector as the central path's averages: mean gradient, mean statistics, sums. */
+/**
+ * The reduced vector as the central path's averages: mean gradient, mean statistics, sums. Divides
+ * `v` in place and returns views of it (no multi-megabyte copies on the coordinator's step).
+ */
 export function unpackReduced(
   layout: RingLayout,
   v: Float32Array,
@@ -84,8 +87,8 @@ export function unpackReduced(
   const take = (slots: TensorSlot[], divisor: number) =>
     new Map(
       slots.map((s) => {
-        const x = new Float32Array(s.size);
-        for (let i = 0; i < s.size; i++) x[i] = v[at + i] / divisor;
+        const x = v.subarray(at, at + s.size);
+        for (let i = 0; i < x.length; i++) x[i] /= divisor;
         at += s.size;
         return [s.name, x] as const;
       }),
