@@ -170,9 +170,13 @@ describe('the coordinator refuses bad messages and keeps training', () => {
     const t0 = Date.now();
     await expect(
       new Promise((resolve, reject) => {
-        const stream = raw.fetchWeights({ run: next.run, workerId: rogue.workerId }, new grpc.Metadata(), {
-          deadline: Date.now() + 15_000,
-        });
+        const stream = raw.fetchWeights(
+          { run: next.run, workerId: rogue.workerId, sliceOffset: 0, sliceLength: 0 },
+          new grpc.Metadata(),
+          {
+            deadline: Date.now() + 15_000,
+          },
+        );
         stream.on('data', () => undefined);
         stream.on('error', reject);
         stream.on('end', resolve);

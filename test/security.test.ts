@@ -14,6 +14,8 @@ import {
   type RegisterResponse,
 } from '../src/shared/gen/tricaps/v1/fleet.js';
 import { Fleet, listeningAddress, TINY } from './fleet-harness.js';
+import { PeerClients } from '../src/worker/peer-link.js';
+import { ExchangeMeter } from '../src/shared/exchange-meter.js';
 
 const fleet = new Fleet();
 afterEach(() => fleet.cleanup());
@@ -329,5 +331,53 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     const allowed = fleet.worker(await listeningAddress(coord), 'allowed', ['--data-root', dir]);
     expect((await coord.exited).code).toBe(0);
     expect((await allowed.exited).code).toBe(0);
+  });
+
+  it('ring peers use the same mutual TLS and join token: the ring trains; an untrusted certificate, plaintext or no token sends no hop', async () => {
+    const tls = ['--tls-cert', pem('server.pem'), '--tls-key', pem('server.key'), '--tls-ca', pem('ca.pem')];
+    const coord = fleet.coordinator(
+      [...TINY, '--steps', '100000', '--shards', '2', '--min-workers', '2', '--exchange', 'ring', ...tls],
+      { TRICAPS_JOIN_TOKEN: TOKEN },
+    );
+    const address = await listeningAddress(coord);
+    // Each worker serves its ring peers with its own certificate (SAN 127.0.0.1) and checks theirs.
+    const workerTls = ['--tls-ca', pem('ca.pem'), '--tls-cert', pem('client.pem'), '--tls-key', pem('client.key')];
+    const peer = ['--peer-listen', '127.0.0.1:0'];
+    const a = fleet.worker(address, 'a', [...workerTls, ...peer], { TRICAPS_JOIN_TOKEN: TOKEN });
+    fleet.worker(address, 'b', [...workerTls, ...peer], { TRICAPS_JOIN_TOKEN: TOKEN });
+    const peerLine = await a.waitFor((l) => typeof l.peerAddress === 'string', 60_000, "a's peer address");
+    const step = await coord.waitFor((l) => /^step 2 loss/.test(l.msg), 90_000, 'two ring steps');
+    expect(step.workers).toBe(2);
+    expect(step.bytes_received).toBe((154_352 + 6) * 4); // one reduced vector in slices: the ring ran
+    const hop = async (security: ConstructorParameters<typeof PeerClients>[0]) => {
+      const clients = new PeerClients(security, new ExchangeMeter());
+      try {
+        await clients.hop(
+          peerLine.peerAddress as string,
+          {
+            run: { runId: 'x', round: 1, step: 0 },
+            fromWorker: 'w9-0000',
+            hop: 0,
+            slice: { index: 0, offset: 0, length: 1 },
+          },
+          new Float32Array(1),
+          'float32',
+          5000,
+          new AbortController().signal,
+        );
+        return 'accepted';
+      } catch (err) {
+        return `${(err as { code?: number }).code}: ${(err as { details?: string }).details ?? (err as Error).message}`;
+      }
+    };
+    const rogue = { tlsCa: pem('ca.pem'), tlsCert: pem('intruder.pem'), tlsKey: pem('intruder.key'), joinToken: TOKEN };
+    expect(await hop(rogue)).toMatch(/^14: /); // the handshake fails: UNAVAILABLE, nothing reaches the inbox
+    expect(await hop({ joinToken: TOKEN })).toMatch(/^14: /); // plaintext to a TLS port
+    const trusted = { tlsCa: pem('ca.pem'), tlsCert: pem('client.pem'), tlsKey: pem('client.key') };
+    expect(await hop(trusted)).toMatch(/^16: .*join token/i); // UNAUTHENTICATED: TLS alone is not enough
+    // With the certificate and the token, the inbox judges the hop itself (a stranger, refused).
+    expect(await hop({ ...trusted, joinToken: TOKEN })).not.toBe('accepted');
+    const before = coord.steps().length;
+    await coord.waitFor((l) => /^step \d+ loss/.test(l.msg) && (l.step as number) >= before + 1, 60_000, 'more steps');
   });
 });

@@ -158,6 +158,18 @@ describe('fleet coordinator (no transport)', () => {
     meanNegativeDistance: 0,
   });
 
+  it('hands a ring member a slice of the weights vector, and refuses one outside it', () => {
+    const c = make();
+    const { member } = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' });
+    const r = c.runId ? { ...run, runId: c.runId } : run;
+    expect(c.weightSlice(member.id, r, 1, 1)).toEqual({ version: 0, values: new Float32Array(1) });
+    expect(() => c.weightSlice(member.id, r, 1, 2)).toThrow(
+      /weights slice \[1, \+2\) is outside the 2 weights of this run \(different model configuration\?\)/,
+    );
+    expect(() => c.weightSlice(member.id, r, -1, 1)).toThrow(/outside/);
+    expect(() => c.weightSlice('w9-nobody', r, 0, 1)).toThrow(FleetError);
+  });
+
   it('answers WAIT when there is no work, then the assignment, and completes the step', async () => {
     const c = make();
     const { member } = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' });

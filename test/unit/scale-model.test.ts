@@ -40,6 +40,26 @@ describe('step-time model', () => {
     expect(projectStep({ ...cpuBound, linkBits: 100e9 }, 1, 'central').exchange_ms).toBeCloseTo(45, 9);
   });
 
+  it("ring: a worker's CPU pays for the bytes it sends and those it receives", () => {
+    const workerBound = { ...base, linkBits: 1e15, workerSecondsPerByte: 1e-9 }; // 10 ms per 10 MB
+    // Slice from the coordinator (5 MB), all-gather and reduce-scatter (5 MB out and 5 in, each),
+    // slice to the coordinator (5 MB), fixed 5.
+    expect(projectStep(workerBound, 2, 'ring').exchange_ms).toBeCloseTo(5 + 10 + 10 + 5 + 5, 6);
+    expect(projectStep(workerBound, 2, 'ring').worker_cpu_ms).toBeCloseTo(5 + 10 + 10 + 5, 6);
+  });
+
+  it("on shared cores the exchange cannot be shorter than every process's CPU spread over them", () => {
+    const c = { ...base, linkBits: 1e15, coordinatorSecondsPerByte: 1e-9, workerSecondsPerByte: 1e-9 };
+    const own = projectStep(c, 8, 'ring');
+    const shared = projectStep(c, 8, 'ring', { cores: 2 });
+    const cpu = own.coordinator_cpu_ms + 8 * own.worker_cpu_ms;
+    expect(cpu / 2).toBeGreaterThan(own.exchange_ms);
+    expect(shared.exchange_ms).toBeCloseTo(cpu / 2, 6);
+    expect(shared.efficiency).toBeLessThan(own.efficiency);
+    // With CPU to spare the bound changes nothing.
+    expect(projectStep(base, 8, 'ring', { cores: 2 }).exchange_ms).toBe(projectStep(base, 8, 'ring').exchange_ms);
+  });
+
   it('calibration reproduces the one-worker step and takes CPU per byte from the measurements', () => {
     const rows = [
       {
