@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests run against when it is missing, from Debian:
-#   - promtool (package prometheus), nats-server, openssl (the security tests make certificates);
+#   - promtool and the Prometheus server (package prometheus), nats-server, openssl (the security
+#     tests make certificates);
 #   - a Vulkan driver Dawn can use, so the webgpu engine's tests run on machines without a GPU:
 #     Mesa's lavapipe (llvmpipe adapter) from bookworm-backports (Mesa 25; bookworm's own Mesa 22.3
 #     lacks a feature Dawn needs) and the Vulkan loader libvulkan1. The only change made to the
@@ -13,7 +14,8 @@
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 need=()
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The prometheus package: promtool (metric and rule checks) and the server (the live dashboard test).
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 

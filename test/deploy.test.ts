@@ -145,7 +145,7 @@ describe('deploy/kubernetes', () => {
     for (const r of alerts)
       for (const m of usedTricapsMetrics(r.expr)) expect(exported.has(m), `${r.alert}: ${m}`).toBe(true);
     const dash = JSON.parse(readFileSync('deploy/grafana/tricaps.json', 'utf8'));
-    const exprs: string[] = dash.panels.flatMap((p: Obj) => p.targets.map((t: Obj) => t.expr));
+    const exprs: string[] = dash.panels.flatMap((p: Obj) => (p.targets ?? []).map((t: Obj) => t.expr));
     expect(exprs.length).toBeGreaterThanOrEqual(12);
     for (const e of exprs) for (const m of usedTricapsMetrics(e)) expect(exported.has(m), `dashboard: ${m}`).toBe(true);
     const used = new Set(exprs.flatMap(usedTricapsMetrics));
@@ -164,6 +164,28 @@ describe('deploy/kubernetes', () => {
     ]) {
       expect(used.has(needed), needed).toBe(true);
     }
+  });
+
+  it('the dashboard: a row per question, a unit on every panel, every query for the chosen run', () => {
+    const dash = JSON.parse(readFileSync('deploy/grafana/tricaps.json', 'utf8'));
+    const rows = dash.panels.filter((p: Obj) => p.type === 'row').map((p: Obj) => p.title);
+    expect(rows).toEqual(['Is it training?', 'Is it fast?', 'Is the fleet healthy?', 'Is it learning?', 'Is it safe?']);
+    const run = dash.templating.list.find((v: Obj) => v.name === 'run');
+    expect(run.query.query).toBe('label_values(tricaps_info, run)');
+    const panels = dash.panels.filter((p: Obj) => p.type !== 'row');
+    expect(new Set(dash.panels.map((p: Obj) => p.id)).size).toBe(dash.panels.length);
+    for (const p of panels) {
+      expect(p.fieldConfig.defaults.unit, `${p.title}: unit`).toMatch(
+        /^(s|short|bytes|Bps|percentunit|bool_yes_no|suffix: .+)$/,
+      );
+      expect(p.fieldConfig.defaults.unit, `${p.title}: a unit that says something`).not.toBe('none');
+      for (const t of p.targets)
+        for (const m of usedTricapsMetrics(t.expr))
+          expect(t.expr, `${p.title}: ${m} for the chosen run`).toMatch(new RegExp(`${m}\\{run="\\$run"`));
+    }
+    // Rows come before their panels, top to bottom.
+    const ys = dash.panels.map((p: Obj) => p.gridPos.y);
+    expect([...ys].sort((a, b) => a - b)).toEqual(ys);
   });
 
   it('overlays patch the workers the base defines', () => {

@@ -18,7 +18,12 @@ function promtool(text: string): { code: number | null; out: string } {
   return { code: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
-const value = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+/** The value of a series by name and (some of) its labels. */
+const value = (text: string, name: string, labels: Record<string, string> = {}) => {
+  const lines = text.split('\n').filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `));
+  const hit = lines.find((l) => Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+  return Number(hit?.split(' ').at(-1));
+};
 
 describe('metrics endpoints', () => {
   it('serve metrics that promtool accepts, on the coordinator and on a worker', async () => {
@@ -37,14 +42,25 @@ describe('metrics endpoints', () => {
       const check = promtool(text);
       expect(check.out, label).toBe('');
       expect(check.code, label).toBe(0);
-      expect(text).toMatch(/^process_cpu_seconds_total /m);
+      // Every series, Node's process metrics too, carries the run (the dashboard's `run` variable).
+      expect(text).toMatch(/^process_cpu_seconds_total\{run="[^"]+"\} /m);
+      for (const line of text.split('\n').filter((l) => l && !l.startsWith('#')))
+        expect(line, label).toMatch(/[{,]run="[^"]+"/);
     }
     expect(value(c, 'tricaps_steps_total')).toBeGreaterThanOrEqual(3);
     expect(value(c, 'tricaps_world_size')).toBe(1);
     expect(value(c, 'tricaps_worker_joins_total')).toBe(1);
     expect(value(c, 'tricaps_loss')).toBeGreaterThan(0);
-    expect(c).toMatch(/^tricaps_step_phase_seconds_count\{phase="exchange"\} \d+$/m);
-    expect(Number(/^tricaps_triplet_distance_mean\{pair="negative"\} (\S+)$/m.exec(c)?.[1])).toBeGreaterThan(0);
+    expect(value(c, 'tricaps_step_phase_seconds_count', { phase: 'exchange' })).toBeGreaterThanOrEqual(3);
+    expect(value(c, 'tricaps_triplet_distance_mean', { pair: 'negative' })).toBeGreaterThan(0);
+    // Counters by known labels exist at 0 before their first event (increase() sees the first one):
+    // losses by reason from the start, refused updates by reason for each worker that joined.
+    for (const reason of ['heartbeat', 'stalled', 'left', 'unusable'])
+      expect(value(c, 'tricaps_worker_losses_total', { reason }), reason).toBe(0);
+    const joined = /^tricaps_rejected_updates_total\{[^}]*worker="(w1-[0-9a-f]+)"/m.exec(c)?.[1];
+    for (const reason of ['non-finite', 'norm', 'malformed'])
+      expect(value(c, 'tricaps_rejected_updates_total', { reason, worker: joined! }), reason).toBe(0);
+    expect(value(c, 'tricaps_paused')).toBe(0);
     expect(c).toMatch(/^tricaps_info\{role="coordinator",run="[^"]+",engine="wasm"/m);
     expect(value(w, 'tricaps_worker_steps_total')).toBeGreaterThanOrEqual(3);
     expect(w).toMatch(/^tricaps_info\{role="worker",run="[^"]+",engine="wasm"/m);

@@ -82,8 +82,19 @@ describe('NATS events and control', () => {
       'sesame',
       '--checkpoint-dir',
       dir,
+      '--metrics-port',
+      '0',
     ]);
     const worker = fleet.worker(await listeningAddress(coord), 'evented');
+    const metricsPort = (await coord.waitFor((l) => typeof l.metricsPort === 'number', 30_000, 'the metrics line'))
+      .metricsPort as number;
+    /** tricaps_paused as scraped now (the stalled and checkpoint alerts stay quiet while it is 1). */
+    const pausedGauge = async () =>
+      Number(
+        /^tricaps_paused\{[^}]*\} (\S+)$/m.exec(
+          await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text(),
+        )?.[1],
+      );
     await coord.waitFor((l) => l.msg.startsWith('connected to NATS'), 30_000, 'the NATS connection');
     await coord.waitFor((l) => /^step 4 loss/.test(l.msg), 60_000, 'step 4');
     await nc.flush();
@@ -126,6 +137,7 @@ describe('NATS events and control', () => {
         .map((l) => l.step as number)
         .filter((s) => s >= paused.step),
     ).toEqual([]);
+    expect(await pausedGauge()).toBe(1);
     const checkpoint = await ask('checkpoint', '{"token":"sesame"}');
     expect(checkpoint).toMatchObject({
       ok: true,
@@ -137,6 +149,7 @@ describe('NATS events and control', () => {
       ok: true,
       done: `resumed at step ${paused.step}`,
     });
+    expect(await pausedGauge()).toBe(0);
     await coord.waitFor(
       (l) => /^step \d+ loss/.test(l.msg) && (l.step as number) >= paused.step + 1,
       30_000,

@@ -103,12 +103,12 @@ export interface FleetOptions {
   now?: () => number;
 }
 
-/** Why a worker left, as a label: heartbeat, stalled, left, unusable. */
-export type LossKind = 'heartbeat' | 'stalled' | 'left' | 'unusable';
+import type { LossKind, RefusalKind } from '../shared/fleet-labels.js';
+export type { LossKind, RefusalKind } from '../shared/fleet-labels.js';
 
 export interface MembershipListener {
   /** A result was refused as unusable (non-finite, outlying norm, malformed). */
-  rejected?(member: Member, kind: 'non-finite' | 'norm' | 'malformed', reason: string): void;
+  rejected?(member: Member, kind: RefusalKind, reason: string): void;
   joined?(member: Member, workers: number, round: number): void;
   lost?(member: Member, kind: LossKind, reason: string, workers: number, round: number): void;
 }

@@ -101,7 +101,7 @@ async function runCoordinator(
     log,
   );
   const { runId, engine, model, firstStep, resumed, catalogue } = job;
-  const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics() : undefined;
+  const metrics = fleet.metricsPort !== undefined ? new CoordinatorMetrics(runId) : undefined;
   const events: EventSink & { close?(): Promise<void> } = fleet.nats
     ? NatsBridge.start(fleet.nats, runId, control, log, () => metrics?.natsDropped.inc(), fleet.natsAuth)
     : { publish: () => undefined };
@@ -116,6 +116,7 @@ async function runCoordinator(
       1,
     );
     if (resumed) metrics?.resumes.inc();
+    if (metrics) metrics.pausedNow = () => control.paused;
     metrics?.step.set(firstStep);
 
     // ---- the fleet ----
@@ -152,6 +153,7 @@ async function runCoordinator(
               round,
             });
             metrics?.joins.inc();
+            metrics?.workerJoined(m.id);
             metrics?.worldSize.set(workers);
             metrics?.round.set(round);
           },

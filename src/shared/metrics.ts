@@ -5,6 +5,7 @@ import { EXCHANGE_DIRECTIONS, PEER_KINDS, type ExchangeMeter } from './exchange-
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { UsageError } from './errors.js';
+import { LOSS_KINDS, REFUSAL_KINDS } from './fleet-labels.js';
 
 /**
  * prom-client's default Node process metrics, minus three gauges it names with a `_total` suffix
@@ -141,6 +142,14 @@ export class CoordinatorMetrics {
     help: 'Unix time of the last successful checkpoint',
     registers: [this.registry],
   });
+  /** Whether an operator paused the run (`tricaps_paused`); read at every scrape. */
+  pausedNow: () => boolean = () => false;
+  readonly paused: Gauge = new Gauge({
+    name: 'tricaps_paused',
+    help: 'Whether an operator paused the run (1) or not (0): a paused run applies no step on purpose',
+    registers: [this.registry],
+    collect: (): void => this.paused.set(this.pausedNow() ? 1 : 0),
+  });
   readonly natsDropped = new Counter({
     name: 'tricaps_nats_events_dropped_total',
     help: 'Events not published because NATS was unreachable',
@@ -153,8 +162,16 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
-  constructor() {
+  /** Every series carries the run's id (the dashboard's `run` variable); losses start at 0 by reason. */
+  constructor(runId?: string) {
     nodeMetricsInto(this.registry);
+    if (runId) this.registry.setDefaultLabels({ run: runId });
+    for (const reason of LOSS_KINDS) this.losses.inc({ reason }, 0);
+  }
+
+  /** A worker joined: its refused-update counters start at 0, one per reason. */
+  workerJoined(worker: string): void {
+    for (const reason of REFUSAL_KINDS) this.rejectedUpdates.inc({ reason, worker }, 0);
   }
 }
 

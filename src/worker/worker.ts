@@ -263,6 +263,8 @@ export class FleetWorker {
           { worker: res.workerId, run: res.run!.runId, coordinator: this.opts.coordinator, engine: this.engine.name },
           `joined run ${res.run!.runId} as ${res.workerId}`,
         );
+        // Every series carries the run from now on (the dashboard's `run` variable).
+        this.metrics?.registry.setDefaultLabels({ run: res.run!.runId });
         this.metrics?.registrations.inc();
         this.metrics?.info.reset();
         this.metrics?.info.set(
