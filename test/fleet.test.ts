@@ -245,10 +245,19 @@ describe('fleet failures (real processes)', () => {
     const coord = fleet.coordinator([...TINY, '--steps', '3', '--min-workers', '2']);
     const address = await listeningAddress(coord);
     fleet.worker(address, 'first');
-    const paused = await coord.waitFor((l) => l.msg.startsWith('paused at step 0'), 30_000, 'the pause line');
-    expect(paused.msg).toMatch(/paused at step 0: [01] of --min-workers 2 workers present/);
+    // With one worker present (not the '0 of 2' logged before anyone joined), nothing is applied.
+    const paused = await coord.waitFor(
+      (l) => /^paused at step 0: 1 of --min-workers 2 workers present/.test(l.msg),
+      60_000,
+      'the pause line with one worker present',
+    );
+    expect(coord.steps()).toEqual([]);
     fleet.worker(address, 'second');
     expect((await coord.exited).code).toBe(0);
-    expect(coord.steps().length).toBe(3);
+    const steps = coord.steps();
+    expect(steps.map((l) => l.step)).toEqual([0, 1, 2]);
+    // Every step was computed by both: the pause held until the second joined.
+    expect(steps.map((l) => l.workers)).toEqual([2, 2, 2]);
+    expect(coord.lines.indexOf(paused)).toBeLessThan(coord.lines.indexOf(steps[0]));
   });
 });

@@ -157,6 +157,8 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     const wrong = fleet.worker(address, 'guesser', workerTls, { TRICAPS_JOIN_TOKEN: 'wrong-token-0000' });
     expect((await wrong.exited).code).toBe(2);
     expect(wrong.raw.join('\n')).toMatch(/refused this worker: wrong join token for this run/);
+    // A refusal names no token: neither the one presented nor the run's.
+    for (const secret of ['wrong-token-0000', TOKEN]) expect(wrong.raw.join('\n')).not.toContain(secret);
 
     // A certificate from another CA, or no TLS at all, never gets a call through.
     const intruder = new FleetServiceClient(address, clientCreds('intruder'));
@@ -275,8 +277,14 @@ describe('fleet security (real processes, mutual TLS, join token)', () => {
     expect(coord.steps().every((l) => l.shards_computed === 2)).toBe(true);
     const port = coord.lines.find((l) => typeof l.metricsPort === 'number')!.metricsPort as number;
     const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    expect(metrics).toMatch(/^tricaps_rejected_updates_total\{reason="non-finite",worker="w\d+-[0-9a-f]{4}"\} 1$/m);
-    expect(metrics).toMatch(/^tricaps_rejected_updates_total\{reason="malformed",worker="w\d+-[0-9a-f]{4}"\} 1$/m);
+    expect(metrics).toMatch(
+      /^tricaps_rejected_updates_total\{reason="non-finite",worker="w\d+-[0-9a-f]{4}",run="secure-run"\} 1$/m,
+    );
+    expect(metrics).toMatch(
+      /^tricaps_rejected_updates_total\{reason="malformed",worker="w\d+-[0-9a-f]{4}",run="secure-run"\} 1$/m,
+    );
+    // After every refusal above: the coordinator never logged a token, the run's or a wrong one.
+    for (const secret of ['wrong-token-0000', TOKEN]) expect(coord.raw.join('\n')).not.toContain(secret);
     coord.kill('SIGTERM');
     expect((await coord.exited).code).toBe(0);
   });

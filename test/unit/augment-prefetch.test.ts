@@ -18,7 +18,7 @@ describe('augmentation', () => {
     const cfg = AugmentConfigSchema.parse({});
     const key = { seed: 1, epoch: 2, step: 3, worker: 0, sample: 4 };
     expect(augmentParams(cfg, key)).toEqual(augmentParams(cfg, key));
-    for (const other of [{ epoch: 3 }, { step: 4 }, { worker: 1 }, { sample: 5 }])
+    for (const other of [{ seed: 2 }, { epoch: 3 }, { step: 4 }, { worker: 1 }, { sample: 5 }])
       expect(augmentParams(cfg, { ...key, ...other })).not.toEqual(augmentParams(cfg, key));
   });
 
@@ -46,6 +46,66 @@ describe('augmentation', () => {
       horizontalFlip: false,
     });
     expect(augmentParams(off, { seed: 1, epoch: 0, step: 0, worker: 0, sample: 0 })).toEqual(none);
+  });
+
+  it('draws every parameter on its own: x and y shift and zoom differ, over many seeds', () => {
+    const cfg = AugmentConfigSchema.parse({});
+    let zoomsDiffer = 0;
+    let shiftsDiffer = 0;
+    for (let seed = 0; seed < 20; seed++) {
+      const p = augmentParams(cfg, { seed, epoch: 0, step: 0, worker: 0, sample: 0 });
+      if (p.zx !== p.zy) zoomsDiffer++;
+      if (p.tx !== p.ty) shiftsDiffer++;
+    }
+    expect(zoomsDiffer).toBe(20);
+    expect(shiftsDiffer).toBe(20);
+  });
+
+  /** Bilinear sample of `image` at (sx, sy), the reference the transforms below are checked with. */
+  const at = (sx: number, sy: number) => {
+    const x0 = Math.floor(sx);
+    const y0 = Math.floor(sy);
+    const [fx, fy] = [sx - x0, sy - y0];
+    const x1 = Math.min(size - 1, x0 + 1);
+    const y1 = Math.min(size - 1, y0 + 1);
+    return [0, 1, 2].map(
+      (c) =>
+        (px(image, x0, y0)[c] * (1 - fx) + px(image, x1, y0)[c] * fx) * (1 - fy) +
+        (px(image, x0, y1)[c] * (1 - fx) + px(image, x1, y1)[c] * fx) * fy,
+    );
+  };
+  const c = (size - 1) / 2;
+
+  it('shifts by a fraction of the side: one pixel right and two down', () => {
+    const shifted = applyAugmentation(image, size, { ...none, tx: 1 / size, ty: 2 / size });
+    for (let y = 2; y < size; y++)
+      for (let x = 1; x < size; x++)
+        px(shifted, x, y).forEach((v, ch) => expect(v).toBeCloseTo(px(image, x - 1, y - 2)[ch], 6));
+  });
+
+  it('zooms each axis by its own factor (x kept, y magnified 2x about the centre)', () => {
+    const zoomed = applyAugmentation(image, size, { ...none, zx: 1, zy: 2 });
+    for (const [x, y] of [
+      [2, 7],
+      [5, 0],
+      [6, 4],
+    ])
+      px(zoomed, x, y).forEach((v, ch) => expect(v, `(${x}, ${y})`).toBeCloseTo(at(x, (y - c) / 2 + c)[ch], 6));
+  });
+
+  it('shears: output (x, y) samples x + sin(s) (y - c) / cos(s) and (y - c) / cos(s) + c', () => {
+    const s = (20 * Math.PI) / 180;
+    const sheared = applyAugmentation(image, size, { ...none, shear: s });
+    for (const [x, y] of [
+      [3, 6],
+      [2, 1],
+      [4, 5],
+    ]) {
+      const v = (y - c) / Math.cos(s);
+      px(sheared, x, y).forEach((got, ch) =>
+        expect(got, `(${x}, ${y})`).toBeCloseTo(at(x + Math.sin(s) * v, v + c)[ch], 6),
+      );
+    }
   });
 
   it('leaves the image unchanged with identity parameters', () => {

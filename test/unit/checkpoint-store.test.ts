@@ -12,6 +12,7 @@ import { ParameterUpdater } from '../../src/coordinator/optimizer.js';
 import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
 import { modelConfig } from '../../src/shared/model/config.js';
 import { resolveCheckpoint } from '../../src/shared/checkpoint-format.js';
+import { isStepDirName } from '../../src/shared/paths.js';
 import { useBackend } from '../helpers.js';
 import { tinyModel } from '../tiny-model.js';
 
@@ -69,6 +70,21 @@ describe('checkpoint store', () => {
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
+  });
+
+  it('takes only step-NNNNNNNN folders for checkpoints: a half-written one or a look-alike is not one', () => {
+    expect(isStepDirName('step-00000012')).toBe(true);
+    for (const name of [
+      'step-00000012.tmp-4f2a', // being written (renamed into place when complete)
+      'step-00000012x',
+      'step-0000012', // seven digits
+      'step-000000123', // nine
+      'xstep-00000012',
+      'step-0000001a',
+      'step-',
+      '../step-00000012',
+    ])
+      expect(isStepDirName(name), name).toBe(false);
   });
 
   it('never prunes the checkpoint it has just written, even below higher-numbered folders', () => {

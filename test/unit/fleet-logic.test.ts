@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import '@tensorflow/tfjs';
 import { pino } from 'pino';
 import { assignShards, planShards } from '../../src/shared/plan/step-plan.js';
+import { planStep } from '../../src/coordinator/step.js';
 import { samplePkBatch } from '../../src/shared/data/pk-sampler.js';
 import { StepWork } from '../../src/coordinator/step-work.js';
 import { Membership, FleetFullError } from '../../src/coordinator/membership.js';
@@ -282,6 +283,84 @@ describe('fleet coordinator (no transport)', () => {
     }
   });
 
+  /** Runs steps with one worker taking every shard, each result's gradient `g` (a step per value). */
+  async function stepWith(c: FleetCoordinator, worker: string, step: number, g: number[]): Promise<void> {
+    const work = new StepWork<TrainResult>('train', step, 0, planShards(batch, 2));
+    const executing = c.execute(work);
+    executing.catch(() => undefined);
+    const a = await c.nextStep(worker, { ...run, step });
+    if (a.action !== 'train') throw new Error(`step ${step}: ${a.action}, not an assignment`);
+    c.acceptTrain(worker, a.run, [0, 1], 0, { ...result(), grads: new Map([['g', Float32Array.from(g)]]) });
+    await executing;
+  }
+
+  it('the gradient-norm guard refuses an outlier after five accepted norms, names the worker and removes it', async () => {
+    const rejected: string[] = [];
+    const c = make({
+      maxGradientNormRatio: 10,
+      listener: { rejected: (m, kind, reason) => rejected.push(`${m.name} ${kind}: ${reason}`) },
+    });
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    // Before five norms are known nothing is judged: a large first gradient passes.
+    await stepWith(c, a.id, 0, [300, 400]);
+    for (let step = 1; step < 5; step++) await stepWith(c, a.id, step, [3, 4]); // norm 5
+    const work = new StepWork<TrainResult>('train', 5, 0, planShards(batch, 2));
+    c.execute(work).catch(() => undefined);
+    const next = await c.nextStep(a.id, { ...run, step: 5 });
+    if (next.action !== 'train') throw new Error('expected an assignment');
+    // The median of (500, 5, 5, 5, 5) is 5: 10 x 5 = 50 is the limit; 60 is refused, 49 would not be.
+    expect(() =>
+      c.acceptTrain(a.id, next.run, [0, 1], 0, { ...result(), grads: new Map([['g', Float32Array.of(36, 48)]]) }),
+    ).toThrow(/gradient norm 60\.00 is more than 10 times the recent median 5\.000/);
+    expect(rejected).toEqual([expect.stringMatching(/^a norm: gradient norm 60\.00/)]);
+    expect(c.lost).toEqual([expect.objectContaining({ id: a.id, reason: expect.stringMatching(/unusable result/) })]);
+    c.close();
+  });
+
+  it('removes a worker that keeps beating but returns no result within --step-timeout (stalled)', async () => {
+    const lost: string[] = [];
+    const c = make({
+      assignmentTimeoutMs: 400,
+      heartbeatTimeoutMs: 10_000,
+      listener: { lost: (m, kind, reason) => lost.push(`${m.name} ${kind}: ${reason}`) },
+    });
+    c.start();
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const work = new StepWork<TrainResult>('train', 0, 0, planShards(batch, 2));
+    c.execute(work).catch(() => undefined);
+    const ta = await c.nextStep(a.id, run);
+    await c.nextStep(b.id, run); // b takes shard 1 and never answers, though it keeps beating
+    const beat = setInterval(() => {
+      c.heartbeat(a.id, run);
+      if (c.membership.get(b.id)) c.heartbeat(b.id, run);
+    }, 50);
+    try {
+      if (ta.action !== 'train') throw new Error('expected an assignment');
+      c.acceptTrain(a.id, ta.run, [0], 0, result());
+      let tb = await c.nextStep(a.id, run);
+      while (tb.action === 'wait') tb = await c.nextStep(a.id, run);
+      expect(tb.action === 'train' && tb.shards.map((sh) => sh.index)).toEqual([1]);
+      expect(lost).toEqual([expect.stringMatching(/^b stalled: stalled: no result for step 0 within 0\.4 s/)]);
+    } finally {
+      clearInterval(beat);
+      c.close();
+    }
+  });
+
+  it('hands out no work below --min-workers, and all of it once enough have joined', async () => {
+    const c = make({ minWorkers: 2 });
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const work = new StepWork<TrainResult>('train', 0, 0, planShards(batch, 2));
+    c.execute(work).catch(() => undefined);
+    expect((await c.nextStep(a.id, run)).action).toBe('wait'); // one of two: paused
+    expect((await c.nextStep(a.id, run)).action).toBe('wait');
+    const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    const [ta, tb] = [await c.nextStep(a.id, run), await c.nextStep(b.id, run)];
+    expect([ta, tb].map((x) => (x.action === 'train' ? x.shards.map((sh) => sh.index) : x.action))).toEqual([[0], [1]]);
+    c.close();
+  });
+
   it('refuses a worker of another run and messages without a run', () => {
     const c = make();
     expect(() => c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: 'r2' })).toThrow(
@@ -349,6 +428,23 @@ describe('worker gradients over several shards', () => {
 });
 
 describe('hard-negative plan', () => {
+  it("a step's plan uses the last hard-negative embeddings: confusable items share shards", () => {
+    // 8 items of 3 images; items i and 7-i are near-duplicates.
+    const items = new Map<number, number[]>(Array.from({ length: 8 }, (_, i) => [i, [3 * i, 3 * i + 1, 3 * i + 2]]));
+    const embeddings = new Map<number, Float32Array>(
+      Array.from({ length: 8 }, (_, i) => [i, Float32Array.from([Math.min(i, 7 - i), i >= 4 ? 0.01 : 0])]),
+    );
+    const inputs = { cfg: { seed: 4, imagesPerItem: 3 }, items, itemsPerBatch: 8, stepsPerEpoch: 1, shards: 4 };
+    const plain = planStep(inputs, 0);
+    const grouped = planStep({ ...inputs, embeddings }, 0);
+    const pairs = (shards: { itemIds: number[] }[]) =>
+      shards.map((sh) => [...new Set(sh.itemIds)].sort((a, b) => a - b).join(','));
+    expect(pairs(grouped.shards).sort()).toEqual(['0,7', '1,6', '2,5', '3,4']);
+    expect(pairs(plain.shards).sort()).not.toEqual(['0,7', '1,6', '2,5', '3,4']);
+    // Same batch either way: only its split changes.
+    expect(grouped.batchHash).toBe(plain.batchHash);
+  });
+
   it('groups confusable items of a batch so they share a shard', () => {
     // Items 0..7: pairs (0,7), (1,6), (2,5), (3,4) are near-duplicates.
     const emb = new Map<number, Float32Array>(

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BBOX_FILE, describeCatalogue, openInshopCatalogue, PARTITION_FILE } from '../../src/shared/data/inshop.js';
 import { writeSyntheticInshop } from '../../src/shared/data/synth-writer.js';
+import sharp from 'sharp';
 import { trainItems } from '../../src/shared/data/catalogue.js';
 
 let base: string;
@@ -62,6 +63,29 @@ describe('In-shop catalogue', () => {
     const c = await openInshopCatalogue({ root: good, bboxCrop: true });
     const whole = await (await openInshopCatalogue({ root: good })).loadImage(0, 16);
     expect(Array.from(await c.loadImage(0, 16))).not.toEqual(Array.from(whole));
+  });
+
+  it('crops the box where it is: an image black but for a white square at (20, 8)-(27, 15)', async () => {
+    const dir = join(base, 'boxed');
+    cpSync(good, dir, { recursive: true });
+    const c0 = await openInshopCatalogue({ root: dir });
+    const path = c0.paths[0];
+    const pixels = Buffer.alloc(32 * 32 * 3);
+    for (let y = 8; y <= 15; y++)
+      for (let x = 20; x <= 27; x++) pixels.fill(255, (y * 32 + x) * 3, (y * 32 + x) * 3 + 3);
+    await sharp(pixels, { raw: { width: 32, height: 32, channels: 3 } })
+      .png()
+      .toFile(join(dir, path));
+    const boxes = join(dir, BBOX_FILE);
+    const lines = readFileSync(boxes, 'utf8').trimEnd().split('\n');
+    const at = lines.findIndex((l) => l.startsWith(`${path} `));
+    const f = lines[at].split(/\s+/);
+    lines[at] = [...f.slice(0, 3), '20', '8', '27', '15'].join(' ');
+    writeFileSync(boxes, lines.join('\n') + '\n');
+    const cropped = await (await openInshopCatalogue({ root: dir, bboxCrop: true })).loadImage(0, 8);
+    expect(Math.min(...cropped)).toBe(1); // all of it the white square
+    const uncropped = await (await openInshopCatalogue({ root: dir })).loadImage(0, 8);
+    expect(Math.min(...uncropped)).toBe(0);
   });
 
   it.each([

@@ -10,6 +10,18 @@ describe('PK sampler', () => {
     const args = { seed: 3, epoch: 1, step: 2, itemsPerBatch: 3, imagesPerItem: 2, items };
     expect(samplePkBatch(args)).toEqual(samplePkBatch(args));
     expect(samplePkBatch(args)).not.toEqual(samplePkBatch({ ...args, epoch: 2 }));
+    expect(samplePkBatch(args)).not.toEqual(samplePkBatch({ ...args, step: 1 }));
+    // Another seed: another order of items, and other images of the same item.
+    for (let seed = 4; seed < 8; seed++) {
+      const other = samplePkBatch({ ...args, seed });
+      expect(other.itemIds, `seed ${seed}`).not.toEqual(samplePkBatch(args).itemIds);
+    }
+    const all = { ...args, itemsPerBatch: 10, imagesPerItem: 2, step: 0 };
+    const images = (seed: number) => {
+      const b = samplePkBatch({ ...all, seed });
+      return b.itemIds.map((item, i) => [item, b.imageIds[i]] as const).sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+    };
+    expect(images(3)).not.toEqual(images(11));
   });
 
   it('gives P items x K distinct images of each item', () => {
