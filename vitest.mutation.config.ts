@@ -15,7 +15,7 @@ export default defineConfig({
       'test/unit/proto.test.ts',
       'test/unit/import-graph.test.ts',
       'test/unit/loopback-baseline.test.ts',
-      'test/unit/host-kernels.test.ts',
+      'test/unit/kernel-bytes.test.ts',
     ],
     testTimeout: 120_000,
     pool: 'forks',
