@@ -30,9 +30,10 @@ kernels: $(NPM_STAMP)
 
 # Mutation testing (StrykerJS) of the pure modules listed in stryker.config.json, judged by the unit
 # tests: scores per module on stdout, the report in reports/mutation/index.html. Incremental: a
-# rerun tests only mutants whose code or tests changed. About 40 minutes from scratch on 2 cores,
-# so not part of `make test`. `node scripts/named-mutants.mjs` applies the hand-made changes of
-# issue 18 one at a time and names the tests that catch each.
+# rerun tests only mutants whose code or tests changed. About 2 hours from scratch on 2 cores, so
+# not part of `make test` (`npx stryker run --mutate FILE,...` for a few modules).
+# `node scripts/named-mutants.mjs` applies the hand-made changes of issue 18 one at a time and
+# names the tests that catch each.
 mutation: $(NPM_STAMP)
 	npx stryker run
 
