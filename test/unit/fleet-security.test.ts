@@ -1,0 +1,134 @@
+// Who may talk to the fleet, without a network: the join token's check (which status and words a
+// caller gets, never a token in them), the metadata that carries it, and the TLS settings each side
+// accepts or refuses, with their messages. Real processes over mutual TLS: test/security.test.ts.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import {
+  callMetadata,
+  channelCredentials,
+  serverCredentials,
+  tokenProblem,
+  TOKEN_HEADER,
+} from '../../src/shared/fleet-security.js';
+import type { Logger } from '../../src/shared/log.js';
+
+const TOKEN = 'the-run-token-0001';
+let dir: string;
+const pem = (f: string) => join(dir, f);
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'tricaps-fleet-security-'));
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      'key.pem',
+      '-out',
+      'cert.pem',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=t',
+    ],
+    { cwd: dir, stdio: 'pipe' },
+  );
+  writeFileSync(pem('not.pem'), 'hello\n');
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function logger(): { log: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const at = (level: string) => (a: unknown, b?: string) =>
+    lines.push(`${level} ${typeof a === 'string' ? a : `${JSON.stringify(a)} ${b}`}`);
+  return { log: { info: at('info'), warn: at('warn') } as unknown as Logger, lines };
+}
+
+const md = (value?: string) => {
+  const m = new grpc.Metadata();
+  if (value !== undefined) m.set(TOKEN_HEADER, value);
+  return m;
+};
+
+describe('join token', () => {
+  it('passes every call when the run has no token, and the right token when it has one', () => {
+    expect(tokenProblem(undefined, md())).toBeUndefined();
+    expect(tokenProblem('', md('Bearer anything'))).toBeUndefined();
+    expect(tokenProblem(TOKEN, md(`Bearer ${TOKEN}`))).toBeUndefined();
+    expect(tokenProblem(TOKEN, callMetadata(TOKEN))).toBeUndefined();
+  });
+
+  it('refuses a missing or malformed header as unauthenticated, with what to do', () => {
+    for (const value of [undefined, '', TOKEN, `Basic ${TOKEN}`, `bearer ${TOKEN}`])
+      expect(tokenProblem(TOKEN, md(value)), String(value)).toEqual({
+        code: grpc.status.UNAUTHENTICATED,
+        details: 'no join token: start the worker with --join-token or TRICAPS_JOIN_TOKEN',
+      });
+  });
+
+  it('refuses a wrong token as permission denied, naming neither token', () => {
+    for (const wrong of ['wrong-0000', `${TOKEN}x`, TOKEN.slice(0, -1), ` ${TOKEN}`, ''])
+      expect(tokenProblem(TOKEN, md(`Bearer ${wrong}`)), wrong).toEqual({
+        code: grpc.status.PERMISSION_DENIED,
+        details: 'wrong join token for this run',
+      });
+  });
+
+  it('carries the token as a bearer header, and nothing without one', () => {
+    expect(callMetadata(TOKEN).get(TOKEN_HEADER)).toEqual([`Bearer ${TOKEN}`]);
+    expect(callMetadata().get(TOKEN_HEADER)).toEqual([]);
+    expect(callMetadata('').get(TOKEN_HEADER)).toEqual([]);
+  });
+});
+
+describe('TLS settings', () => {
+  it('serves plaintext without a certificate, said once: a note on loopback, a warning elsewhere', () => {
+    for (const [loopback, level] of [
+      [true, 'info'],
+      [false, 'warn'],
+    ] as const) {
+      const { log, lines } = logger();
+      expect(serverCredentials({}, log, loopback)._isSecure()).toBe(false);
+      expect(lines).toEqual([`${level} serving gRPC in plaintext (no --tls-cert): use it only on a trusted network`]);
+    }
+  });
+
+  it('serves TLS with a certificate, mutual with a CA, and says which', () => {
+    const server = logger();
+    expect(serverCredentials({ tlsCert: pem('cert.pem'), tlsKey: pem('key.pem') }, server.log)._isSecure()).toBe(true);
+    expect(server.lines).toEqual(['info {"mutualTls":false} serving gRPC over TLS']);
+    const mutual = logger();
+    serverCredentials({ tlsCert: pem('cert.pem'), tlsKey: pem('key.pem'), tlsCa: pem('cert.pem') }, mutual.log);
+    expect(mutual.lines).toEqual([
+      'info {"mutualTls":true} serving gRPC over TLS; clients need a certificate signed by --tls-ca',
+    ]);
+    expect(channelCredentials({ tlsCa: pem('cert.pem') })._isSecure()).toBe(true);
+    expect(channelCredentials({})._isSecure()).toBe(false);
+  });
+
+  it('refuses half a configuration and files that are missing or not PEM, naming the flag', () => {
+    const { log } = logger();
+    expect(() => serverCredentials({ tlsCa: pem('cert.pem') }, log)).toThrow(
+      '--tls-ca on the coordinator checks client certificates and needs --tls-cert and --tls-key as well',
+    );
+    expect(() => serverCredentials({ tlsCert: pem('cert.pem') }, log)).toThrow('--tls-cert and --tls-key go together');
+    expect(() => serverCredentials({ tlsKey: pem('key.pem') }, log)).toThrow('--tls-cert and --tls-key go together');
+    expect(() => channelCredentials({ tlsCert: pem('cert.pem') })).toThrow('--tls-cert and --tls-key go together');
+    expect(() => channelCredentials({ tlsKey: pem('key.pem') })).toThrow('--tls-cert and --tls-key go together');
+    expect(() => serverCredentials({ tlsCert: pem('nope.pem'), tlsKey: pem('key.pem') }, log)).toThrow(
+      `--tls-cert ${pem('nope.pem')}: no such file`,
+    );
+    expect(() => serverCredentials({ tlsCert: pem('cert.pem'), tlsKey: pem('not.pem') }, log)).toThrow(
+      `--tls-key ${pem('not.pem')}: not a PEM file`,
+    );
+    expect(() => channelCredentials({ tlsCa: pem('not.pem') })).toThrow(`--tls-ca ${pem('not.pem')}: not a PEM file`);
+  });
+});
