@@ -99,6 +99,10 @@ describe('TLS settings', () => {
       expect(serverCredentials({}, log, loopback)._isSecure()).toBe(false);
       expect(lines).toEqual([`${level} serving gRPC in plaintext (no --tls-cert): use it only on a trusted network`]);
     }
+    // Not said to be on loopback: other machines may reach it, so a warning.
+    const unsaid = logger();
+    serverCredentials({}, unsaid.log);
+    expect(unsaid.lines[0]).toMatch(/^warn serving gRPC in plaintext/);
   });
 
   it('serves TLS with a certificate, mutual with a CA, and says which', () => {

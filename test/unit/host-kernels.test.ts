@@ -43,6 +43,19 @@ describe('host Adam kernel', () => {
     expect(() =>
       adamStep(new Float32Array(4), new Float32Array(2), new Float32Array(2), new Float32Array(3), 0, c),
     ).toThrow(/3 gradients at 0 for 4 weights and 2\/2 moments/);
+    const f = (n: number) => new Float32Array(n);
+    const refusals: [Float32Array, Float32Array, Float32Array, Float32Array, number][] = [
+      [f(4), f(2), f(2), f(1), -1], // before the start
+      [f(4), f(2), f(2), f(1), 2], // past the moments' end
+      [f(4), f(2), f(3), f(1), 0], // moments of different lengths
+      [f(1), f(2), f(2), f(1), 0], // more moments than weights
+    ];
+    for (const [w, m, v, g, from] of refusals)
+      expect(() => adamStep(w, m, v, g, from, c), `${w.length} ${m.length} ${v.length} ${g.length} @${from}`).toThrow(
+        /^adamStep: \d+ gradients at -?\d+ for \d+ weights and \d+\/\d+ moments$/,
+      );
+    // The edges that fit: the last parameter, and moments as long as the weights.
+    expect(() => adamStep(f(2), f(2), f(2), f(1), 1, c)).not.toThrow();
   });
 });
 
