@@ -126,21 +126,39 @@ describe('augmentation', () => {
 
 describe('prefetcher', () => {
   it('loads the next item while the current one is used, each index once', async () => {
+    // Each load ends when the test releases it: no sleep decides anything.
     const calls: number[] = [];
+    const release = new Map<number, () => void>();
+    const finished = new Map<number, Promise<void>>();
     const p = new Prefetcher(async (i: number) => {
       calls.push(i);
-      await new Promise((r) => setTimeout(r, 300));
+      let done!: () => void;
+      finished.set(i, new Promise<void>((r) => (done = r)));
+      await new Promise<void>((r) => release.set(i, r));
+      done();
       return i * 10;
     });
-    const first = await p.take(0);
-    expect(first.value).toBe(0);
-    expect(first.waitSeconds).toBeGreaterThan(0.25);
-    await new Promise((r) => setTimeout(r, 600)); // "compute" while item 1 loads
+    const taking = p.take(0);
+    expect(calls).toEqual([0, 1]); // item 1 starts loading while item 0 is awaited
+    release.get(0)!();
+    expect((await taking).value).toBe(0);
+    // Item 1 finishes loading while item 0 is "computed"; taking it then waits for nothing.
+    release.get(1)!();
+    await finished.get(1);
     const second = await p.take(1);
     expect(second.value).toBe(10);
-    // Loaded long ago: taking it costs no load time (wide margin for a loaded machine's pauses).
+    expect(calls).toEqual([0, 1, 2]); // no index loaded twice
+    // Wide margin for a loaded machine: the load itself would have taken as long as the test chose.
     expect(second.waitSeconds).toBeLessThan(0.15);
-    expect(calls).toEqual([0, 1, 2]);
+    // Taking an item still loading waits for it.
+    const third = p.take(2);
+    let settled = false;
+    void third.then(() => (settled = true));
+    await Promise.resolve();
+    expect(settled).toBe(false);
+    release.get(2)!();
+    expect((await third).value).toBe(20);
+    release.get(3)!();
     p.clear();
   });
 
