@@ -87,10 +87,8 @@ export class ParameterUpdater {
     }
     if (!this.optimizer) return this.applyOnHost(grads, stats, epoch);
     const gradTensors = new Map([...grads].map(([n, g]) => [n, tf.tensor(g, this.model.trainable.get(n)!.shape)]));
-    // Fresh arrays: the buffers are assigned tensors that a backend may keep.
-    const statTensors = new Map(
-      [...stats].map(([n, s]) => [n, tf.tensor(s.slice(), this.model.buffers.get(n)!.shape)]),
-    );
+    // The buffers are assigned these tensors, which a backend may keep the arrays of.
+    const statTensors = new Map([...stats].map(([n, s]) => [n, tensorFromHost(s, this.model.buffers.get(n)!.shape)]));
     try {
       this.apply(gradTensors, statTensors, epoch);
     } finally {

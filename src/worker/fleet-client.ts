@@ -247,14 +247,15 @@ export class FleetClient {
   }
 
   /** Downloads the current weights; every tensor is checked against the shape the model expects. */
-  /** The current weights, every tensor whole. */
+  /** The current weights, every tensor whole (decoded into `into`'s arrays where given). */
   fetchWeights(
     run: RunRef,
     workerId: string,
     shapes: Map<string, number[]>,
     ms: number,
+    into?: Map<string, Float32Array>,
   ): Promise<{ version: number; values: Map<string, Float32Array> }> {
-    return this.download({ run, workerId, sliceOffset: 0, sliceLength: 0 }, shapes, ms);
+    return this.download({ run, workerId, sliceOffset: 0, sliceLength: 0 }, shapes, ms, into);
   }
 
   /** One slice of the current weights vector (a ring member's), decoded into `into`. */

@@ -410,16 +410,20 @@ export class FleetWorker {
   private async workCentrally(s: Session, next: NextStepResponse, loaded: Loaded): Promise<void> {
     if (loaded.version !== next.weightsVersion) {
       const t0 = performance.now();
-      const { version, values } = await retrying(
-        () => this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs),
-        this.backoff,
-      );
+      // Each tensor decodes straight into its place in the weights vector, which is not the loaded
+      // version's any more until the download completes (a failed one leaves no torn vector behind).
       const flat = loaded.flat ?? new Float32Array(weightsLength(loaded));
+      loaded.flat = undefined;
+      const into = new Map<string, Float32Array>();
       let at = 0;
       for (const [name, v] of [...loaded.model.trainable, ...loaded.model.buffers]) {
-        flat.set(values.get(name)!, at);
+        into.set(name, flat.subarray(at, at + v.size));
         at += v.size;
       }
+      const { version } = await retrying(
+        () => this.client.fetchWeights(s.run, s.workerId, loaded.shapes, this.opts.transferTimeoutMs, into),
+        this.backoff,
+      );
       loaded.flat = flat;
       assignWeights(loaded.model, flat);
       loaded.version = version;
