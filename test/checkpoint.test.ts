@@ -52,7 +52,9 @@ describe('checkpoints (real processes)', () => {
     const worker = fleet.worker(address, 'survivor');
     await first.waitFor((l) => /^step 4 loss/.test(l.msg), 60_000, 'step 4');
     first.kill('SIGKILL');
-    await first.exited;
+    // The kill landed mid-run: the process died of it (not a finished run's exit 0) before its last step.
+    expect(await first.exited).toEqual({ code: null, signal: 'SIGKILL' });
+    expect(Math.max(...first.steps().map((l) => l.step as number))).toBeLessThan(7);
     const latest = readFileSync(join(b, 'latest'), 'utf8').trim();
     // The restarted coordinator listens where the first did; the worker finds it by itself.
     const second = fleet.track(
@@ -61,6 +63,7 @@ describe('checkpoints (real processes)', () => {
     const resumed = await second.waitFor((l) => l.msg.startsWith('resuming run'), 60_000, 'the resume line');
     expect(`step-${String(resumed.step).padStart(8, '0')}`).toBe(latest);
     expect(resumed.step as number).toBeGreaterThanOrEqual(4);
+    expect(resumed.step as number).toBeLessThan(8); // work was left for the resumed run
     expect((await second.exited).code).toBe(0);
     expect((await worker.exited).code).toBe(0);
 
@@ -110,8 +113,11 @@ describe('checkpoint faults (real processes)', () => {
     try {
       // A 3 MB disk: one checkpoint of this model (1.8 MB) fits, the second does not.
       execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', dir], { stdio: 'ignore' });
-    } catch {
-      ctx.skip(); // mounting a small disk needs root (CI and our machines have it)
+    } catch (err) {
+      // Mounting a small disk needs root (CI and our machines have it).
+      const why = `skipped: cannot mount a 3 MB tmpfs (needs root): ${(err as Error).message.split('\n')[0]}`;
+      console.warn(`a full disk: ${why}`);
+      ctx.skip(why);
       return;
     }
     try {

@@ -202,7 +202,7 @@ describe('deploy/kubernetes', () => {
 const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });
 describe('kustomize build', () => {
   it.skipIf(kubectl.status !== 0).each(['cpu', 'gpu'])(
-    'overlays/%s builds, and its output passes the schemas',
+    `overlays/%s builds, and its output passes the schemas${kubectl.status === 0 ? '' : ' (skipped: no kubectl with kustomize on the PATH)'}`,
     (overlay) => {
       const out = spawnSync('kubectl', ['kustomize', join(ROOT, 'overlays', overlay)], { encoding: 'utf8' });
       expect(out.status, out.stderr).toBe(0);

@@ -16,7 +16,7 @@ afterEach(async () => {
 });
 const tempDir = () => temp.make();
 
-describe.skipIf(skip !== null)('webgpu in real processes', () => {
+describe.skipIf(skip !== null)(`webgpu in real processes${skip ? ` (skipped: ${skip})` : ''}`, () => {
   it('a fleet of one webgpu and one wasm worker trains: loss falls, every step applied once with both shards', async () => {
     const steps = 30;
     const p = fleet.track(

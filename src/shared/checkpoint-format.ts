@@ -117,8 +117,9 @@ export function resolveCheckpoint(path: string): string {
     const named = join(path, name);
     if (isStepDirName(name) && existsSync(join(named, 'model.json'))) return named;
   }
+  // Fixed-width names: their string order is their step order.
   const steps = readdirSync(path)
-    .filter((d) => /^step-\d+$/.test(d) && existsSync(join(path, d, 'model.json')))
+    .filter((d) => isStepDirName(d) && existsSync(join(path, d, 'model.json')))
     .sort();
   if (!steps.length)
     throw new UsageError(

@@ -2,7 +2,7 @@
 // meant for (a coordinator must not point a worker at /etc; a checkpoint pointer must not leave its
 // directory).
 import { existsSync, realpathSync } from 'node:fs';
-import { isAbsolute, relative, resolve } from 'node:path';
+import { isAbsolute, relative, resolve, sep } from 'node:path';
 import { UsageError } from './errors.js';
 
 /** The real path of `path` when it exists (symlinks resolved), else its absolute form. */
@@ -14,7 +14,8 @@ function real(path: string): string {
 /** Throws unless `path` (after resolving symlinks) is `root` or below it. */
 export function assertInside(root: string, path: string, what: string): void {
   const rel = relative(real(root), real(path));
-  if (rel.startsWith('..') || isAbsolute(rel))
+  // '..' as a whole first segment leaves the root; a name that merely starts with dots ('..cache') does not.
+  if (rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel))
     throw new UsageError(`${path} is outside ${what} ${root}; refusing to use it`);
 }
 

@@ -1,7 +1,16 @@
 // The checkpoint store without a training run: atomic layout, the `latest` pointer, fallbacks and
 // retention (last N plus the best by Recall@1), and Adam state that round-trips exactly.
 import { describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -11,7 +20,7 @@ import { CheckpointStore, type SaveRequest } from '../../src/coordinator/checkpo
 import { ParameterUpdater } from '../../src/coordinator/optimizer.js';
 import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
 import { modelConfig } from '../../src/shared/model/config.js';
-import { resolveCheckpoint } from '../../src/shared/checkpoint-format.js';
+import { loadWeights, resolveCheckpoint, stepDirName, writeWeightsFiles } from '../../src/shared/checkpoint-format.js';
 import { isStepDirName } from '../../src/shared/paths.js';
 import { useBackend } from '../helpers.js';
 import { tinyModel } from '../tiny-model.js';
@@ -201,4 +210,108 @@ describe('checkpoint store', () => {
       for (const x of [device, host, twinDevice, twinHost]) x.dispose();
     });
   }
+});
+
+describe('checkpoint weights format', () => {
+  const weights = () => ({
+    modelConfig: modelConfig({}),
+    step: 12,
+    categories: ['tee', 'dress'],
+    values: new Map([
+      ['conv/kernel', Float32Array.of(1.5, -2, 3.25)],
+      ['bn/gamma', Float32Array.of(7, 8)],
+      ['bn/beta', Float32Array.of(-0.5)],
+    ]),
+    shapes: new Map([
+      ['conv/kernel', [1, 3]],
+      ['bn/gamma', [2]],
+      ['bn/beta', [1]],
+    ]),
+  });
+
+  function withRoot(body: (root: string) => void): void {
+    const root = mkdtempSync(join(tmpdir(), 'tricaps-format-'));
+    try {
+      body(root);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  }
+
+  it('round-trips every tensor at its own offset, in manifest order', () =>
+    withRoot((root) => {
+      writeWeightsFiles(root, weights());
+      const bin = readFileSync(join(root, 'weights.bin'));
+      expect(Array.from(new Float32Array(bin.buffer, bin.byteOffset, bin.length / 4))).toEqual([
+        1.5, -2, 3.25, 7, 8, -0.5,
+      ]);
+      const back = loadWeights(root);
+      expect(back.step).toBe(12);
+      expect(back.categories).toEqual(['tee', 'dress']);
+      expect([...back.values].map(([n, v]) => [n, Array.from(v)])).toEqual([
+        ['conv/kernel', [1.5, -2, 3.25]],
+        ['bn/gamma', [7, 8]],
+        ['bn/beta', [-0.5]],
+      ]);
+      expect(back.shapes.get('conv/kernel')).toEqual([1, 3]);
+    }));
+
+  it('refuses a missing, truncated or over-long weights file, and a model.json of something else', () =>
+    withRoot((root) => {
+      expect(() => loadWeights(root)).toThrow(
+        /no model\.json; pass a directory written by `tricaps train --checkpoint-dir`/,
+      );
+      writeWeightsFiles(root, weights());
+      const bin = join(root, 'weights.bin');
+      const whole = readFileSync(bin);
+      truncateSync(bin, whole.length - 4);
+      expect(() => loadWeights(root)).toThrow(
+        /weights\.bin: 20 bytes, the manifest needs 24; the checkpoint is truncated or corrupt/,
+      );
+      writeFileSync(bin, Buffer.concat([whole, Buffer.alloc(4)]));
+      expect(() => loadWeights(root)).toThrow(/28 bytes, the manifest needs 24/);
+      rmSync(bin);
+      expect(() => loadWeights(root)).toThrow(/weights\.bin: missing weights file/);
+      writeFileSync(join(root, 'model.json'), JSON.stringify({ format: 'other' }));
+      expect(() => loadWeights(root)).toThrow(/model\.json: not a tricaps checkpoint \(format: /);
+      writeFileSync(join(root, 'model.json'), '{ not json');
+      expect(() => loadWeights(root)).toThrow(/model\.json: not a tricaps checkpoint \(/);
+    }));
+
+  it('resolves a checkpoint directory itself, the step latest names, else the newest complete step', () =>
+    withRoot((root) => {
+      const save = (step: number) => {
+        const dir = join(root, stepDirName(step));
+        mkdirSync(dir);
+        writeWeightsFiles(dir, { ...weights(), step });
+        return dir;
+      };
+      expect(() => resolveCheckpoint(join(root, 'absent'))).toThrow(/absent: no such checkpoint directory/);
+      expect(() => resolveCheckpoint(root)).toThrow(
+        /holds no checkpoint \(no model\.json, no step-\* directories\); train with --checkpoint-dir/,
+      );
+      const two = save(2);
+      const nine = save(9);
+      const ten = save(10);
+      expect(resolveCheckpoint(two)).toBe(two);
+      // No latest: the newest complete step by number (fixed width, so 10 after 9).
+      expect(resolveCheckpoint(root)).toBe(ten);
+      // latest wins over the newest (the store points it at the checkpoint it trusts).
+      writeFileSync(join(root, 'latest'), `${stepDirName(2)}\n`);
+      expect(resolveCheckpoint(root)).toBe(two);
+      // A latest that names nothing usable falls back to the newest complete step.
+      for (const named of ['step-00000077', '../' + stepDirName(2), 'weights.bin', '']) {
+        writeFileSync(join(root, 'latest'), named);
+        expect(resolveCheckpoint(root), named).toBe(ten);
+      }
+      // Folders that are not complete step checkpoints are never chosen.
+      mkdirSync(join(root, stepDirName(11))); // half written: no model.json
+      for (const lookAlike of ['step-00000012.tmp-1', 'xstep-00000013', 'step-0000014', 'step-000000015']) {
+        mkdirSync(join(root, lookAlike));
+        writeWeightsFiles(join(root, lookAlike), weights());
+      }
+      expect(resolveCheckpoint(root)).toBe(ten);
+      rmSync(ten, { recursive: true });
+      expect(resolveCheckpoint(root)).toBe(nine);
+    }));
 });

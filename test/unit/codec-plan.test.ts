@@ -112,6 +112,50 @@ describe('step plan', () => {
     expect(owner.itemIds).toContain(ids[6]);
   });
 
+  // A batch of items 0..n-1 in that order, two images each (item i: images 10i, 10i+1).
+  const plain = (n: number) => ({
+    imageIds: Array.from({ length: n }, (_, i) => [10 * i, 10 * i + 1]).flat(),
+    itemIds: Array.from({ length: n }, (_, i) => [i, i]).flat(),
+  });
+  const itemsOf = (shards: { itemIds: number[] }[]) => shards.map((s) => [...new Set(s.itemIds)]);
+
+  it('deals single items round-robin in batch order, and keeps images with their item', () => {
+    const shards = shardBatch(plain(7), ['a', 'b', 'c']);
+    expect(itemsOf(shards)).toEqual([
+      [0, 3, 6],
+      [1, 4],
+      [2, 5],
+    ]);
+    expect(shards[1]).toEqual({ worker: 'b', imageIds: [10, 11, 40, 41], itemIds: [1, 1, 4, 4] });
+  });
+
+  it('places the biggest group first, splits a group above a fair share, and lists items in batch order', () => {
+    // Items 0..8; group 7 holds 1,2,3,5,6,7,8 (seven items, above the fair share of 3 per shard).
+    const affinity = new Map([1, 2, 3, 5, 6, 7, 8].map((item) => [item, 7]));
+    expect(itemsOf(shardBatch(plain(9), ['a', 'b', 'c'], affinity))).toEqual([
+      [1, 2, 3],
+      [5, 6, 7],
+      [0, 4, 8],
+    ]);
+    // Two groups of two and a single: the groups go first, to the emptiest shard; the single last.
+    const pairs = new Map([
+      [3, 1],
+      [4, 1],
+      [1, 0],
+      [2, 0],
+    ]);
+    expect(itemsOf(shardBatch(plain(5), ['a', 'b'], pairs))).toEqual([
+      [0, 1, 2],
+      [3, 4],
+    ]);
+    // Items outside the affinity never join a group, whatever the group's key.
+    const small = new Map([[2, 1]]);
+    expect(itemsOf(shardBatch(plain(4), ['a', 'b'], small))).toEqual([
+      [0, 2],
+      [1, 3],
+    ]);
+  });
+
   it('is deterministic and refuses bad worker lists', () => {
     expect(shardBatch(batch, ['a', 'b'])).toEqual(shardBatch(batch, ['a', 'b']));
     expect(() => shardBatch(batch, [])).toThrow(/no workers/);

@@ -8,7 +8,7 @@ import { assignShards, planShards } from '../../src/shared/plan/step-plan.js';
 import { planStep } from '../../src/coordinator/step.js';
 import { samplePkBatch } from '../../src/shared/data/pk-sampler.js';
 import { StepWork } from '../../src/coordinator/step-work.js';
-import { Membership, FleetFullError } from '../../src/coordinator/membership.js';
+import { Membership, FleetFullError, describeMember } from '../../src/coordinator/membership.js';
 import {
   FleetCoordinator,
   FleetError,
@@ -104,7 +104,106 @@ describe('step work', () => {
   });
 });
 
+describe('step work: rings, holders, deadlines', () => {
+  const units = planShards(batch, 4);
+
+  it('plans nothing without workers, and re-plans returned units in shard order', () => {
+    const work = new StepWork<string>('train', 1, 0, units);
+    work.plan([], 1);
+    expect(work.unplannedUnits).toEqual([0, 1, 2, 3]);
+    work.plan(['a', 'b'], 1);
+    expect(work.unplannedUnits).toEqual([]);
+    work.plan(['c'], 1); // nothing left to plan: c gets nothing
+    expect(work.holds('c')).toBe(false);
+    expect(work.take('b', 0)?.units).toEqual([2, 3]);
+    expect(work.take('a', 0)?.units).toEqual([0, 1]);
+    expect(work.revoke('b')).toEqual([2, 3]);
+    expect(work.revoke('a')).toEqual([0, 1]);
+    expect(work.unplannedUnits).toEqual([0, 1, 2, 3]);
+  });
+
+  it('a result must name exactly the assigned shards, in order', () => {
+    const work = new StepWork<string>('embed', 1, 0, units);
+    work.plan(['a', 'b'], 3);
+    work.take('a', 0);
+    for (const wrong of [[0], [0, 2], [1, 0], [0, 1, 2]])
+      expect(work.check('a', { step: 1, round: 3, units: wrong })).toEqual({
+        ok: false,
+        reason: `result for shards [${wrong}], the assignment is shards [0,1]`,
+      });
+    expect(work.check('b', { step: 1, round: 3, units: [2, 3] })).toEqual({
+      ok: false,
+      reason: 'no embed assignment is outstanding for b at step 1',
+    });
+    expect(work.check('a', { step: 1, round: 3, units: [0, 1] })).toEqual({ ok: true });
+  });
+
+  it('knows who holds work, queued or in flight, and which round each holds', () => {
+    const work = new StepWork<string>('train', 1, 0, units);
+    work.plan(['a', 'b', 'c'], 2);
+    expect(work.holdersOf(2)).toEqual(['a', 'b', 'c']);
+    expect(work.holdersOf(1)).toEqual([]);
+    expect(work.holds('a')).toBe(true); // queued, not yet taken
+    expect(work.holds('z')).toBe(false);
+    work.take('c', 0);
+    expect(work.holdersOf(2)).toEqual(['c', 'a', 'b']); // in flight first, then queued
+    expect(work.revoke('a')).toEqual([0, 1]);
+    expect(work.holds('a')).toBe(false);
+    work.plan(['b'], 3);
+    expect(work.holdersOf(2)).toEqual(['c', 'b']);
+    expect(work.holdersOf(3)).toEqual(['b']);
+    work.take('b', 0); // its round-2 assignment; round 3 stays queued
+    expect(work.holdersOf(3)).toEqual(['b']);
+    expect(work.accept('b', { step: 1, round: 2, units: [2] }, 'r2')).toEqual({ ok: true });
+    expect(work.holds('b')).toBe(true);
+    expect(work.accept('c', { step: 1, round: 2, units: [3] }, 'r3')).toEqual({ ok: true });
+    expect(work.holds('c')).toBe(false);
+  });
+
+  it("accepts a ring's one result only when every member holds an assignment of that round", () => {
+    const work = new StepWork<string>('train', 1, 0, units);
+    work.plan(['a', 'b', 'c'], 4);
+    work.take('a', 0);
+    work.take('c', 0);
+    expect(work.acceptRing(['c', 'a', 'b'], 4, 'x')).toEqual({ ok: false, reason: 'b holds no assignment of round 4' });
+    work.take('b', 0);
+    expect(work.acceptRing(['c', 'a', 'b'], 5, 'x')).toEqual({ ok: false, reason: 'c holds no assignment of round 5' });
+    expect(work.finished).toBe(false);
+    expect(work.acceptRing(['c', 'a', 'b'], 4, 'sum')).toEqual({ ok: true });
+    expect(work.results).toEqual([
+      { workerId: 'c,a,b', units: [0, 1, 2, 3], result: 'sum', members: ['c', 'a', 'b'], groups: [[3], [0, 1], [2]] },
+    ]);
+    expect(work.finished).toBe(true);
+    expect(work.holdersOf(4)).toEqual([]);
+  });
+
+  it('an assignment is overdue only after the deadline has passed, counted from when it was taken', () => {
+    const work = new StepWork<string>('train', 1, 0, units);
+    work.plan(['a', 'b'], 1);
+    work.take('a', 100);
+    work.take('b', 300);
+    expect(work.overdue(600, 500)).toEqual([]);
+    expect(work.overdue(601, 500)).toEqual(['a']);
+    expect(work.overdue(801, 500)).toEqual(['a', 'b']);
+    expect(work.unitsInFlight('b')).toEqual([2, 3]);
+  });
+});
+
 describe('membership', () => {
+  it('names a member by id, with its chosen name when it has another', () => {
+    expect(describeMember({ id: 'w2', name: 'gpu-box-3' })).toBe('w2 (gpu-box-3)');
+    expect(describeMember({ id: 'w2', name: 'w2' })).toBe('w2');
+    expect(describeMember({ id: 'w2', name: '' })).toBe('w2');
+  });
+
+  it('a member is silent only once the timeout has passed', () => {
+    const m = new Membership(4);
+    const a = m.register('x', 'wasm', 'cpu', 0);
+    m.touch(a.id, 1000);
+    expect(m.silent(1500, 500)).toEqual([]);
+    expect(m.silent(1501, 500).map((x) => x.id)).toEqual([a.id]);
+  });
+
   it('opens a round per change, refuses beyond --max-workers, finds the silent', () => {
     const m = new Membership(2);
     const a = m.register('x', 'wasm', 'cpu', 0);

@@ -59,7 +59,7 @@ function expectClose(actual: Map<string, number[]>, expected: Map<string, number
   expectTensorsClose(actual, expected, what, (diff, tolerance, name) => expect(diff, name).toBeLessThan(tolerance));
 }
 
-describe.skipIf(skip !== null)('webgpu engine', () => {
+describe.skipIf(skip !== null)(`webgpu engine${skip ? ` (skipped: ${skip})` : ''}`, () => {
   beforeAll(async () => {
     await useBackend('webgpu');
   });
