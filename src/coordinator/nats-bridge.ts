@@ -2,8 +2,9 @@
 //   events:  tricaps.<run>.events.<kind>     JSON, schema "tricaps.event/v1" (see README)
 //   control: tricaps.<run>.control.<command> request/reply, handled by RunControl
 // NATS never holds training up: the connection is made and remade in the background, events
-// published while it is down are buffered by the client (at most 1000) and otherwise dropped and
-// counted (tricaps_nats_events_dropped_total).
+// published while there is none wait here (at most 1000; the client itself would discard them when it
+// reconnects) and are sent in order once it is up; beyond that they are dropped and counted
+// (tricaps_nats_events_dropped_total).
 import { readFileSync } from 'node:fs';
 import { connect, credsAuthenticator, type ConnectionOptions, type NatsConnection } from 'nats';
 import { UsageError } from '../shared/errors.js';
@@ -55,16 +56,18 @@ export interface EventSink {
 /** How long the first connection may take before the log says NATS is not reachable. */
 export const FIRST_CONNECT_WARNING_MS = 3000;
 
-/** Events the client may buffer while reconnecting; beyond that, they are dropped and counted. */
-const MAX_BUFFERED_WHILE_DOWN = 1000;
+/** Events kept while there is no connection; beyond that, they are dropped and counted. */
+const MAX_WAITING = 1000;
 
 export class NatsBridge implements EventSink {
   private nc: NatsConnection | undefined;
   private closed = false;
   private down = false;
-  private bufferedWhileDown = 0;
-  /** Events from before the first connection (run_started, early joins), sent once connected. */
-  private early: [EventKind, Record<string, unknown>][] = [];
+  /**
+   * Events from while there is no connection (before the first one: run_started, early joins; or
+   * while it is down), sent in order once it is up.
+   */
+  private waiting: [EventKind, Record<string, unknown>][] = [];
   dropped = 0;
 
   private constructor(
@@ -115,7 +118,7 @@ export class NatsBridge implements EventSink {
         return;
       }
       this.nc = nc;
-      for (const [kind, data] of this.early.splice(0)) this.publish(kind, data);
+      this.sendWaiting();
       this.log.info(
         { nats: this.url, subjects: `tricaps.${this.runId}.>` },
         `connected to NATS at ${this.url}: events on tricaps.${this.runId}.events.*, control on tricaps.${this.runId}.control.*`,
@@ -146,11 +149,12 @@ export class NatsBridge implements EventSink {
         for await (const s of nc.status()) {
           if (s.type === 'disconnect') {
             this.down = true;
-            this.bufferedWhileDown = 0;
             this.log.warn({ nats: this.url }, 'lost the NATS connection; training goes on, reconnecting');
           } else if (s.type === 'reconnect') {
+            const waited = this.waiting.length;
+            this.sendWaiting();
             this.down = false;
-            this.log.info({ nats: this.url, dropped: this.dropped }, 'reconnected to NATS');
+            this.log.info({ nats: this.url, sent: waited, dropped: this.dropped }, 'reconnected to NATS');
           }
         }
       })();
@@ -165,15 +169,21 @@ export class NatsBridge implements EventSink {
 
   publish(kind: EventKind, data: Record<string, unknown>): void {
     const nc = this.nc;
-    if (!nc && !this.closed && this.early.length < MAX_BUFFERED_WHILE_DOWN) {
-      this.early.push([kind, { ...data, time: new Date().toISOString() }]);
-      return;
-    }
-    if (!nc || nc.isClosed() || (this.down && this.bufferedWhileDown >= MAX_BUFFERED_WHILE_DOWN)) {
+    if (nc?.isClosed() || (!nc && this.closed)) {
       this.drop();
-      return;
+    } else if (!nc || this.down) {
+      if (this.waiting.length < MAX_WAITING) this.waiting.push([kind, { ...data, time: new Date().toISOString() }]);
+      else this.drop();
+    } else {
+      this.send(nc, kind, data);
     }
-    if (this.down) this.bufferedWhileDown += 1;
+  }
+
+  private sendWaiting(): void {
+    for (const [kind, data] of this.waiting.splice(0)) this.send(this.nc!, kind, data);
+  }
+
+  private send(nc: NatsConnection, kind: EventKind, data: Record<string, unknown>): void {
     try {
       nc.publish(
         `tricaps.${this.runId}.events.${kind}`,
@@ -182,7 +192,7 @@ export class NatsBridge implements EventSink {
         ),
       );
     } catch {
-      this.drop(); // the reconnect buffer is full
+      this.drop(); // the connection closed for good
     }
   }
 
@@ -202,15 +212,22 @@ export class NatsBridge implements EventSink {
     this.closed = true;
     const nc = this.nc;
     if (!nc) {
-      const lost = this.early.length + this.dropped;
+      const lost = this.waiting.length + this.dropped;
       this.log.warn(
         { nats: this.url, undelivered: lost },
         `NATS at ${this.url} was never reachable: ${lost} events not delivered`,
       );
       return;
     }
-    if (nc.isClosed()) return;
-    await Promise.race([nc.flush().catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
-    await nc.close().catch(() => undefined);
+    if (!nc.isClosed()) {
+      await Promise.race([nc.flush().catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
+      await nc.close().catch(() => undefined);
+    }
+    const lost = this.waiting.length + this.dropped;
+    if (lost > 0)
+      this.log.warn(
+        { nats: this.url, undelivered: lost, dropped: this.dropped, waiting: this.waiting.length },
+        `${lost} NATS events not delivered: ${this.dropped} dropped while the connection was down, ${this.waiting.length} still waiting for it at the end`,
+      );
   }
 }
