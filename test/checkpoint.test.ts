@@ -157,9 +157,14 @@ describe('checkpoint faults (real processes)', () => {
       const { readdirSync } = await import('node:fs');
       expect(readdirSync(dir).filter((n) => n.includes('.tmp-'))).toEqual([]);
       expect(existsSync(join(dir, step(2), 'manifest.json'))).toBe(true);
-      // The worker was not told the run is over: it waits for a restarted coordinator.
-      await new Promise((r) => setTimeout(r, 1500));
+      // The worker was not told the run is over: it retries, waiting for a restarted coordinator.
+      await worker.waitFor(
+        (l) => /^coordinator .* unreachable \(.*\); retrying/.test(l.msg),
+        30_000,
+        'the worker retrying',
+      );
       expect(worker.child.exitCode).toBeNull();
+      expect(worker.raw.join('\n')).not.toMatch(/run is over|run .* complete/);
     } finally {
       await fleet.cleanup();
       execFileSync('umount', [dir], { stdio: 'ignore' });

@@ -482,65 +482,68 @@ describe('tricaps CLI', () => {
 
 // The webgpu engine as a user runs it (lavapipe on our machines; see test/unit/webgpu-engine.test.ts).
 const webgpuSkip = await (await import('./helpers.js')).webgpuSkipReason();
-describe.skipIf(webgpuSkip !== null)('tricaps CLI on the webgpu engine', () => {
-  it('bench engine --engine webgpu completes its steps and prints its JSON line', async () => {
-    const r = await tricaps(
-      'bench',
-      'engine',
-      '--engine',
-      'webgpu',
-      '--variant',
-      'sc',
-      '--image-size',
-      '32',
-      '--batch-triplets',
-      '2',
-      '--steps',
-      '2',
-    );
-    expect(r.code, r.stderr).toBe(0);
-    const out = lastJsonLine(r.stdout);
-    expect(out).toMatchObject({
-      bench: 'engine',
-      engine: 'webgpu',
-      backend: 'webgpu',
-      images_per_step: 6,
-      steps: 2,
-      tensor_growth: 0,
+describe.skipIf(webgpuSkip !== null)(
+  `tricaps CLI on the webgpu engine${webgpuSkip ? ` (skipped: ${webgpuSkip})` : ''}`,
+  () => {
+    it('bench engine --engine webgpu completes its steps and prints its JSON line', async () => {
+      const r = await tricaps(
+        'bench',
+        'engine',
+        '--engine',
+        'webgpu',
+        '--variant',
+        'sc',
+        '--image-size',
+        '32',
+        '--batch-triplets',
+        '2',
+        '--steps',
+        '2',
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const out = lastJsonLine(r.stdout);
+      expect(out).toMatchObject({
+        bench: 'engine',
+        engine: 'webgpu',
+        backend: 'webgpu',
+        images_per_step: 6,
+        steps: 2,
+        tensor_growth: 0,
+      });
+      expect(out.ms_per_step.median).toBeGreaterThan(0);
+      expect(out.peak_device_bytes).toBeGreaterThan(0);
     });
-    expect(out.ms_per_step.median).toBeGreaterThan(0);
-    expect(out.peak_device_bytes).toBeGreaterThan(0);
-  });
 
-  it('bench profile --engine webgpu counts reads, dispatches, uploads and buffers per step', async () => {
-    const r = await tricaps(
-      'bench',
-      'profile',
-      '--engine',
-      'webgpu',
-      '--image-size',
-      '32',
-      '--batch-triplets',
-      '2',
-      '--top',
-      '5',
-    );
-    expect(r.code, r.stderr).toBe(0);
-    const out = lastJsonLine(r.stdout);
-    expect(out).toMatchObject({ bench: 'profile', engine: 'webgpu', images_per_step: 6 });
-    for (const path of ['worker', 'local'] as const) {
-      const c = out.per_step[path];
-      expect(c.reads_sync, path).toBe(0);
-      expect(c.reads_awaited, path).toBe(1);
-      expect(c.dispatches, path).toBeGreaterThan(100);
-      // At least the step's pixels (6 images of 32x32x3 float32) went up.
-      expect(c.uploaded_bytes, path).toBeGreaterThanOrEqual(6 * 32 * 32 * 3 * 4);
-      expect(c.peak_buffer_bytes, path).toBeGreaterThan(0);
-    }
-    expect(out.top).toHaveLength(5);
-    expect(Object.values(out.by_op).every((o) => (o as { calls: number }).calls > 0)).toBe(true);
-  });
-});
+    it('bench profile --engine webgpu counts reads, dispatches, uploads and buffers per step', async () => {
+      const r = await tricaps(
+        'bench',
+        'profile',
+        '--engine',
+        'webgpu',
+        '--image-size',
+        '32',
+        '--batch-triplets',
+        '2',
+        '--top',
+        '5',
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const out = lastJsonLine(r.stdout);
+      expect(out).toMatchObject({ bench: 'profile', engine: 'webgpu', images_per_step: 6 });
+      for (const path of ['worker', 'local'] as const) {
+        const c = out.per_step[path];
+        expect(c.reads_sync, path).toBe(0);
+        expect(c.reads_awaited, path).toBe(1);
+        expect(c.dispatches, path).toBeGreaterThan(100);
+        // At least the step's pixels (6 images of 32x32x3 float32) went up.
+        expect(c.uploaded_bytes, path).toBeGreaterThanOrEqual(6 * 32 * 32 * 3 * 4);
+        expect(c.peak_buffer_bytes, path).toBeGreaterThan(0);
+      }
+      expect(out.top).toHaveLength(5);
+      expect(Object.values(out.by_op).every((o) => (o as { calls: number }).calls > 0)).toBe(true);
+    });
+  },
+);
 
 describe('tricaps train in one process (the fleet loop with an in-process worker)', () => {
   it('resumes exactly: 2 steps, then resumed to 4, ends with the weights of 4 steps in one go', async () => {

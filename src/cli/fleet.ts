@@ -132,6 +132,7 @@ export function registerFleetCommands(program: Command): void {
           peerAdvertise: o.peerAdvertise,
           ringHopTimeoutMs: o.ringHopTimeout,
           ringFaults: ringFaultsFromEnv(),
+          blockMainThreadMs: Number(process.env.TRICAPS_TEST_BLOCK_MAIN_MS ?? 0) || undefined,
         },
         {
           get stopping() {
@@ -180,7 +181,8 @@ function securityFrom(o: Record<string, any>): FleetSecurity {
 /**
  * Fault injection for tests of real processes (never set in production): TRICAPS_TEST_RING_POISON
  * (nan | shape) corrupts this worker's first ring hop; TRICAPS_TEST_RING_HOLD_MS holds its ring after
- * the first hop, so a test can kill a member while a reduction is in flight.
+ * the first hop, so a test can kill a member while a reduction is in flight. TRICAPS_TEST_BLOCK_MAIN_MS
+ * (read where the worker is built) holds the worker's main thread that long after each compute.
  */
 function ringFaultsFromEnv(): { poison?: 'nan' | 'shape'; holdAfterFirstHopMs?: number } | undefined {
   const poison = process.env.TRICAPS_TEST_RING_POISON;

@@ -6,7 +6,13 @@ import { TrainConfigSchema } from './train-config.js';
 
 export const FleetJobSchema = z.object({
   train: TrainConfigSchema,
-  catalogue: z.object({ name: z.string(), images: z.number().int().min(0), categories: z.number().int().min(1) }),
+  catalogue: z.object({
+    name: z.string(),
+    images: z.number().int().min(0),
+    categories: z.number().int().min(1),
+    /** Digest of every image's item, category and split, in order (open-catalogue.ts). */
+    labels: z.string(),
+  }),
   shards: z.number().int().min(1),
 });
 export type FleetJob = z.infer<typeof FleetJobSchema>;

@@ -7,25 +7,41 @@ import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
 import { callFailure, FleetClient } from './fleet-client.js';
 import type { FleetSecurity } from '../shared/fleet-security.js';
 
-export interface HeartbeatSetup {
+/** What the thread is started with: where to beat, before there is anyone to beat for. */
+export interface HeartbeatConnection {
   address: string;
-  run: RunRef;
-  workerId: string;
-  intervalMs: number;
   security: FleetSecurity;
 }
 
+/** Sent to the thread once the worker is a member: it beats from then on. */
+export interface HeartbeatStart {
+  type: 'start';
+  run: RunRef;
+  workerId: string;
+  intervalMs: number;
+}
+
 export type HeartbeatEvent =
+  /** Loaded, with its gRPC client: a beat leaves as soon as it is started. */
+  | { type: 'ready' }
   | { type: 'stop' }
   | { type: 'gone'; details: string }
   /** The membership round or the open ring changed: a ring of an older round may be dead. */
   | { type: 'round'; round: number; ringStep: number; ringRound: number };
 
-const setup = workerData as HeartbeatSetup;
-const client = new FleetClient(setup.address, setup.security);
+// Started before registering (loading this module and a gRPC client takes about a second on a busy
+// machine, and the coordinator counts silence from the registration), so the first beat leaves as
+// soon as the membership exists.
+const connection = workerData as HeartbeatConnection;
+// Test hook (never set in production): a thread that takes this long to load, as on a busy machine.
+const slowLoadMs = Number(process.env.TRICAPS_TEST_HEARTBEAT_LOAD_MS ?? 0);
+if (slowLoadMs > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, slowLoadMs);
+const client = new FleetClient(connection.address, connection.security);
+let setup: HeartbeatStart | undefined;
 let last = '';
 
 async function beat(): Promise<void> {
+  if (!setup) return;
   try {
     const res = await client.heartbeat(setup.run, setup.workerId, Math.max(1000, setup.intervalMs * 2));
     if (res.stop) parentPort!.postMessage({ type: 'stop' } satisfies HeartbeatEvent);
@@ -48,8 +64,11 @@ async function beat(): Promise<void> {
   }
 }
 
-void beat();
-setInterval(() => void beat(), setup.intervalMs);
-parentPort!.on('message', (m: { type: string; run?: RunRef }) => {
-  if (m.type === 'run' && m.run) setup.run = m.run;
+parentPort!.postMessage({ type: 'ready' } satisfies HeartbeatEvent);
+parentPort!.on('message', (m: HeartbeatStart | { type: 'run'; run: RunRef }) => {
+  if (m.type === 'start' && !setup) {
+    setup = m;
+    void beat();
+    setInterval(() => void beat(), m.intervalMs);
+  } else if (m.type === 'run' && setup) setup.run = m.run;
 });

@@ -29,7 +29,7 @@ import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, tensorFromHost, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
 import { abortableSleep, Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
-import type { HeartbeatEvent, HeartbeatSetup } from './heartbeat-thread.js';
+import type { HeartbeatConnection, HeartbeatEvent, HeartbeatStart } from './heartbeat-thread.js';
 import { computeShardsGradient, type ShardsGradient } from '../shared/train/shard-gradients.js';
 import { countExchange, type WorkerMetrics } from '../shared/metrics.js';
 import { assertInside } from '../shared/paths.js';
@@ -68,7 +68,15 @@ export interface WorkerOptions {
   ringHopTimeoutMs?: number;
   /** Test hooks that inject ring faults into a real process. */
   ringFaults?: RingFaults;
+  /**
+   * Test hook: after each assignment's compute, hold the main thread this long more, synchronously
+   * (as a long compute on a CPU engine does), counted as compute time.
+   */
+  blockMainThreadMs?: number;
 }
+
+/** How long a worker waits for its heartbeat thread to load before registering anyway. */
+const HEARTBEAT_READY_MS = 10_000;
 
 /** Set by the process's SIGTERM handler. */
 export interface StopSignal {
@@ -145,6 +153,7 @@ export class FleetWorker {
 
   /** Runs until the run is over (0), SIGTERM (0) or the coordinator is gone for good (1). */
   async run(): Promise<number> {
+    this.startHeartbeatThread(); // warms up while the engine starts
     this.engine = await initEngine(this.opts.engine, this.log);
     if (this.opts.peerListen) {
       this.peerServer = await servePeers(
@@ -171,6 +180,8 @@ export class FleetWorker {
         if (outcome !== 'reregister') return outcome === 'done' ? 0 : 1;
       }
     } finally {
+      await this.warmHeartbeat?.thread.terminate();
+      this.warmHeartbeat = undefined;
       this.client.close();
       this.peers.close();
       await this.peerServer?.shutdown();
@@ -190,7 +201,51 @@ export class FleetWorker {
       ring.abort.abort(new Error(`round ${round} began and the ring was re-planned`));
   }
 
+  /** A heartbeat thread started ahead of the registration that will use it. */
+  private warmHeartbeat: { thread: Thread; failure: Promise<Error>; ready: Promise<boolean> } | undefined;
+
+  private startHeartbeatThread(): void {
+    if (this.warmHeartbeat) return;
+    const thread = new Thread(new URL('./heartbeat-thread.js', import.meta.url), {
+      workerData: { address: this.opts.coordinator, security: this.opts.security } satisfies HeartbeatConnection,
+    });
+    // An error before or after the thread is handed to a session is that session's to report.
+    const failure = new Promise<Error>((resolve) => thread.once('error', resolve));
+    const ready = new Promise<boolean>((resolve) => {
+      thread.on('message', (e: HeartbeatEvent) => e.type === 'ready' && resolve(true));
+      void failure.then(() => resolve(false));
+    });
+    thread.unref();
+    this.warmHeartbeat = { thread, failure, ready };
+  }
+
+  /**
+   * Registers only once the heartbeat thread can beat: the coordinator counts silence from the
+   * registration. Waits at most HEARTBEAT_READY_MS, then registers anyway and says so.
+   */
+  private async heartbeatReady(): Promise<void> {
+    const warm = this.warmHeartbeat!;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), HEARTBEAT_READY_MS)));
+    const outcome = await Promise.race([warm.ready, late]).finally(() => clearTimeout(timer));
+    if (outcome === 'late')
+      this.log.warn(
+        { waitedMs: HEARTBEAT_READY_MS },
+        `the heartbeat thread is not ready after ${HEARTBEAT_READY_MS / 1000} s; registering anyway (the coordinator may find this worker silent)`,
+      );
+  }
+
+  /** The warm thread for a new membership (register() starts the next one's). */
+  private takeHeartbeatThread(): { thread: Thread; failure: Promise<Error> } {
+    this.startHeartbeatThread();
+    const taken = this.warmHeartbeat!;
+    this.warmHeartbeat = undefined;
+    return taken;
+  }
+
   private async register(): Promise<Session | undefined> {
+    this.startHeartbeatThread();
+    await this.heartbeatReady();
     for (;;) {
       if (this.stop.stopping) return undefined;
       try {
@@ -213,15 +268,14 @@ export class FleetWorker {
             `the coordinator's job configuration is not one this worker understands (${err instanceof z.ZodError ? err.issues[0]?.message : (err as Error).message}); run the same tricaps version on both sides`,
           );
         }
-        const setup: HeartbeatSetup = {
-          address: this.opts.coordinator,
+        // Heartbeats start at once: preparing the model and data may take longer than the timeout.
+        const { thread: heartbeat, failure: heartbeatFailure } = this.takeHeartbeatThread();
+        heartbeat.postMessage({
+          type: 'start',
           run: res.run!,
           workerId: res.workerId,
           intervalMs: res.heartbeatIntervalMs,
-          security: this.opts.security,
-        };
-        // Heartbeats start at once: preparing the model and data may take longer than the timeout.
-        const heartbeat = new Thread(new URL('./heartbeat-thread.js', import.meta.url), { workerData: setup });
+        } satisfies HeartbeatStart);
         const session: Session = {
           workerId: res.workerId,
           run: res.run!,
@@ -231,6 +285,7 @@ export class FleetWorker {
           events: [],
         };
         heartbeat.on('message', (e: HeartbeatEvent) => {
+          if (e.type === 'ready') return;
           if (e.type === 'round') return this.onRound(e.round, e.ringStep, e.ringRound);
           // Not a member any more (a restarted coordinator), or the run is over: no ring of ours
           // can complete.
@@ -245,10 +300,9 @@ export class FleetWorker {
             .reportPeer(session.run, session.workerId, from, reason, true, 5000)
             .catch((err) => this.log.warn({ err: (err as Error).message }, 'could not report the ring peer'));
         };
-        heartbeat.on('error', (err) =>
+        void heartbeatFailure.then((err) =>
           session.events.push({ type: 'gone', details: `heartbeat thread failed: ${err.message}` }),
         );
-        heartbeat.unref();
         try {
           await this.prepare(res.run!.runId, job);
           // Version numbers are per coordinator process (a resumed one counts from its checkpoint):
@@ -501,6 +555,11 @@ export class FleetWorker {
             epoch: next.epoch,
           },
         );
+    if (this.opts.blockMainThreadMs) {
+      const t0 = performance.now();
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, this.opts.blockMainThreadMs);
+      g.computeSeconds += (performance.now() - t0) / 1000;
+    }
     const padMs = (this.opts.simulateComputeMs ?? 0) - (g.dataSeconds + g.computeSeconds) * 1000;
     if (padMs > 0) {
       await abortableSleep(padMs, this.stop.signal);
@@ -724,6 +783,11 @@ export function assertSameCatalogue(mine: FleetJob['catalogue'], theirs: FleetJo
   if (mine.images !== theirs.images || mine.categories !== theirs.categories) {
     throw new UsageError(
       `the data this worker sees (${mine.name}: ${mine.images} images, ${mine.categories} categories) differs from the coordinator's (${theirs.name}: ${theirs.images} images, ${theirs.categories} categories); mount the same --data path on every machine`,
+    );
+  }
+  if (mine.labels !== theirs.labels) {
+    throw new UsageError(
+      `the data this worker sees (${mine.name}) labels its images differently from the coordinator's (${theirs.name}): the same counts (${mine.images} images, ${mine.categories} categories) but other items, categories or splits (labels digest ${mine.labels} here, ${theirs.labels} there); mount the same --data path on every machine`,
     );
   }
 }

@@ -55,7 +55,8 @@ function vulkanLoaderPresent(): boolean {
 }
 
 /** `auto` asks for an engine worth using; a named engine is used when it runs at all. */
-type Probe = (mode: { auto: boolean }) => Promise<{ device: string; note?: string } | { unavailable: string }>;
+export type ProbeResult = { device: string; note?: string } | { unavailable: string };
+type Probe = (mode: { auto: boolean }) => Promise<ProbeResult>;
 
 export interface AdapterFacts {
   vendor?: string;
@@ -84,6 +85,19 @@ export function softwareAdapterReason(info: AdapterFacts): string | null {
   if (info.architecture === 'software') return `${name} reports a software architecture`;
   if (/llvmpipe|lavapipe|swiftshader|software rasterizer/i.test(name)) return `${name} is a software renderer`;
   return null;
+}
+
+/**
+ * What the webgpu engine makes of the adapter Dawn found: `auto` passes over a software one (slower
+ * than wasm) and says why; a named `--engine webgpu` uses it and notes that it is one.
+ */
+export function adapterVerdict(facts: AdapterFacts, auto: boolean): ProbeResult {
+  const software = softwareAdapterReason(facts);
+  if (software && auto) return { unavailable: `${software}, slower than wasm (--engine webgpu uses it anyway)` };
+  return {
+    device: facts.description || facts.device || facts.vendor || 'webgpu adapter',
+    note: software ? `${software}: correct but slow; asked for by --engine webgpu` : undefined,
+  };
 }
 
 async function importOptional(name: string): Promise<unknown> {
@@ -137,16 +151,13 @@ const probes: Record<EngineName, Probe> = {
         ...pick(adapter.info),
         isFallbackAdapter: adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter,
       };
-      const software = softwareAdapterReason(facts);
-      if (software && auto) return { unavailable: `${software}, slower than wasm (--engine webgpu uses it anyway)` };
+      const verdict = adapterVerdict(facts, auto);
+      if ('unavailable' in verdict) return verdict;
       // The backend registers itself only if navigator.gpu exists when it is imported: import it now.
       await import('@tensorflow/tfjs-backend-webgpu');
       (await import('./webgpu-kernels.js')).registerWebGpuKernels();
       if (!(await tf.setBackend('webgpu'))) return { unavailable: 'the tfjs webgpu backend failed to initialise' };
-      return {
-        device: facts.description || facts.device || facts.vendor || 'webgpu adapter',
-        note: software ? `${software}: correct but slow; asked for by --engine webgpu` : undefined,
-      };
+      return verdict;
     } catch (err) {
       return { unavailable: `the webgpu package could not start Dawn (${(err as Error).message})` };
     }
@@ -171,39 +182,68 @@ const FAST_GRAD_ENGINES = new Set<EngineName>(['wasm', 'webgpu']);
 
 const AUTO_ORDER: EngineName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
 
-/** Initialises the requested engine (or the fastest available for `auto`) and makes it current. */
-export async function initEngine(choice: EngineChoice, log?: Logger): Promise<Engine> {
+/** The engine a choice comes to (a probe has made its backend current), and the line that says why. */
+export interface EngineSelection {
+  name: EngineName;
+  device: string;
+  note?: string;
+  passedOver: Engine['passedOver'];
+  /** `engine wasm on cpu (...) (auto; passed over tensorflow: ...; webgpu: ...)` */
+  message: string;
+}
+
+/**
+ * The rule behind `--engine`: a named engine is probed alone; `auto` probes tensorflow, webgpu, wasm
+ * and cpu in that order (fastest first) and takes the first that is available, recording why each
+ * one before it was passed over. Throws (naming every reason) when none is. Pure but for `probe`.
+ */
+export async function selectEngine(
+  choice: EngineChoice,
+  probe: (name: EngineName, mode: { auto: boolean }) => Promise<ProbeResult>,
+): Promise<EngineSelection> {
   if (!(ENGINE_NAMES as readonly string[]).includes(choice)) {
     throw new UsageError(`unknown engine "${choice}": choose one of ${ENGINE_NAMES.join(', ')}`);
   }
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const passedOver: Engine['passedOver'] = [];
   for (const name of candidates) {
-    const result = await probes[name]({ auto: choice === 'auto' });
+    const result = await probe(name, { auto: choice === 'auto' });
     if ('unavailable' in result) {
       passedOver.push({ engine: name, reason: result.unavailable });
       continue;
     }
-    await tf.ready();
-    const engine: Engine = {
-      name,
-      backend: tf.getBackend(),
-      device: result.device,
-      conv: FAST_GRAD_ENGINES.has(name) ? fastGradConv : stockConv,
-      passedOver,
-    };
     const why =
       choice === 'auto'
         ? ` (auto${passedOver.length ? `; passed over ${passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ')}` : ''})`
         : '';
-    log?.info(
-      { engine: name, device: engine.device, passedOver, note: result.note },
-      `engine ${name} on ${engine.device}${why}${result.note ? ` (${result.note})` : ''}`,
-    );
-    return engine;
+    return {
+      name,
+      device: result.device,
+      note: result.note,
+      passedOver,
+      message: `engine ${name} on ${result.device}${why}${result.note ? ` (${result.note})` : ''}`,
+    };
   }
   const why = passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ');
   throw new UsageError(
     `engine "${choice}" is not available here: ${why}. Use --engine wasm (always available) or --engine auto.`,
   );
+}
+
+/** Initialises the requested engine (or the fastest available for `auto`) and makes it current. */
+export async function initEngine(choice: EngineChoice, log?: Logger): Promise<Engine> {
+  const chosen = await selectEngine(choice, (name, mode) => probes[name](mode));
+  await tf.ready();
+  const engine: Engine = {
+    name: chosen.name,
+    backend: tf.getBackend(),
+    device: chosen.device,
+    conv: FAST_GRAD_ENGINES.has(chosen.name) ? fastGradConv : stockConv,
+    passedOver: chosen.passedOver,
+  };
+  log?.info(
+    { engine: chosen.name, device: chosen.device, passedOver: chosen.passedOver, note: chosen.note },
+    chosen.message,
+  );
+  return engine;
 }
