@@ -398,6 +398,81 @@ describe('README claims (real processes)', () => {
     expect(worker.lines.filter((l) => /^joined run/.test(l.msg))).toHaveLength(1);
   });
 
+  it('--step-timeout removes a worker that beats but returns no result in time; its shards go to the other, each step once', async () => {
+    const stepTimeoutMs = 1500;
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '3',
+      '--shards',
+      '2',
+      '--min-workers',
+      '1',
+      '--step-timeout',
+      String(stepTimeoutMs),
+    ]);
+    const address = await listeningAddress(coord);
+    // Holds its main thread 3x the step timeout after each compute; its heartbeat thread keeps beating.
+    const slow = fleet.worker(address, 'slow', [], { TRICAPS_TEST_BLOCK_MAIN_MS: String(3 * stepTimeoutMs) });
+    const slowId = await joinedId(coord, 'slow');
+    fleet.worker(address, 'quick');
+    const lost = await coord.waitFor(
+      (l) => l.msg.startsWith(`lost worker ${slowId} (slow): stalled`),
+      60_000,
+      'the slow worker removed as stalled',
+    );
+    expect(lost.reason).toMatch(/^stalled: no result for step \d+ within 1\.5 s$/);
+    expect(coord.lines.some((l) => l.msg.startsWith(`lost worker ${slowId}`) && /no heartbeat/.test(l.msg))).toBe(
+      false,
+    );
+    expect((await coord.exited).code, coord.raw.slice(-10).join('\n')).toBe(0);
+    const steps = coord.steps();
+    expect(steps.map((l) => l.step)).toEqual([0, 1, 2]);
+    for (const l of steps) expect(l.shards_computed, `step ${l.step}`).toBe(2);
+    slow.kill('SIGKILL');
+  });
+
+  it('the gradient-norm guard refuses a gradient far above the recent median: the worker is named and removed, the step is not moved by it', async () => {
+    const coord = fleet.coordinator([
+      ...TINY,
+      '--steps',
+      '10', // steps left after the refusal while the metric is read
+      '--shards',
+      '2',
+      '--min-workers',
+      '2',
+      '--metrics-port',
+      '0',
+    ]);
+    const address = await listeningAddress(coord);
+    // Two workers, one upload each per step: five accepted norms by step 3; at step 4 one of them
+    // sends its gradient x1000 once (as a diverging worker would), then behaves.
+    const bad = fleet.worker(address, 'diverging', [], { TRICAPS_TEST_SCALE_GRADIENT: '4:1000' });
+    const badId = await joinedId(coord, 'diverging');
+    fleet.worker(address, 'steady');
+    const lost = await coord.waitFor(
+      (l) => l.msg.startsWith(`lost worker ${badId} (diverging)`),
+      90_000,
+      'the diverging worker removed',
+    );
+    expect(lost.reason).toMatch(
+      /^sent an unusable result: gradient norm \S+ is more than 100 times the recent median \S+ \(--max-gradient-norm-ratio\)$/,
+    );
+    expect(lost.step).toBe(4);
+    const port = await metricsPort(coord);
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    expect(series(text, 'tricaps_rejected_updates_total', { reason: 'norm', worker: badId })).toBe(1);
+    expect((await coord.exited).code, coord.raw.slice(-10).join('\n')).toBe(0);
+    // Step 4 was applied once, with both shards, and its gradient norm is of the usual size.
+    const steps = coord.steps();
+    expect(steps.map((l) => l.step)).toEqual([...Array(10).keys()]);
+    for (const l of steps) expect(l.shards_computed, `step ${l.step}`).toBe(2);
+    const norms = steps.map((l) => l.grad_norm as number);
+    const usual = Math.max(...norms.filter((_, i) => i !== 4));
+    expect(norms[4]).toBeLessThan(10 * usual);
+    expect((await bad.exited).code).toBe(0); // registered again and finished the run
+  });
+
   it('at most 16 concurrent calls per peer: the 17th is refused with RESOURCE_EXHAUSTED while 16 are open; a slot given back is usable; other peers are not held up', async () => {
     const coord = fleet.coordinator([...TINY, '--steps', '1000', '--upload-timeout', '120000']);
     const address = await listeningAddress(coord);

@@ -133,6 +133,7 @@ export function registerFleetCommands(program: Command): void {
           ringHopTimeoutMs: o.ringHopTimeout,
           ringFaults: ringFaultsFromEnv(),
           blockMainThreadMs: Number(process.env.TRICAPS_TEST_BLOCK_MAIN_MS ?? 0) || undefined,
+          scaleOneGradient: scaleOneGradientFromEnv(),
         },
         {
           get stopping() {
@@ -184,6 +185,12 @@ function securityFrom(o: Record<string, any>): FleetSecurity {
  * the first hop, so a test can kill a member while a reduction is in flight. TRICAPS_TEST_BLOCK_MAIN_MS
  * (read where the worker is built) holds the worker's main thread that long after each compute.
  */
+/** TRICAPS_TEST_SCALE_GRADIENT=STEP:FACTOR multiplies this worker's first gradient of STEP or later by FACTOR. */
+function scaleOneGradientFromEnv(): { fromStep: number; factor: number } | undefined {
+  const m = /^(\d+):([\d.e+-]+)$/.exec(process.env.TRICAPS_TEST_SCALE_GRADIENT ?? '');
+  return m ? { fromStep: Number(m[1]), factor: Number(m[2]) } : undefined;
+}
+
 function ringFaultsFromEnv(): { poison?: 'nan' | 'shape'; holdAfterFirstHopMs?: number } | undefined {
   const poison = process.env.TRICAPS_TEST_RING_POISON;
   const hold = Number(process.env.TRICAPS_TEST_RING_HOLD_MS ?? 0);

@@ -73,6 +73,8 @@ export interface WorkerOptions {
    * (as a long compute on a CPU engine does), counted as compute time.
    */
   blockMainThreadMs?: number;
+  /** Test hook: the first gradient of step `fromStep` or later is multiplied by `factor` (a diverging worker). */
+  scaleOneGradient?: { fromStep: number; factor: number };
 }
 
 /** How long a worker waits for its heartbeat thread to load before registering anyway. */
@@ -499,6 +501,11 @@ export class FleetWorker {
       return;
     }
     const g = await this.computeTrain(s, next, loaded);
+    const scale = this.opts.scaleOneGradient;
+    if (scale && run.step >= scale.fromStep) {
+      for (const values of g.grads.values()) for (let i = 0; i < values.length; i++) values[i] *= scale.factor;
+      this.opts.scaleOneGradient = undefined;
+    }
     const tensors: [string, Float32Array, number[]][] = [];
     for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
     for (const [name, values] of g.bnStats) tensors.push([name, values, loaded.shapes.get(name)!]);
