@@ -21,7 +21,16 @@ export const DEFAULT_CHUNK_BYTES = 1 << 20;
 
 const bytesPer = (dtype: WireDType) => (dtype === 'float32' ? 4 : 2);
 // On little-endian hosts (all we run on) float32 chunks are plain byte copies; elsewhere DataView.
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+let LITTLE_ENDIAN = HOST_LITTLE_ENDIAN;
+
+/**
+ * For tests: 'portable' makes the codec take the DataView path a big-endian host would (so that path
+ * is exercised on the little-endian machines we have); 'host' restores the host's own.
+ */
+export function useCodecPath(path: 'host' | 'portable'): void {
+  LITTLE_ENDIAN = path === 'host' && HOST_LITTLE_ENDIAN;
+}
 
 // float32 <-> float16 (IEEE 754 binary16), round to nearest even.
 const f32 = new Float32Array(1);
@@ -114,9 +123,7 @@ const HALF_TO_FLOAT = Float32Array.from({ length: 65536 }, (_, h) => fromHalf(h)
 export function firstNonFinite(values: Float32Array): number {
   let probe = 0;
   for (let i = 0; i < values.length; i++) probe += values[i] * 0;
-  if (probe === 0) return -1;
-  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return i;
-  return -1;
+  return probe === 0 ? -1 : values.findIndex((v) => !Number.isFinite(v));
 }
 
 export class TensorDecodeError extends Error {

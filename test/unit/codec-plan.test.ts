@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { decodeTensor, encodeTensor, fromHalf, toHalf, type EncodedChunk } from '../../src/shared/tensor-codec.js';
+import {
+  decodeTensor,
+  encodeTensor,
+  fromHalf,
+  toHalf,
+  useCodecPath,
+  type EncodedChunk,
+} from '../../src/shared/tensor-codec.js';
 import { shardBatch } from '../../src/shared/plan/step-plan.js';
 import { meanOf, weightedAverage } from '../../src/shared/plan/average.js';
 import { samplePkBatch } from '../../src/shared/data/pk-sampler.js';
@@ -73,6 +80,111 @@ describe('tensor codec', () => {
     expect(() => decodeTensor(good(), { name: 'w', shape: [1000] }, { maxElements: 100, maxChunks: 10 })).toThrow(
       /1000 elements, more than the limit of 100/,
     );
+  });
+});
+
+describe('float16 rounding (IEEE 754 binary16, round to nearest even)', () => {
+  const f = new Float32Array(1);
+  const bits = new Uint32Array(f.buffer);
+  /** The float32 next to x towards +inf (x > 0) or towards 0 (step -1). */
+  const neighbour = (x: number, step: 1 | -1) => {
+    f[0] = x;
+    bits[0] += step;
+    return f[0];
+  };
+
+  it('every finite half maps back to itself; halfway between two goes to the even one, either side to the nearer', () => {
+    const bad: string[] = [];
+    for (let h = 0; h < 0x7bff; h++) {
+      const [a, b] = [fromHalf(h), fromHalf(h + 1)];
+      const mid = (a + b) / 2;
+      expect(Math.fround(mid)).toBe(mid); // a half's midpoints are float32 values
+      const even = h % 2 === 0 ? h : h + 1;
+      const got = [toHalf(a), toHalf(mid), toHalf(neighbour(mid, -1)), toHalf(neighbour(mid, 1)), toHalf(-mid)];
+      const want = [h, even, h, h + 1, even | 0x8000];
+      if (got.some((g, i) => g !== want[i])) bad.push(`${h}: got ${got} want ${want}`);
+      if (bad.length > 5) break;
+    }
+    expect(bad).toEqual([]);
+    expect(toHalf(fromHalf(0x7bff))).toBe(0x7bff);
+  });
+
+  it('overflows to infinity from the midpoint above the largest half, underflows to signed zero, keeps NaN a NaN', () => {
+    expect(toHalf(65504)).toBe(0x7bff);
+    expect(toHalf(65520)).toBe(0x7c00); // halfway to 2^16: the even neighbour is infinity
+    expect(toHalf(neighbour(65520, -1))).toBe(0x7bff);
+    expect(toHalf(1e30)).toBe(0x7c00);
+    expect(toHalf(-1e30)).toBe(0xfc00);
+    expect(toHalf(Infinity)).toBe(0x7c00);
+    expect(toHalf(-Infinity)).toBe(0xfc00);
+    expect(toHalf(NaN)).toBe(0x7e00);
+    expect(toHalf(2 ** -25)).toBe(0); // halfway to the smallest subnormal: even is zero
+    expect(toHalf(neighbour(2 ** -25, 1))).toBe(1);
+    expect(toHalf(2 ** -40)).toBe(0);
+    expect(toHalf(-(2 ** -40))).toBe(0x8000);
+    expect(toHalf(2 ** -14)).toBe(0x0400); // the smallest normal
+    expect(toHalf(neighbour(2 ** -14, -1))).toBe(0x0400); // rounds up into it
+  });
+});
+
+describe('tensor codec edges', () => {
+  const spec = { name: 'w', shape: [3, 5] };
+  const small = Float32Array.from({ length: 15 }, (_, i) => i - 7.25);
+  const chunks = (dtype: 'float32' | 'float16' = 'float32') => encodeTensor('w', small, [3, 5], dtype, 16);
+
+  it("the portable path (a big-endian host's) writes the same bytes and reads the same values", () => {
+    const host = (['float32', 'float16'] as const).map((d) => chunks(d));
+    useCodecPath('portable');
+    try {
+      for (const [i, dtype] of (['float32', 'float16'] as const).entries()) {
+        const portable = chunks(dtype);
+        expect(portable.map((c) => Array.from(c.data))).toEqual(host[i].map((c) => Array.from(c.data)));
+        expect(Array.from(decodeTensor(portable, spec, limits))).toEqual(
+          Array.from(decodeTensor(host[i], spec, limits)),
+        );
+      }
+      // Unaligned float16 bytes, and the limits, the same way.
+      const odd = chunks('float16').map((c) => {
+        const shifted = new Uint8Array(c.data.length + 1);
+        shifted.set(c.data, 1);
+        return { ...c, data: shifted.subarray(1) };
+      });
+      expect(Array.from(decodeTensor(odd, spec, limits))).toEqual(Array.from(decodeTensor(host[1], spec, limits)));
+    } finally {
+      useCodecPath('host');
+    }
+  });
+
+  it('takes exactly the chunk limit, and decodes into the array given when it fits', () => {
+    const c = chunks(); // 4 chunks of at most 4 values
+    expect(c).toHaveLength(4);
+    expect(Array.from(decodeTensor(c, spec, { maxElements: 15, maxChunks: 4 }))).toEqual(Array.from(small));
+    expect(() => decodeTensor(c, spec, { maxElements: 15, maxChunks: 3 })).toThrow(
+      /4 chunks, more than the limit of 3/,
+    );
+    const into = new Float32Array(15);
+    expect(decodeTensor(c, spec, limits, into)).toBe(into);
+    const wrong = new Float32Array(14);
+    expect(decodeTensor(c, spec, limits, wrong)).not.toBe(wrong);
+  });
+
+  it('refuses a shape that differs in one dimension, and a later chunk that disagrees with the first in any one thing', () => {
+    const c = chunks();
+    const with1 = (change: Partial<EncodedChunk>) => c.map((x, i) => (i === 1 ? { ...x, ...change } : x));
+    expect(() =>
+      decodeTensor(
+        c.map((x) => ({ ...x, shape: [3, 6] })),
+        spec,
+        limits,
+      ),
+    ).toThrow(/shape \[3,6\] where \[3,5\] was expected/);
+    for (const change of [{ shape: [3, 6] }, { shape: [3, 5, 1] }, { chunkCount: 5 }, { dtype: 'float16' as const }])
+      expect(() => decodeTensor(with1(change), spec, limits), JSON.stringify(change)).toThrow(
+        /chunk 1 disagrees with chunk 0 on dtype, shape or count/,
+      );
+    const last = c.length - 1;
+    const grown = c.map((x, i) => (i === last ? { ...x, data: new Uint8Array([...x.data, 0, 0, 0, 0]) } : x));
+    expect(() => decodeTensor(grown, spec, limits)).toThrow(/chunk 3 runs past the end of the tensor/);
   });
 });
 

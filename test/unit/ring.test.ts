@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { weightedAverage } from '../../src/shared/plan/average.js';
 import {
+  addInto,
   allGatherHops,
   allGatherInMemory,
   reduceHopIndex,
@@ -159,5 +160,68 @@ describe('hop checks', () => {
     expect(checkHopHeader({ ...good, length: 11 }, want)).toBe(
       'w2-aa sent slice 2 [20, +11) where slice 2 [20, +10) was due',
     );
+  });
+});
+
+describe('ring details', () => {
+  const small = ringLayout([{ name: 'g', size: 3 }], [{ name: 's', size: 2 }]);
+  const contribution = (): MemberContribution => ({
+    grads: new Map([['g', Float32Array.of(1, -2, 0.5)]]),
+    bnStats: new Map([['s', Float32Array.of(4, 8)]]),
+    triplets: 4,
+    shards: 2,
+    activeTriplets: 3,
+    loss: 0.25,
+    meanPositiveDistance: 0.5,
+    meanNegativeDistance: 1.5,
+  });
+
+  it('packs sums: gradients x triplets, statistics x shards, then the scalars as sums', () => {
+    expect(Array.from(packContribution(small, contribution()))).toEqual([4, -8, 2, 8, 16, 4, 2, 3, 1, 2, 6]);
+    const reused = new Float32Array(small.length);
+    expect(packContribution(small, contribution(), reused)).toBe(reused);
+    const wrongSize = new Float32Array(3);
+    expect(packContribution(small, contribution(), wrongSize)).not.toBe(wrongSize);
+    const back = unpackReduced(small, packContribution(small, contribution()));
+    expect(Array.from(back.grads.get('g')!)).toEqual([1, -2, 0.5]);
+    expect(Array.from(back.bnStats.get('s')!)).toEqual([4, 8]);
+    expect(back.scalars).toEqual({
+      triplets: 4,
+      shards: 2,
+      activeTriplets: 3,
+      lossSum: 1,
+      positiveSum: 2,
+      negativeSum: 6,
+    });
+  });
+
+  it('numbers the reduce-scatter hops after the all-gather ones, and cuts at least one slice', () => {
+    expect([0, 1, 2].map((k) => reduceHopIndex(k, 4))).toEqual([3, 4, 5]);
+    expect(sliceBounds(10, 1)).toEqual([{ index: 0, offset: 0, length: 10 }]);
+    expect(() => sliceBounds(10, 0)).toThrow(/sliceBounds: 0 slices/);
+  });
+
+  it('adds only vectors of the same length', () => {
+    const acc = Float32Array.of(1, 2);
+    expect(() => addInto(acc, Float32Array.of(1))).toThrow(/addInto: 1 values into 2/);
+    addInto(acc, Float32Array.of(0.5, -2));
+    expect(Array.from(acc)).toEqual([1.5, 0]);
+  });
+
+  it('a hop must match the expectation in every field, and the refusal names the field', () => {
+    const want = { run: 'r', round: 3, step: 7, from: 'w1', hop: 2, slice: { index: 1, offset: 10, length: 5 } };
+    const good = { run: 'r', round: 3, step: 7, from: 'w1', hop: 2, slice: 1, offset: 10, length: 5 };
+    expect(checkHopHeader(good, want)).toBeUndefined();
+    const cases: [Partial<typeof good>, RegExp][] = [
+      [{ run: 'q' }, /w1 sent a hop of run q; this ring belongs to run r/],
+      [{ from: 'w9' }, /w9 is not this member's predecessor in round 3 \(w1 is\)/],
+      [{ round: 4 }, /sent a hop of step 7 round 4; the ring is at step 7 round 3/],
+      [{ step: 6 }, /sent a hop of step 6 round 3; the ring is at step 7 round 3/],
+      [{ hop: 3 }, /sent hop 3 where hop 2 was due/],
+      [{ slice: 2 }, /sent slice 2 \[10, \+5\) where slice 1 \[10, \+5\) was due/],
+      [{ offset: 11 }, /sent slice 1 \[11, \+5\) where/],
+      [{ length: 4 }, /sent slice 1 \[10, \+4\) where/],
+    ];
+    for (const [change, message] of cases) expect(checkHopHeader({ ...good, ...change }, want)).toMatch(message);
   });
 });
