@@ -328,8 +328,8 @@ describe('decoders under random input', () => {
       ),
       { numRuns: 1000 },
     );
-    expect(seen.inside).toBeGreaterThan(100);
-    expect(seen.outside).toBeGreaterThan(100);
+    expect(seen.inside).toBeGreaterThan(300);
+    expect(seen.outside).toBeGreaterThan(30); // about one case in nine leaves the root
     expect(() => assertInside('/srv/data', '/srv/data/inshop', '--data-root')).not.toThrow();
     expect(() => assertInside('/srv/data', '/srv/database', '--data-root')).toThrow(
       /\/srv\/database is outside --data-root \/srv\/data/,
