@@ -23,10 +23,11 @@ async function runFleet(
   workers: number,
   steps: number,
   extra: string[] = [],
+  augment = false,
 ): Promise<{ coord: FleetProcess; checkpoint: string }> {
   const dir = tempDir();
   const coord = fleet.coordinator([
-    ...TINY,
+    ...(augment ? TINY.filter((a) => a !== '--no-augment') : TINY),
     '--steps',
     String(steps),
     '--shards',
@@ -47,12 +48,18 @@ async function runFleet(
 }
 
 describe('fleet over gRPC (real processes)', () => {
-  it('1 worker computing both shards and 2 workers computing one each give the same gradients and weights', async () => {
+  it('1 worker computing both shards and 2 workers computing one each give the same gradients and weights, with random augmentation', async () => {
     // One step: Adam's first update is g / (|g| + eps) per weight, so weights whose gradient is at
     // float32 rounding level may differ by more than the gradients do; after one step they agree
-    // to 1e-5 (1% of the learning rate), and later steps drift apart at that rate.
-    const one = await runFleet(1, 1);
-    const two = await runFleet(2, 1);
+    // to 1e-5 (1% of the learning rate), and later steps drift apart at that rate. Augmentation is
+    // on: each image's transform follows from (seed, step, image), whichever worker loads it.
+    const one = await runFleet(1, 1, [], true);
+    const two = await runFleet(2, 1, [], true);
+    const plain = await runFleet(1, 1);
+    // The augmentation did change what was computed.
+    expect(Math.abs((plain.coord.steps()[0].loss as number) - (one.coord.steps()[0].loss as number))).toBeGreaterThan(
+      1e-4,
+    );
     const s1 = one.coord.steps();
     const s2 = two.coord.steps();
     expect(s1.map((l) => l.workers)).toEqual([1]);
