@@ -17,10 +17,9 @@ describe('run control', () => {
     c.submit('resume', '', (r) => replies.push(r));
     await c.atStepBoundary(8, async () => 'x');
     expect(replies.pop()).toMatchObject({ ok: true, done: 'was not paused' });
-    c.submit('pause', '', (r) => replies.push(r));
+    const pauseReply = new Promise<ControlReply>((resolve) => c.submit('pause', '', resolve));
     const boundary = c.atStepBoundary(9, async () => 'x');
-    await new Promise((r) => setTimeout(r, 50));
-    expect(replies.pop()).toMatchObject({ ok: true, done: 'paused before step 9' });
+    expect(await pauseReply).toMatchObject({ ok: true, done: 'paused before step 9' });
     c.submit('stop', '', (r) => replies.push(r));
     await boundary; // a stop ends the pause
     expect(c.stopRequested).toBe(true);
@@ -30,11 +29,12 @@ describe('run control', () => {
   it('SIGTERM (interrupt) ends a pause without turning into a stop command', async () => {
     const c = new RunControl();
     const replies: ControlReply[] = [];
-    c.submit('pause', '', (r) => replies.push(r));
+    const pauseReply = new Promise<ControlReply>((resolve) => c.submit('pause', '', resolve));
     let returned = false;
     const boundary = c.atStepBoundary(3, async () => 'x').then(() => (returned = true));
-    await new Promise((r) => setTimeout(r, 50));
-    expect(returned).toBe(false); // paused: waiting at the boundary
+    // Once the pause is acknowledged the boundary is held: it has not returned.
+    expect(await pauseReply).toMatchObject({ ok: true, done: 'paused before step 3' });
+    expect(returned).toBe(false);
     c.interrupt();
     await boundary;
     expect(c.interrupted).toBe(true);
