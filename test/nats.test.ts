@@ -20,7 +20,7 @@ import {
 import { pino } from 'pino';
 import { NatsBridge } from '../src/coordinator/nats-bridge.js';
 import { RunControl } from '../src/coordinator/run-control.js';
-import { Fleet, listeningAddress, TINY, type LogLine } from './fleet-harness.js';
+import { Fleet, listeningAddress, TINY, type FleetProcess, type LogLine } from './fleet-harness.js';
 
 const fleet = new Fleet();
 const servers: ChildProcess[] = [];
@@ -134,6 +134,19 @@ function userCreds(account: KeyPair, name: string): string {
   });
   const seed = new TextDecoder().decode(user.getSeed());
   return `-----BEGIN NATS USER JWT-----\n${jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n${seed}\n------END USER NKEY SEED------\n`;
+}
+
+/** A coordinator NATS refuses: the refusal is logged as an error, and training goes on without it. */
+async function trainsRefusedByNats(coord: FleetProcess): Promise<void> {
+  fleet.worker(await listeningAddress(coord), 'b');
+  const refusal = await coord.waitFor(
+    (l) => /^cannot use NATS at nats:\/\/127\.0\.0\.1:\d+: .*Authorization Violation/i.test(l.msg),
+    30_000,
+    'the authorization failure in the log',
+  );
+  expect(refusal.level).toBe(50);
+  await coord.waitFor((l) => /^step 3 loss/.test(l.msg), 60_000, 'steps without NATS');
+  expect(coord.lines.some((l) => l.msg.startsWith('connected to NATS'))).toBe(false);
 }
 
 describe('NATS events and control', () => {
@@ -389,15 +402,7 @@ describe('NATS events and control', () => {
     const bad = fleet.coordinator([...TINY, '--steps', '100000', '--run-id', 'bad-token-run', '--nats', url], {
       TRICAPS_NATS_TOKEN: 'wrong-token',
     });
-    fleet.worker(await listeningAddress(bad), 'b');
-    const refusal = await bad.waitFor(
-      (l) => /^cannot use NATS at nats:\/\/127\.0\.0\.1:\d+: .*Authorization Violation/i.test(l.msg),
-      30_000,
-      'the authorization failure in the log',
-    );
-    expect(refusal.level).toBe(50);
-    await bad.waitFor((l) => /^step 3 loss/.test(l.msg), 60_000, 'steps without NATS');
-    expect(bad.lines.some((l) => l.msg.startsWith('connected to NATS'))).toBe(false);
+    await trainsRefusedByNats(bad);
     expect(bad.raw.join('\n')).not.toContain('wrong-token');
   });
 
@@ -476,15 +481,7 @@ describe('NATS events and control', () => {
       '--nats-creds',
       join(dir, 'stranger.creds'),
     ]);
-    fleet.worker(await listeningAddress(bad), 'b');
-    const refusal = await bad.waitFor(
-      (l) => /^cannot use NATS at nats:\/\/127\.0\.0\.1:\d+: .*Authorization Violation/i.test(l.msg),
-      30_000,
-      'the authorization failure in the log',
-    );
-    expect(refusal.level).toBe(50);
-    await bad.waitFor((l) => /^step 3 loss/.test(l.msg), 60_000, 'steps without NATS');
-    expect(bad.lines.some((l) => l.msg.startsWith('connected to NATS'))).toBe(false);
+    await trainsRefusedByNats(bad);
 
     const missing = fleet.coordinator([
       ...TINY,
