@@ -15,6 +15,7 @@ import {
   TOKEN_HEADER,
 } from '../../src/shared/fleet-security.js';
 import type { Logger } from '../../src/shared/log.js';
+import { Gate } from '../../src/shared/stream-service.js';
 
 const TOKEN = 'the-run-token-0001';
 let dir: string;
@@ -134,5 +135,48 @@ describe('TLS settings', () => {
       `--tls-key ${pem('not.pem')}: not a PEM file`,
     );
     expect(() => channelCredentials({ tlsCa: pem('not.pem') })).toThrow(`--tls-ca ${pem('not.pem')}: not a PEM file`);
+  });
+});
+
+describe('call admission (Gate)', () => {
+  const call = (peer: string, token?: string) => ({ getPeer: () => peer, metadata: callMetadata(token) });
+  const refusal = (r: ReturnType<Gate['admit']>) => ('refusal' in r ? r.refusal : undefined);
+
+  it('admits at most --max-calls-per-peer open calls from one peer; others are not held up; a release frees one slot once', () => {
+    const gate = new Gate({ maxCallsPerPeer: 3 });
+    const held = [0, 1, 2].map(() => gate.admit(call('10.0.0.1:5000')));
+    expect(held.every((h) => 'release' in h)).toBe(true);
+    expect(refusal(gate.admit(call('10.0.0.1:5000')))).toEqual({
+      code: grpc.status.RESOURCE_EXHAUSTED,
+      details: 'more than 3 concurrent calls from 10.0.0.1:5000',
+    });
+    expect('release' in gate.admit(call('10.0.0.2:5000'))).toBe(true); // another peer
+    const first = held[0] as { release: () => void };
+    first.release();
+    first.release(); // twice: still one slot
+    expect('release' in gate.admit(call('10.0.0.1:5000'))).toBe(true);
+    expect(refusal(gate.admit(call('10.0.0.1:5000')))?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    // All given back: the full allowance again.
+    const again = new Gate({ maxCallsPerPeer: 1 });
+    const one = again.admit(call('p:1')) as { release: () => void };
+    expect(refusal(again.admit(call('p:1')))?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    one.release();
+    expect('release' in again.admit(call('p:1'))).toBe(true);
+  });
+
+  it('refuses calls without the run token before counting them, and logs a refusal once a minute per peer, never a token', () => {
+    const { log, lines } = logger();
+    const gate = new Gate({ maxCallsPerPeer: 1, joinToken: TOKEN, log });
+    expect(refusal(gate.admit(call('a:1')))?.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(refusal(gate.admit(call('a:1', 'guess-0000')))?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(refusal(gate.admit(call('b:1', 'guess-0000')))?.code).toBe(grpc.status.PERMISSION_DENIED);
+    // The refused calls took no slot: a good one is admitted, then the peer's allowance is used.
+    expect('release' in gate.admit(call('a:1', TOKEN))).toBe(true);
+    expect(refusal(gate.admit(call('a:1', TOKEN)))?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(lines).toEqual([
+      expect.stringMatching(/ refused a call from a:1: no join token/),
+      expect.stringMatching(/ refused a call from b:1: wrong join token for this run$/),
+    ]);
+    expect(lines.join('\n')).not.toMatch(/guess-0000|the-run-token/);
   });
 });
