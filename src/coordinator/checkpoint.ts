@@ -234,8 +234,13 @@ export class CheckpointStore {
     try {
       written = this.write(req, name, tmp);
     } catch (err) {
-      // Never leave a partial folder behind; say where, why and how much it needed.
-      rmSync(tmp, { recursive: true, force: true });
+      // Never leave a partial folder behind; say where, why and how much it needed. (A root that
+      // cannot be reached holds nothing to remove: that failure must not hide the first one.)
+      try {
+        rmSync(tmp, { recursive: true, force: true });
+      } catch {
+        // nothing was written there
+      }
       const e = err as NodeJS.ErrnoException;
       const needed = [...req.weights.values.values(), ...req.optimizer.values].reduce((n, v) => n + v.byteLength, 0);
       const why =

@@ -16,7 +16,17 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { pino } from 'pino';
-import { CheckpointStore, type SaveRequest } from '../../src/coordinator/checkpoint.js';
+import {
+  assertSameJob,
+  CheckpointStore,
+  CheckpointWriteError,
+  lockCheckpointDir,
+  LOCK_FILE,
+  openCheckpoints,
+  type SaveRequest,
+} from '../../src/coordinator/checkpoint.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { hostname } from 'node:os';
 import { ParameterUpdater } from '../../src/coordinator/optimizer.js';
 import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
 import { modelConfig } from '../../src/shared/model/config.js';
@@ -313,5 +323,162 @@ describe('checkpoint weights format', () => {
       expect(resolveCheckpoint(root)).toBe(ten);
       rmSync(ten, { recursive: true });
       expect(resolveCheckpoint(root)).toBe(nine);
+    }));
+});
+
+describe('checkpoint directory: lock, leftovers, verification, job', () => {
+  function withRoot(body: (root: string) => void | Promise<void>): Promise<void> {
+    const root = mkdtempSync(join(tmpdir(), 'tricaps-lock-'));
+    return Promise.resolve(body(root)).finally(() => rmSync(root, { recursive: true, force: true }));
+  }
+  /** The pid of a process that ran and is gone. */
+  const deadPid = () => spawnSync(process.execPath, ['-e', '0']).pid!;
+  const writeLock = (root: string, owner: object) => writeFileSync(join(root, LOCK_FILE), JSON.stringify(owner));
+
+  it('one process at a time: a live owner is named and refused, a dead or half-written one is taken over', () =>
+    withRoot(async (root) => {
+      const live = spawn('sleep', ['30']);
+      try {
+        writeLock(root, { pid: live.pid, host: hostname(), startedAt: 'then' });
+        expect(() => lockCheckpointDir(root, log)).toThrow(
+          `--checkpoint-dir ${root} is in use by process ${live.pid} on ${hostname()} (since then); stop that run or use another directory (if that process is gone, remove ${join(root, LOCK_FILE)})`,
+        );
+        // On another machine: whether it runs cannot be told, so it is not taken over.
+        writeLock(root, { pid: deadPid(), host: 'another-host', startedAt: 'then' });
+        expect(() => lockCheckpointDir(root, log)).toThrow(/is in use by process \d+ on another-host/);
+      } finally {
+        live.kill('SIGKILL');
+      }
+      const gone = deadPid();
+      writeLock(root, { pid: gone, host: hostname(), startedAt: 'then' });
+      lines.length = 0;
+      const release = lockCheckpointDir(root, log);
+      expect(lines).toEqual([`taking over ${join(root, LOCK_FILE)}: its owner (process ${gone}) is not running`]);
+      expect(JSON.parse(readFileSync(join(root, LOCK_FILE), 'utf8'))).toMatchObject({
+        pid: process.pid,
+        host: hostname(),
+      });
+      // Taken again by its own process (a resumed store in the same process): no warning.
+      lines.length = 0;
+      lockCheckpointDir(root, log);
+      expect(lines).toEqual([]);
+      release();
+      expect(existsSync(join(root, LOCK_FILE))).toBe(false);
+      writeFileSync(join(root, LOCK_FILE), '{"pid": 12'); // half written
+      const again = lockCheckpointDir(root, log);
+      // A release leaves a lock that is no longer ours alone, and runs once.
+      writeLock(root, { pid: 1, host: 'another-host' });
+      again();
+      expect(existsSync(join(root, LOCK_FILE))).toBe(true);
+    }));
+
+  it('removes the unfinished saves of processes that are gone (and its own), never those of live ones', () =>
+    withRoot(async (root) => {
+      const live = spawn('sleep', ['30']);
+      try {
+        const gone = deadPid();
+        const names = [
+          `.step-00000003.tmp-${gone}`,
+          `.latest.tmp-${gone}`,
+          `.step-00000004.tmp-${process.pid}`,
+          `.step-00000005.tmp-${live.pid}`,
+          `step-00000006.tmp-${gone}`, // not a temporary of ours: left alone
+          `.step-0000007.tmp-${gone}`,
+        ];
+        for (const n of names) mkdirSync(join(root, n));
+        lines.length = 0;
+        new CheckpointStore(root, 2, log);
+        expect(readdirSync(root).sort()).toEqual(
+          [`.step-00000005.tmp-${live.pid}`, `.step-0000007.tmp-${gone}`, `step-00000006.tmp-${gone}`].sort(),
+        );
+        expect(lines.sort()).toEqual(
+          [
+            `removed ${join(root, `.step-00000003.tmp-${gone}`)}: an unfinished checkpoint of process ${gone}, which is not running`,
+            `removed ${join(root, `.latest.tmp-${gone}`)}: an unfinished checkpoint of process ${gone}, which is not running`,
+            `removed ${join(root, `.step-00000004.tmp-${process.pid}`)}: an unfinished checkpoint of process ${process.pid}, which is not running`,
+          ].sort(),
+        );
+      } finally {
+        live.kill('SIGKILL');
+      }
+    }));
+
+  it('verifies every file against its manifest, and says which and how it differs', () =>
+    withRoot((root) => {
+      const store = new CheckpointStore(root, 5, log);
+      const { dir } = store.save(request(1, null));
+      expect(store.verify(dir)).toBeUndefined();
+      const manifest = readFileSync(join(dir, 'manifest.json'), 'utf8');
+      const state = readFileSync(join(dir, 'state.json'));
+      writeFileSync(join(dir, 'state.json'), Buffer.from(state.toString().replace('"r"', '"q"')));
+      expect(store.verify(dir)).toBe('state.json does not match its sha256 in the manifest');
+      writeFileSync(join(dir, 'state.json'), Buffer.concat([state, Buffer.from(' ')]));
+      expect(store.verify(dir)).toBe(`state.json has ${state.length + 1} bytes, the manifest says ${state.length}`);
+      rmSync(join(dir, 'state.json'));
+      expect(store.verify(dir)).toBe('state.json is missing');
+      writeFileSync(join(dir, 'manifest.json'), manifest.replace('tricaps-checkpoint-v1', 'other'));
+      expect(store.verify(dir)).toBe('manifest.json is not a tricaps checkpoint manifest');
+      rmSync(join(dir, 'manifest.json'));
+      expect(store.verify(dir)).toBe('no manifest.json (a checkpoint interrupted while being written)');
+    }));
+
+  it('ignores a latest that names no step directory, and fails a save cleanly, naming where and why', () =>
+    withRoot((root) => {
+      const store = new CheckpointStore(root, 5, log);
+      store.save(request(1, null));
+      store.save(request(2, null));
+      writeFileSync(join(root, 'latest'), '../../etc\n');
+      lines.length = 0;
+      expect(store.loadLatest()?.state.nextStep).toBe(2);
+      expect(lines).toEqual([`${join(root, 'latest')} does not name a step directory; ignoring it`]);
+      // A root that cannot hold folders (here: a file): the save fails, nothing is left behind.
+      const blocked = join(root, 'a-file');
+      writeFileSync(blocked, '');
+      const broken = new CheckpointStore(blocked, 5, log);
+      expect(() => broken.save(request(3, null))).toThrow(
+        new RegExp(
+          `^cannot write checkpoint step-00000003 under ${blocked}: ENOTDIR.* \\(a checkpoint needs about 0\\.0 MB free\\)$`,
+        ),
+      );
+      expect(() => broken.save(request(3, null))).toThrow(CheckpointWriteError);
+    }));
+
+  it('refuses to resume another job, naming every setting that differs', () => {
+    expect(() => assertSameJob({ seed: 1, shards: 2 }, { seed: 1, shards: 2 }, 'ck')).not.toThrow();
+    expect(() => assertSameJob({ seed: 1, shards: 2, lr: 3 }, { seed: 4, shards: 2, lr: 5 }, 'ck')).toThrow(
+      'ck was written for a different job (seed: 1 then, 4 now; lr: 3 then, 5 now); resume with the same settings or use another --checkpoint-dir',
+    );
+    expect(() => assertSameJob(undefined, { seed: 1 }, 'ck')).toThrow(/\(seed: undefined then, 1 now\)/);
+  });
+
+  it('opens a checkpoint root only with the flags that need one, and gives its lock back when it cannot resume', () =>
+    withRoot((root) => {
+      expect(() => openCheckpoints(undefined, { resume: true, every: 0, keep: 2 }, {}, log)).toThrow(
+        '--resume and --checkpoint-every need --checkpoint-dir DIR',
+      );
+      expect(() => openCheckpoints(undefined, { resume: false, every: 5, keep: 2 }, {}, log)).toThrow(
+        /need --checkpoint-dir DIR/,
+      );
+      expect(openCheckpoints(undefined, { resume: false, every: 0, keep: 2 }, {}, log)).toEqual({});
+      writeFileSync(join(root, 'file'), '');
+      expect(() => openCheckpoints(join(root, 'file'), { resume: false, every: 0, keep: 2 }, {}, log)).toThrow(
+        `--checkpoint-dir ${join(root, 'file')} is a file, not a directory; name a directory (it is created if missing)`,
+      );
+      const dir = join(root, 'ck');
+      lines.length = 0;
+      const empty = openCheckpoints(dir, { resume: true, every: 0, keep: 2 }, { config: 1 }, log);
+      expect(empty.resumed).toBeUndefined();
+      expect(lines).toEqual([`no checkpoint under ${dir} to resume from; starting a new run`]);
+      empty.store!.save(request(4, null)); // its state.config is { x: 1 }
+      empty.store!.release();
+      const fresh = openCheckpoints(dir, { resume: false, every: 0, keep: 2 }, {}, log);
+      expect(fresh.resumed).toBeUndefined();
+      fresh.store!.release();
+      expect(openCheckpoints(dir, { resume: true, every: 0, keep: 2 }, { x: 1 }, log).resumed?.state.nextStep).toBe(4);
+      // Same process: its own lock is taken again; another job is refused and the lock given back.
+      expect(() => openCheckpoints(dir, { resume: true, every: 0, keep: 2 }, { x: 2 }, log)).toThrow(
+        /was written for a different job \(x: 1 then, 2 now\)/,
+      );
+      expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
     }));
 });
