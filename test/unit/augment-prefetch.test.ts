@@ -6,6 +6,7 @@ import {
   type AugmentParams,
 } from '../../src/shared/data/augment.js';
 import { Prefetcher } from '../../src/shared/data/prefetch.js';
+import { Rng } from '../../src/shared/rng.js';
 
 const size = 8;
 const image = Float32Array.from({ length: size * size * 3 }, (_, i) => ((i * 37) % 101) / 101);
@@ -93,6 +94,16 @@ describe('augmentation', () => {
       px(zoomed, x, y).forEach((v, ch) => expect(v, `(${x}, ${y})`).toBeCloseTo(at(x, (y - c) / 2 + c)[ch], 6));
   });
 
+  it('zooms x by its own factor too (magnified 2x: the source is (x - c) / 2 + c)', () => {
+    const zoomed = applyAugmentation(image, size, { ...none, zx: 2, zy: 1 });
+    for (const [x, y] of [
+      [0, 3],
+      [6, 1],
+      [7, 7],
+    ])
+      px(zoomed, x, y).forEach((v, ch) => expect(v, `(${x}, ${y})`).toBeCloseTo(at((x - c) / 2 + c, y)[ch], 6));
+  });
+
   it('shears: output (x, y) samples x + sin(s) (y - c) / cos(s) and (y - c) / cos(s) + c', () => {
     const s = (20 * Math.PI) / 180;
     const sheared = applyAugmentation(image, size, { ...none, shear: s });
@@ -114,13 +125,83 @@ describe('augmentation', () => {
 
   it('flips horizontally, scales brightness with clamping, rotates about the centre', () => {
     const flipped = applyAugmentation(image, size, { ...none, flip: true });
-    expect(px(flipped, 0, 3)).toEqual(px(image, 7, 3));
+    for (let y = 0; y < size; y++)
+      for (let x = 0; x < size; x++) expect(px(flipped, x, y)).toEqual(px(image, 7 - x, y));
     const bright = applyAugmentation(image, size, { ...none, brightness: 2 });
     expect(px(bright, 2, 2)).toEqual(px(image, 2, 2).map((v) => Math.min(1, v * 2)));
     const quarter = applyAugmentation(image, size, { ...none, angle: Math.PI / 2 });
     // Rotating twice by 90 degrees equals a 180-degree rotation: pixel (x, y) comes from (7-x, 7-y).
     const half = applyAugmentation(quarter, size, { ...none, angle: Math.PI / 2 });
     px(half, 1, 2).forEach((v, c) => expect(v).toBeCloseTo(px(image, 6, 5)[c], 5));
+  });
+});
+
+describe('augmentation settings and draws', () => {
+  it('defaults to the reference settings, and refuses values outside each range by name', () => {
+    expect(AugmentConfigSchema.parse({})).toEqual({
+      enabled: true,
+      rotationDegrees: 30,
+      shift: 0.1,
+      brightness: [0.5, 1.5],
+      shearDegrees: 0.1,
+      zoom: 0.1,
+      horizontalFlip: true,
+    });
+    const edges = { rotationDegrees: 180, shift: 0.5, shearDegrees: 45, zoom: 0.9, brightness: [0, 0] };
+    expect(AugmentConfigSchema.parse(edges)).toMatchObject(edges);
+    for (const [key, bad] of [
+      ['rotationDegrees', 181],
+      ['rotationDegrees', -1],
+      ['shift', 0.51],
+      ['shift', -0.1],
+      ['shearDegrees', 46],
+      ['shearDegrees', -1],
+      ['zoom', 0.95],
+      ['zoom', -0.1],
+      ['brightness', [-0.1, 1]],
+      ['brightness', [0.5, -1]],
+    ] as const) {
+      const r = AugmentConfigSchema.safeParse({ [key]: bad });
+      expect(r.success, `${key} ${JSON.stringify(bad)}`).toBe(false);
+      expect(r.error?.issues[0]?.path[0]).toBe(key);
+    }
+  });
+
+  it('draws in a fixed order from the sample key: angle, shifts, shear, zooms (1 + a draw), brightness, flip', () => {
+    const cfg = AugmentConfigSchema.parse({ rotationDegrees: 20, shift: 0.2, shearDegrees: 10, zoom: 0.3 });
+    const deg = Math.PI / 180;
+    for (let sample = 0; sample < 40; sample++) {
+      const key = { seed: 7, epoch: 1, step: 2, worker: 3, sample };
+      const rng = Rng.from(7, 0xa06, 1, 2, 3, sample);
+      const want = {
+        angle: rng.uniform(-20, 20) * deg,
+        tx: rng.uniform(-0.2, 0.2),
+        ty: rng.uniform(-0.2, 0.2),
+        shear: rng.uniform(-10, 10) * deg,
+        zx: 1 + rng.uniform(-0.3, 0.3),
+        zy: 1 + rng.uniform(-0.3, 0.3),
+        brightness: rng.uniform(0.5, 1.5),
+        flip: rng.next() < 0.5,
+      };
+      expect(augmentParams(cfg, key), `sample ${sample}`).toEqual(want);
+    }
+    // A fixed brightness draws nothing: the flip takes the draw brightness would have.
+    const fixed = AugmentConfigSchema.parse({ brightness: [0.8, 0.8] });
+    const flips = { on: 0, off: 0 };
+    for (let sample = 0; sample < 200; sample++) {
+      const rng = Rng.from(7, 0xa06, 0, 0, 0, sample);
+      for (let i = 0; i < 6; i++) rng.next();
+      const p = augmentParams(fixed, { seed: 7, epoch: 0, step: 0, worker: 0, sample });
+      expect(p.brightness).toBe(0.8);
+      expect(p.flip, `sample ${sample}`).toBe(rng.next() < 0.5);
+      flips[p.flip ? 'on' : 'off']++;
+    }
+    // About half are flipped; none when flipping is off.
+    expect(flips.on).toBeGreaterThan(60);
+    expect(flips.off).toBeGreaterThan(60);
+    const noFlip = AugmentConfigSchema.parse({ horizontalFlip: false });
+    for (let sample = 0; sample < 50; sample++)
+      expect(augmentParams(noFlip, { seed: 7, epoch: 0, step: 0, worker: 0, sample }).flip).toBe(false);
   });
 });
 
