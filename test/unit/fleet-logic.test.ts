@@ -416,6 +416,45 @@ describe('fleet coordinator (no transport)', () => {
     c.close();
   });
 
+  it('the norm guard judges nothing below five norms, counts no zero gradient, is off at ratio 0, and forgets all but the last 50', async () => {
+    const guarded = (ratio: number) => {
+      const c = make({ maxGradientNormRatio: ratio });
+      return { c, a: c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member.id };
+    };
+    // Four norms known: an outlier still passes.
+    let { c, a } = guarded(10);
+    for (let step = 0; step < 4; step++) await stepWith(c, a, step, [3, 4]);
+    await stepWith(c, a, 4, [3000, 4000]);
+    expect(c.lost).toEqual([]);
+    c.close();
+    // Zero gradients (no active triplet) say nothing of the scale: five of them and one real norm
+    // leave one norm known, so the next one is not judged against a median of zero.
+    ({ c, a } = guarded(10));
+    for (let step = 0; step < 5; step++) await stepWith(c, a, step, [0, 0]);
+    for (let step = 5; step < 9; step++) await stepWith(c, a, step, [3, 4]);
+    expect(c.lost).toEqual([]);
+    c.close();
+    // Ratio 0: the guard is off, whatever the history.
+    ({ c, a } = guarded(0));
+    for (let step = 0; step < 6; step++) await stepWith(c, a, step, [3, 4]);
+    await stepWith(c, a, 6, [3e6, 4e6]);
+    expect(c.lost).toEqual([]);
+    c.close();
+    // The median is of the last 50 accepted norms: 40 of 500, then 30 of 5 leave 20 x 500 and
+    // 30 x 5 in the window (median 5), so 60 is refused; over all 70 the median would be 500.
+    ({ c, a } = guarded(10));
+    for (let step = 0; step < 40; step++) await stepWith(c, a, step, [300, 400]);
+    for (let step = 40; step < 70; step++) await stepWith(c, a, step, [3, 4]);
+    const work = new StepWork<TrainResult>('train', 70, 0, planShards(batch, 2));
+    c.execute(work).catch(() => undefined);
+    const next = await c.nextStep(a, { ...run, step: 70 });
+    if (next.action !== 'train') throw new Error('expected an assignment');
+    expect(() =>
+      c.acceptTrain(a, next.run, [0, 1], 0, { ...result(), grads: new Map([['g', Float32Array.of(36, 48)]]) }),
+    ).toThrow(/gradient norm 60\.00 is more than 10 times the recent median 5\.000/);
+    c.close();
+  });
+
   it('removes a worker that keeps beating but returns no result within --step-timeout (stalled)', async () => {
     const lost: string[] = [];
     const c = make({
@@ -457,6 +496,69 @@ describe('fleet coordinator (no transport)', () => {
     const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member;
     const [ta, tb] = [await c.nextStep(a.id, run), await c.nextStep(b.id, run)];
     expect([ta, tb].map((x) => (x.action === 'train' ? x.shards.map((sh) => sh.index) : x.action))).toEqual([[0], [1]]);
+    c.close();
+  });
+
+  it('says it is paused below --min-workers when the count changes and every 10 s, at info before the run has lost anyone, and when it resumes', async () => {
+    let t = 0;
+    let clockReads = 0;
+    const now = () => (clockReads++, t);
+    const logged: { level: number; msg: string; pausedSeconds?: number; workers?: number }[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => logged.push(JSON.parse(l)) });
+    const c = new FleetCoordinator(
+      {
+        runId: 'r1',
+        minWorkers: 2,
+        maxWorkers: 4,
+        heartbeatIntervalMs: 50,
+        heartbeatTimeoutMs: 60_000,
+        assignmentTimeoutMs: 60_000,
+        longPollMs: 100,
+        gradientDtype: 'float32',
+        configJson: '{}',
+        now,
+      },
+      weights,
+      log,
+    );
+    const pauses = () => logged.filter((l) => /^(paused|resumed)/.test(l.msg));
+    /** Lets the execute loop go round once more (it reads the clock each time it looks at the fleet). */
+    const aRound = async () => {
+      const before = clockReads;
+      const until = Date.now() + 5000;
+      while (clockReads === before && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      expect(clockReads, 'the execute loop did not go round within 5 s').toBeGreaterThan(before);
+    };
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
+    c.execute(new StepWork<TrainResult>('train', 0, 0, planShards(batch, 2))).catch(() => undefined);
+    await aRound();
+    expect(pauses()).toEqual([
+      expect.objectContaining({
+        level: 30,
+        msg: 'paused at step 0: 1 of --min-workers 2 workers present; waiting for workers to join',
+        pausedSeconds: 0,
+      }),
+    ]);
+    t = 9_999;
+    await aRound(); // the count is the same and 10 s have not passed: nothing new
+    expect(pauses()).toHaveLength(1);
+    t = 10_000;
+    await aRound();
+    expect(pauses()).toHaveLength(2);
+    expect(pauses()[1]).toMatchObject({ pausedSeconds: 10, workers: 1 });
+    t = 12_500;
+    c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' });
+    await aRound();
+    expect(pauses()[2]).toMatchObject({ level: 30, msg: 'resumed with 2 workers', pausedSeconds: 12.5, workers: 2 });
+    // A worker lost mid-run: the next pause is a warning, counted afresh from when it began.
+    c.leave(a.id, { runId: 'r1', round: c.membership.round, step: 0 }, 'going', false);
+    t = 20_000;
+    await aRound();
+    expect(pauses()[3]).toMatchObject({
+      level: 40,
+      msg: 'paused at step 0: 1 of --min-workers 2 workers present; waiting for workers to join',
+      pausedSeconds: 0,
+    });
     c.close();
   });
 
