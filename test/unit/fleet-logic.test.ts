@@ -562,6 +562,152 @@ describe('fleet coordinator (no transport)', () => {
     c.close();
   });
 
+  describe('ring planning (--exchange)', () => {
+    const join = (c: FleetCoordinator, name: string, peer = true) =>
+      c.register({ workerName: name, engine: 'cpu', device: 'cpu', runId: '', peerAddress: peer ? `${name}:7071` : '' })
+        .member.id;
+    /** Every member's answer for a train step of `shards` shards, in join order. */
+    async function answers(c: FleetCoordinator, ids: string[], shards: number, kind: 'train' | 'embed' = 'train') {
+      c.execute(new StepWork<TrainResult>(kind, 0, 0, planShards(batch, shards))).catch(() => undefined);
+      const out = [];
+      for (const id of ids) {
+        const a = await c.nextStep(id, { ...run, round: c.membership.round });
+        if (a.action !== kind) throw new Error(`expected ${kind}, got ${a.action}`);
+        out.push(a);
+      }
+      return out;
+    }
+
+    it('auto: a ring from 3 members with peer addresses, in name order (then id), each told its place', async () => {
+      const c = make({ exchange: 'auto' });
+      const ids = ['c', 'a', 'b'].map((n) => join(c, n));
+      const got = await answers(c, ids, 3);
+      const [a, b, cc] = [ids[1], ids[2], ids[0]];
+      expect(got.map((x) => x.assignment.units)).toEqual([[2], [0], [1]]); // planned a, b, c
+      for (const x of got) {
+        expect(x.ring?.members.map((m) => m.id)).toEqual([a, b, cc]);
+        expect(x.ring?.members.map((m) => m.peerAddress)).toEqual(['a:7071', 'b:7071', 'c:7071']);
+        expect(x.ring?.length).toBe(2 + 6); // the gradient, no statistics, the six scalars
+        expect(x.ring?.weightsLength).toBe(2);
+      }
+      expect(got.map((x) => x.ring?.position)).toEqual([2, 0, 1]);
+      c.close();
+      // Same names: the member id decides.
+      const twins = make({ exchange: 'ring' });
+      const [x1, x2] = [join(twins, 'x'), join(twins, 'x')];
+      const pair = await answers(twins, [x2, x1], 2);
+      expect(pair[0].ring?.members.map((m) => m.id)).toEqual([x1, x2].sort());
+      twins.close();
+    });
+
+    it('no ring: auto with 2 members, a member without a peer address, central, or embedding work', async () => {
+      for (const [exchange, names, peers, kind] of [
+        ['auto', ['a', 'b'], [true, true], 'train'],
+        ['ring', ['a', 'b', 'c'], [true, false, true], 'train'],
+        ['central', ['c', 'a', 'b'], [true, true, true], 'train'],
+        ['ring', ['a', 'b'], [true, true], 'embed'],
+      ] as const) {
+        const c = make({ exchange, embeddingDim: 4 });
+        const ids = names.map((n, i) => join(c, n, peers[i]));
+        const got = await answers(c, ids, names.length, kind);
+        expect(
+          got.map((x) => x.ring),
+          `${exchange} ${names} ${kind}`,
+        ).toEqual(names.map(() => undefined));
+        // Central plans in join order.
+        if (exchange === 'central') expect(got.map((x) => x.assignment.units)).toEqual([[0], [1], [2]]);
+        c.close();
+      }
+      const two = make({ exchange: 'ring' });
+      const pair = await answers(two, [join(two, 'a'), join(two, 'b')], 2);
+      expect(pair.map((x) => x.ring?.position)).toEqual([0, 1]);
+      two.close();
+    });
+
+    it("a member's word on a ring peer: bad data refuses the peer's work, unreachable loses it; outside the ring, nothing", async () => {
+      const rejected: string[] = [];
+      const c = make({ exchange: 'ring', listener: { rejected: (m, kind) => rejected.push(`${m.name} ${kind}`) } });
+      const ids = ['a', 'b', 'c'].map((n) => join(c, n));
+      await answers(c, ids, 3);
+      const outsider = join(c, 'd'); // joined after the ring was planned
+      const ref = { ...run, round: c.membership.round };
+      c.reportPeer(outsider, ref, ids[0], 'odd', true);
+      c.reportPeer(ids[0], ref, outsider, 'odd', true);
+      expect(c.lost).toEqual([]);
+      c.reportPeer(ids[0], ref, ids[1], 'NaN in hop 2', true);
+      expect(rejected).toEqual(['b malformed']);
+      expect(c.lost).toEqual([
+        expect.objectContaining({
+          id: ids[1],
+          reason: 'sent an unusable result: sent bad ring data (' + ids[0] + ' (a): NaN in hop 2)',
+        }),
+      ]);
+      c.close();
+      const d = make({ exchange: 'ring' });
+      const dIds = ['a', 'b', 'c'].map((n) => join(d, n));
+      await answers(d, dIds, 3);
+      d.reportPeer(dIds[2], { ...run, round: d.membership.round }, dIds[0], 'connection refused', false);
+      expect(d.lost).toEqual([
+        expect.objectContaining({
+          id: dIds[0],
+          reason: 'unreachable from its ring neighbour (' + dIds[2] + ' (c): connection refused)',
+        }),
+      ]);
+      d.close();
+    });
+  });
+
+  it('names the images of embedding units only while embedding', async () => {
+    const c = make({ embeddingDim: 4 });
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    expect(c.embedImagesOf([0])).toEqual([]);
+    const units = planShards(batch, 2);
+    c.execute(new StepWork<TrainResult>('embed', 0, 0, units)).catch(() => undefined);
+    await c.nextStep(a, run);
+    expect(c.embedImagesOf([1, 0])).toEqual([...units[1].imageIds, ...units[0].imageIds]);
+    expect(c.embedImagesOf([7])).toEqual([]);
+    c.close();
+  });
+
+  it('finish tells each member once it asks, and waits for the others only until its deadline', async () => {
+    const c = make();
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    let done = false;
+    const finishing = c.finish(60_000).then(() => (done = true));
+    expect((await c.nextStep(a, run)).action).toBe('finish');
+    expect(c.heartbeat(b, run).stop).toBe(true);
+    await finishing; // both told: long before the deadline
+    expect(done).toBe(true);
+    const d = make();
+    d.register({ workerName: 'silent', engine: 'cpu', device: 'cpu', runId: '' });
+    const t0 = Date.now();
+    await d.finish(300);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    d.close();
+    c.close();
+  });
+
+  it('a worker that leaves because it cannot compute its shards: its shards are refused against it; the last one stops the run', async () => {
+    const c = make();
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    const executing = c.execute(new StepWork<TrainResult>('train', 0, 0, planShards(batch, 2)));
+    await c.nextStep(a, run);
+    c.leave(a, run, '', true);
+    await expect(executing).rejects.toThrow(/^step 0: shard 0 could not be computed/);
+    expect(c.lost).toEqual([
+      expect.objectContaining({ id: a, reason: 'could not compute its shards: no reason given' }),
+    ]);
+    c.close();
+    // Not failed: an ordinary leave, and a leave of someone not a member is ignored.
+    const d = make();
+    const x = d.register({ workerName: 'x', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    d.leave('w9-nobody', run, 'bye');
+    d.leave(x, run, '');
+    expect(d.lost).toEqual([expect.objectContaining({ id: x, reason: 'left: no reason given' })]);
+    d.close();
+  });
+
   it('refuses a worker of another run and messages without a run', () => {
     const c = make();
     expect(() => c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: 'r2' })).toThrow(
