@@ -568,7 +568,8 @@ describe('fleet coordinator (no transport)', () => {
         .member.id;
     /** Every member's answer for a train step of `shards` shards, in join order. */
     async function answers(c: FleetCoordinator, ids: string[], shards: number, kind: 'train' | 'embed' = 'train') {
-      c.execute(new StepWork<TrainResult>(kind, 0, 0, planShards(batch, shards))).catch(() => undefined);
+      // Step 1: no step before it was recomputed central, whatever the coordinator starts with.
+      c.execute(new StepWork<TrainResult>(kind, 1, 0, planShards(batch, shards))).catch(() => undefined);
       const out = [];
       for (const id of ids) {
         const a = await c.nextStep(id, { ...run, round: c.membership.round });
@@ -655,6 +656,51 @@ describe('fleet coordinator (no transport)', () => {
       ]);
       d.close();
     });
+  });
+
+  it('cuts what a worker says of itself to size, hands out slices from offset 0, and refuses fractional ones', () => {
+    const c = make();
+    const { member } = c.register({
+      workerName: 'n'.repeat(200),
+      engine: 'e'.repeat(100),
+      device: 'd'.repeat(400),
+      runId: '',
+      peerAddress: 'p'.repeat(400),
+    });
+    expect([member.name.length, member.engine.length, member.device.length, member.peerAddress?.length]).toEqual([
+      128, 64, 256, 300,
+    ]);
+    const r = { ...run, runId: 'r1' };
+    expect(c.weightSlice(member.id, r, 0, 2).values).toHaveLength(2);
+    for (const [offset, length] of [
+      [0.5, 1],
+      [0, 1.5],
+      [Number.NaN, 1],
+      [0, 2 ** 60],
+    ])
+      expect(() => c.weightSlice(member.id, r, offset, length), `${offset} ${length}`).toThrow(
+        /is outside the 2 weights/,
+      );
+    c.close();
+  });
+
+  it('a long poll of a member removed meanwhile ends NOT_FOUND; a result for the other kind of work is stale', async () => {
+    const c = make({ longPollMs: 5000 });
+    const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    const polling = c.nextStep(a, run);
+    c.leave(a, run, 'gone away');
+    await expect(polling).rejects.toMatchObject({
+      code: 'not-member',
+      message: `worker ${a} is not a member of run r1 (removed: left: gone away); register again`,
+    });
+    const b = c.register({ workerName: 'b', engine: 'cpu', device: 'cpu', runId: '' }).member.id;
+    c.execute(new StepWork<TrainResult>('train', 3, 0, planShards(batch, 1))).catch(() => undefined);
+    const next = await c.nextStep(b, run);
+    if (next.action !== 'train') throw new Error('expected an assignment');
+    expect(() => c.acceptEmbeddings(b, next.run, [0], 0, { values: new Float32Array(0), dim: 4 } as never)).toThrow(
+      'no embed work is open (the run is at step 3)',
+    );
+    c.close();
   });
 
   it('names the images of embedding units only while embedding', async () => {
