@@ -930,6 +930,26 @@ describe('fleet coordinator failure paths (no transport)', () => {
     c.close();
   });
 
+  it('counts a gap between sweeps as its own stall from just over half a heartbeat timeout (1000 ms here)', () => {
+    for (const [gap, stalled] of [
+      [500, false],
+      [501, true],
+      [1500, true],
+    ] as const) {
+      let clock = 0;
+      const c = make(() => clock);
+      c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }); // last seen at 0
+      (c as unknown as { lastSweep: number }).lastSweep = 1600 - gap;
+      clock = 1600; // silent for 1.6 s, past the 1 s timeout
+      (c as unknown as { sweep(): void }).sweep();
+      expect(
+        c.lost.map((l) => l.name),
+        `gap ${gap}`,
+      ).toEqual(stalled ? [] : ['a']);
+      c.close();
+    }
+  });
+
   it('refuses registrations once the run is over, and long polls while stopping', async () => {
     const c = make();
     const a = c.register({ workerName: 'a', engine: 'cpu', device: 'cpu', runId: '' }).member;
