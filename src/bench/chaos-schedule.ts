@@ -105,7 +105,10 @@ export function planSchedule(seed: number, o: ScheduleOptions): Schedule {
               ? holdMs
               : kind === 'disk-full'
                 ? 4 * o.stepMs + holdMs
-                : 0; // a coordinator restart stops the run meanwhile and replays from its checkpoint
+                : // A coordinator restart stops the run meanwhile and replays from its checkpoint; its
+                  // workers find the new one after their backoff (at most 5 s a try), and the run
+                  // must not complete before they have.
+                  holdMs + startMs + 5000;
     const atStep = cursor + rng.int(3);
     cursor = atStep + 1 + Math.ceil(expectedMs / o.stepMs);
     return { kind, atStep, phaseMs: Math.round(rng.uniform(0, o.stepMs)), worker, holdMs };
