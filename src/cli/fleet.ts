@@ -182,15 +182,10 @@ function securityFrom(o: Record<string, any>): FleetSecurity {
 /**
  * Fault injection for tests of real processes (never set in production): TRICAPS_TEST_RING_POISON
  * (nan | shape) corrupts this worker's first ring hop; TRICAPS_TEST_RING_HOLD_MS holds its ring after
- * the first hop, so a test can kill a member while a reduction is in flight. TRICAPS_TEST_BLOCK_MAIN_MS
- * (read where the worker is built) holds the worker's main thread that long after each compute.
+ * the first hop, so a test can kill a member while a reduction is in flight. Read where the worker is
+ * built: TRICAPS_TEST_BLOCK_MAIN_MS holds the worker's main thread that long after each compute, and
+ * TRICAPS_TEST_SCALE_GRADIENT (below).
  */
-/** TRICAPS_TEST_SCALE_GRADIENT=STEP:FACTOR multiplies this worker's first gradient of STEP or later by FACTOR. */
-function scaleOneGradientFromEnv(): { fromStep: number; factor: number } | undefined {
-  const m = /^(\d+):([\d.e+-]+)$/.exec(process.env.TRICAPS_TEST_SCALE_GRADIENT ?? '');
-  return m ? { fromStep: Number(m[1]), factor: Number(m[2]) } : undefined;
-}
-
 function ringFaultsFromEnv(): { poison?: 'nan' | 'shape'; holdAfterFirstHopMs?: number } | undefined {
   const poison = process.env.TRICAPS_TEST_RING_POISON;
   const hold = Number(process.env.TRICAPS_TEST_RING_HOLD_MS ?? 0);
@@ -199,4 +194,10 @@ function ringFaultsFromEnv(): { poison?: 'nan' | 'shape'; holdAfterFirstHopMs?: 
     poison: poison === 'nan' || poison === 'shape' ? poison : undefined,
     holdAfterFirstHopMs: hold > 0 ? hold : undefined,
   };
+}
+
+/** TRICAPS_TEST_SCALE_GRADIENT=STEP:FACTOR multiplies this worker's first gradient of STEP or later by FACTOR. */
+function scaleOneGradientFromEnv(): { fromStep: number; factor: number } | undefined {
+  const m = /^(\d+):([\d.e+-]+)$/.exec(process.env.TRICAPS_TEST_SCALE_GRADIENT ?? '');
+  return m ? { fromStep: Number(m[1]), factor: Number(m[2]) } : undefined;
 }

@@ -132,6 +132,11 @@ export class Backoff {
 }
 
 /** Waits ms, or less if the signal fires (a stop does not wait out a backoff or a simulated compute). */
+/** Holds this thread for ms, synchronously (test hooks that stand for a long synchronous compute or load). */
+export function holdThread(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
@@ -246,8 +251,10 @@ export class FleetClient {
     );
   }
 
-  /** Downloads the current weights; every tensor is checked against the shape the model expects. */
-  /** The current weights, every tensor whole (decoded into `into`'s arrays where given). */
+  /**
+   * Downloads the current weights, every tensor whole and checked against the shape the model
+   * expects (decoded into `into`'s arrays where given).
+   */
   fetchWeights(
     run: RunRef,
     workerId: string,

@@ -4,7 +4,7 @@
 // the coordinator says stop or no longer knows the worker.
 import { parentPort, workerData } from 'node:worker_threads';
 import type { RunRef } from '../shared/gen/tricaps/v1/fleet.js';
-import { callFailure, FleetClient } from './fleet-client.js';
+import { callFailure, FleetClient, holdThread } from './fleet-client.js';
 import type { FleetSecurity } from '../shared/fleet-security.js';
 
 /** What the thread is started with: where to beat, before there is anyone to beat for. */
@@ -35,7 +35,7 @@ export type HeartbeatEvent =
 const connection = workerData as HeartbeatConnection;
 // Test hook (never set in production): a thread that takes this long to load, as on a busy machine.
 const slowLoadMs = Number(process.env.TRICAPS_TEST_HEARTBEAT_LOAD_MS ?? 0);
-if (slowLoadMs > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, slowLoadMs);
+if (slowLoadMs > 0) holdThread(slowLoadMs);
 const client = new FleetClient(connection.address, connection.security);
 let setup: HeartbeatStart | undefined;
 let last = '';

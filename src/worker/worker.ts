@@ -28,7 +28,7 @@ import type { Logger } from '../shared/log.js';
 import { buildArchitecture } from '../shared/model/architecture.js';
 import { createModelState, tensorFromHost, type ModelState } from '../shared/model/params.js';
 import { UsageError } from '../shared/errors.js';
-import { abortableSleep, Backoff, callFailure, FleetClient, retrying } from './fleet-client.js';
+import { abortableSleep, Backoff, callFailure, FleetClient, holdThread, retrying } from './fleet-client.js';
 import type { HeartbeatConnection, HeartbeatEvent, HeartbeatStart } from './heartbeat-thread.js';
 import { computeShardsGradient, type ShardsGradient } from '../shared/train/shard-gradients.js';
 import { countExchange, type WorkerMetrics } from '../shared/metrics.js';
@@ -131,6 +131,7 @@ export class FleetWorker {
     private readonly metrics?: WorkerMetrics,
   ) {
     this.client = new FleetClient(opts.coordinator, opts.security);
+    this.scaleOneGradient = opts.scaleOneGradient;
     this.peers = new PeerClients(opts.security, this.client.exchange);
     if (metrics) countExchange(metrics.exchangeBytes, this.client.exchange);
     const where = opts.coordinator;
@@ -203,8 +204,11 @@ export class FleetWorker {
       ring.abort.abort(new Error(`round ${round} began and the ring was re-planned`));
   }
 
+  /** Test hook (WorkerOptions.scaleOneGradient), spent by the one gradient it scales. */
+  private scaleOneGradient: WorkerOptions['scaleOneGradient'];
+
   /** A heartbeat thread started ahead of the registration that will use it. */
-  private warmHeartbeat: { thread: Thread; failure: Promise<Error>; ready: Promise<boolean> } | undefined;
+  private warmHeartbeat: { thread: Thread; failure: Promise<Error>; ready: Promise<void> } | undefined;
 
   private startHeartbeatThread(): void {
     if (this.warmHeartbeat) return;
@@ -213,9 +217,10 @@ export class FleetWorker {
     });
     // An error before or after the thread is handed to a session is that session's to report.
     const failure = new Promise<Error>((resolve) => thread.once('error', resolve));
-    const ready = new Promise<boolean>((resolve) => {
-      thread.on('message', (e: HeartbeatEvent) => e.type === 'ready' && resolve(true));
-      void failure.then(() => resolve(false));
+    // A thread that fails never gets ready: the registration need not wait for it.
+    const ready = new Promise<void>((resolve) => {
+      thread.on('message', (e: HeartbeatEvent) => e.type === 'ready' && resolve());
+      void failure.then(() => resolve());
     });
     thread.unref();
     this.warmHeartbeat = { thread, failure, ready };
@@ -237,9 +242,8 @@ export class FleetWorker {
       );
   }
 
-  /** The warm thread for a new membership (register() starts the next one's). */
+  /** The warm thread register() started, for the membership it got (the next register() starts another). */
   private takeHeartbeatThread(): { thread: Thread; failure: Promise<Error> } {
-    this.startHeartbeatThread();
     const taken = this.warmHeartbeat!;
     this.warmHeartbeat = undefined;
     return taken;
@@ -501,10 +505,10 @@ export class FleetWorker {
       return;
     }
     const g = await this.computeTrain(s, next, loaded);
-    const scale = this.opts.scaleOneGradient;
+    const scale = this.scaleOneGradient;
     if (scale && run.step >= scale.fromStep) {
       for (const values of g.grads.values()) for (let i = 0; i < values.length; i++) values[i] *= scale.factor;
-      this.opts.scaleOneGradient = undefined;
+      this.scaleOneGradient = undefined;
     }
     const tensors: [string, Float32Array, number[]][] = [];
     for (const [name, values] of g.grads) tensors.push([name, values, loaded.shapes.get(name)!]);
@@ -564,7 +568,7 @@ export class FleetWorker {
         );
     if (this.opts.blockMainThreadMs) {
       const t0 = performance.now();
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, this.opts.blockMainThreadMs);
+      holdThread(this.opts.blockMainThreadMs);
       g.computeSeconds += (performance.now() - t0) / 1000;
     }
     const padMs = (this.opts.simulateComputeMs ?? 0) - (g.dataSeconds + g.computeSeconds) * 1000;

@@ -28,7 +28,6 @@ describe('run control', () => {
 
   it('SIGTERM (interrupt) ends a pause without turning into a stop command', async () => {
     const c = new RunControl();
-    const replies: ControlReply[] = [];
     const pauseReply = new Promise<ControlReply>((resolve) => c.submit('pause', '', resolve));
     let returned = false;
     const boundary = c.atStepBoundary(3, async () => 'x').then(() => (returned = true));
