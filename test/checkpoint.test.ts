@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Fleet, FleetProcess, listeningAddress, TINY, type LogLine } from './fleet-harness.js';
+import { mountSmallDisk } from './helpers.js';
 
 const fleet = new Fleet();
 const dirs: string[] = [];
@@ -109,17 +110,8 @@ describe('checkpoints (real processes)', () => {
 describe('checkpoint faults (real processes)', () => {
   it('a full disk: the periodic checkpoint fails clearly, training goes on, no partial folder stays, workers are not told the run is over', async (ctx) => {
     const dir = tempDir();
-    const { execFileSync } = await import('node:child_process');
-    try {
-      // A 3 MB disk: one checkpoint of this model (1.8 MB) fits, the second does not.
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', dir], { stdio: 'ignore' });
-    } catch (err) {
-      // Mounting a small disk needs root (CI and our machines have it).
-      const why = `skipped: cannot mount a 3 MB tmpfs (needs root): ${(err as Error).message.split('\n')[0]}`;
-      console.warn(`a full disk: ${why}`);
-      ctx.skip(why);
-      return;
-    }
+    // A 3 MB disk: one checkpoint of this model (1.8 MB) fits, the second does not.
+    const unmount = mountSmallDisk(dir, '3m', ctx);
     try {
       const coord = fleet.coordinator([
         ...TINY,
@@ -167,7 +159,7 @@ describe('checkpoint faults (real processes)', () => {
       expect(worker.raw.join('\n')).not.toMatch(/run is over|run .* complete/);
     } finally {
       await fleet.cleanup();
-      execFileSync('umount', [dir], { stdio: 'ignore' });
+      unmount();
     }
   });
 

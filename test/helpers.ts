@@ -1,4 +1,5 @@
-// Shared test helpers: backend switching and numeric comparison.
+// Shared test helpers: backend switching, numeric comparison, a small disk that fills up.
+import { execFileSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
@@ -97,4 +98,21 @@ export function expectTensorsClose(
     for (let i = 0; i < e.length; i++) diff = Math.max(diff, Math.abs(e[i] - a[i]));
     check(diff, tolerance, `${what} ${name}`);
   }
+}
+
+/**
+ * Mounts a tmpfs of `size` (mount's syntax: 64k, 3m) on `dir`: a disk that fills up. Returns its
+ * unmount, or skips the test naming why when it cannot be mounted (that needs root; CI and our
+ * machines have it).
+ */
+export function mountSmallDisk(dir: string, size: string, ctx: { skip: (note?: string) => void }): () => void {
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'ignore' });
+  } catch (err) {
+    const why = `skipped: cannot mount a ${size} tmpfs (needs root): ${(err as Error).message.split('\n')[0]}`;
+    console.warn(`a full disk: ${why}`);
+    ctx.skip(why);
+    throw err; // not reached: skip() throws
+  }
+  return () => execFileSync('umount', [dir], { stdio: 'ignore' });
 }

@@ -180,8 +180,8 @@ export function upload<Req extends { header?: H; chunk?: TensorChunk }, H>(
   let header: H | undefined;
   let reader: UploadReader | undefined;
   let answered = false;
+  // answer() clears this timer: when it fires, nothing has been answered.
   const timer = setTimeout(() => {
-    if (answered) return;
     answered = true;
     admitted.release();
     callback({ code: grpc.status.DEADLINE_EXCEEDED, details: `upload not finished within ${timeoutMs} ms; cut` });

@@ -11,6 +11,7 @@ import {
   truncateSync,
   writeFileSync,
 } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -32,11 +33,22 @@ import { OptimizerConfigSchema } from '../../src/shared/optimizer-config.js';
 import { modelConfig } from '../../src/shared/model/config.js';
 import { loadWeights, resolveCheckpoint, stepDirName, writeWeightsFiles } from '../../src/shared/checkpoint-format.js';
 import { isStepDirName } from '../../src/shared/paths.js';
-import { useBackend } from '../helpers.js';
+import { mountSmallDisk, useBackend } from '../helpers.js';
 import { tinyModel } from '../tiny-model.js';
 
 const lines: string[] = [];
-const log = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l).msg) });
+/** Whole log records (their fields are what a log search finds). */
+const records: Record<string, unknown>[] = [];
+const log = pino(
+  { level: 'info' },
+  {
+    write: (l: string) => {
+      const record = JSON.parse(l);
+      records.push(record);
+      lines.push(record.msg);
+    },
+  },
+);
 
 function request(nextStep: number, recall: number | null): SaveRequest {
   return {
@@ -80,11 +92,16 @@ describe('checkpoint store', () => {
       expect(back.state.nextStep).toBe(3);
       expect(Array.from(back.weights.values.get('w')!)).toEqual([3, 2]);
       expect(lines).toContain('latest names step-00000004, which does not exist; looking for an older checkpoint');
+      expect(records.at(-1)).toMatchObject({ checkpoint: join(root, 'step-00000004') });
       writeFileSync(join(root, 'step-00000003', 'manifest.json'), '{"format": "something else"}');
       expect(store.loadLatest()?.state.nextStep).toBe(2);
       expect(lines.at(-1)).toMatch(
         /skipping checkpoint step-00000003: manifest.json is not a tricaps checkpoint manifest/,
       );
+      expect(records.at(-1)).toMatchObject({
+        checkpoint: join(root, 'step-00000003'),
+        problem: 'manifest.json is not a tricaps checkpoint manifest',
+      });
       expect(existsSync(join(root, 'latest'))).toBe(true);
     } finally {
       rmSync(root, { recursive: true, force: true });
@@ -116,6 +133,118 @@ describe('checkpoint store', () => {
       expect(dir).toBe(join(root, 'step-00000010'));
       expect(existsSync(join(dir, 'manifest.json'))).toBe(true);
       expect(store.loadLatest()?.state.nextStep).toBe(10);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps the newest N by step number whatever order the folders were written in; a tie for the best keeps the first', () => {
+    const root = mkdtempSync(join(tmpdir(), 'tricaps-store-'));
+    try {
+      // Saved out of order (a resumed run, another run's folders): the numbers decide, not the
+      // directory listing's order.
+      const order = [7, 2, 9, 4, 1, 8, 3, 6, 5];
+      const store = new CheckpointStore(root, 3, log);
+      for (const step of order) store.save(request(step, null));
+      const steps = () =>
+        readdirSync(root)
+          .filter(isStepDirName)
+          .sort()
+          .map((d) => Number(d.slice(5)));
+      // After the last save (5): the three highest and the one just written.
+      expect(steps()).toEqual([5, 7, 8, 9]);
+      const tie = mkdtempSync(join(tmpdir(), 'tricaps-store-'));
+      try {
+        const keepOne = new CheckpointStore(tie, 1, log);
+        keepOne.save(request(1, 0.5));
+        keepOne.save(request(2, 0.5)); // as good, not better: step 1 stays the best
+        keepOne.save(request(3, 0.1));
+        expect(readdirSync(tie).filter(isStepDirName).sort()).toEqual(['step-00000001', 'step-00000003']);
+      } finally {
+        rmSync(tie, { recursive: true, force: true });
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('creates its root on the first save, overwrites a step saved again, and replaces its own stray temporary', () => {
+    const parent = mkdtempSync(join(tmpdir(), 'tricaps-store-'));
+    try {
+      const root = join(parent, 'not', 'yet');
+      const store = new CheckpointStore(root, 3, log);
+      lines.length = 0;
+      expect(store.loadLatest()).toBeUndefined(); // no root yet: nothing to resume, no error
+      expect(lines).toEqual([]);
+      const first = store.save(request(5, null));
+      expect(first.dir).toBe(join(root, 'step-00000005'));
+      // Its size is what the files hold, its duration a plausible number of seconds.
+      const files = readdirSync(first.dir).filter((f) => f !== 'manifest.json');
+      expect(first.bytes).toBe(files.reduce((n, f) => n + readFileSync(join(first.dir, f)).length, 0));
+      expect(first.seconds).toBeGreaterThanOrEqual(0);
+      expect(first.seconds).toBeLessThan(30);
+      // A temporary of this process left since the store opened (with files in it) is replaced.
+      const stray = join(root, `.step-00000005.tmp-${process.pid}`);
+      mkdirSync(stray);
+      writeFileSync(join(stray, 'stray.bin'), 'left over');
+      const again = { ...request(5, null), metrics: { loss: 0.25, recall_at_1: null } };
+      store.save(again); // the same step once more (a run resumed at a step it had saved)
+      expect(readdirSync(join(root, 'step-00000005'))).not.toContain('stray.bin');
+      expect(store.loadLatest()?.manifest.metrics['loss']).toBe(0.25);
+      expect(readdirSync(root).filter((n) => n.includes('.tmp-'))).toEqual([]);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
+  it('round-trips optimizer state of any shape, and refuses an optimizer.bin shorter than its description', () => {
+    const root = mkdtempSync(join(tmpdir(), 'tricaps-store-'));
+    try {
+      const store = new CheckpointStore(root, 3, log);
+      const shapes = [[1], [2, 3], [4], [0], [3]];
+      const values = shapes.map((shape, k) =>
+        Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, (_, i) => 10 * k + i + 0.5),
+      );
+      const names = shapes.map((_, k) => `m${k}`);
+      const { dir } = store.save({ ...request(1, null), optimizer: { names, shapes, values } });
+      const back = store.loadLatest()!;
+      expect(back.optimizer.names).toEqual(names);
+      expect(back.optimizer.shapes).toEqual(shapes);
+      expect(back.optimizer.values.map((v) => Array.from(v))).toEqual(values.map((v) => Array.from(v)));
+      // A checkpoint whose files match their manifest but whose optimizer.bin is too short for what
+      // optimizer.json describes (written by something else): refused, named.
+      const bin = readFileSync(join(dir, 'optimizer.bin'));
+      const short = bin.subarray(0, bin.length - 4);
+      writeFileSync(join(dir, 'optimizer.bin'), short);
+      const manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
+      manifest.files['optimizer.bin'] = {
+        bytes: short.length,
+        sha256: createHash('sha256').update(short).digest('hex'),
+      };
+      writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest));
+      expect(store.verify(dir)).toBeUndefined();
+      expect(() => store.loadLatest()).toThrow(`${dir}/optimizer.bin is shorter than optimizer.json describes`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a full disk: the save fails naming the device and the space it needs, and leaves no partial folder', async (ctx) => {
+    const root = mkdtempSync(join(tmpdir(), 'tricaps-full-'));
+    try {
+      const unmount = mountSmallDisk(root, '64k', ctx);
+      try {
+        const store = new CheckpointStore(root, 3, log);
+        const big = request(1, null);
+        big.weights.values.set('w', new Float32Array(100_000)); // 400 kB on a 64 kB disk
+        big.weights.shapes.set('w', [100_000]);
+        expect(() => store.save(big)).toThrow(
+          `cannot write checkpoint step-00000001 under ${root}: no space left on the device (a checkpoint needs about 0.4 MB free)`,
+        );
+        expect(readdirSync(root)).toEqual([]);
+      } finally {
+        unmount();
+      }
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
@@ -354,6 +483,7 @@ describe('checkpoint directory: lock, leftovers, verification, job', () => {
       lines.length = 0;
       const release = lockCheckpointDir(root, log);
       expect(lines).toEqual([`taking over ${join(root, LOCK_FILE)}: its owner (process ${gone}) is not running`]);
+      expect(records.at(-1)).toMatchObject({ lock: join(root, LOCK_FILE), owner: { pid: gone, host: hostname() } });
       expect(JSON.parse(readFileSync(join(root, LOCK_FILE), 'utf8'))).toMatchObject({
         pid: process.pid,
         host: hostname(),
@@ -366,10 +496,25 @@ describe('checkpoint directory: lock, leftovers, verification, job', () => {
       expect(existsSync(join(root, LOCK_FILE))).toBe(false);
       writeFileSync(join(root, LOCK_FILE), '{"pid": 12'); // half written
       const again = lockCheckpointDir(root, log);
-      // A release leaves a lock that is no longer ours alone, and runs once.
-      writeLock(root, { pid: 1, host: 'another-host' });
+      // A release leaves a lock that is no longer ours alone (same pid on another machine, another
+      // pid on this one), and runs once: a second call never removes a lock taken since.
+      writeLock(root, { pid: process.pid, host: 'another-host' });
       again();
       expect(existsSync(join(root, LOCK_FILE))).toBe(true);
+      rmSync(join(root, LOCK_FILE));
+      const third = lockCheckpointDir(root, log);
+      writeLock(root, { pid: 1, host: hostname() });
+      third();
+      expect(existsSync(join(root, LOCK_FILE))).toBe(true);
+      rmSync(join(root, LOCK_FILE));
+      const fourth = lockCheckpointDir(root, log);
+      fourth();
+      expect(existsSync(join(root, LOCK_FILE))).toBe(false);
+      const fifth = lockCheckpointDir(root, log);
+      fourth();
+      expect(existsSync(join(root, LOCK_FILE))).toBe(true);
+      fifth();
+      expect(existsSync(join(root, LOCK_FILE))).toBe(false);
     }));
 
   it('removes the unfinished saves of processes that are gone (and its own), never those of live ones', () =>
@@ -385,8 +530,13 @@ describe('checkpoint directory: lock, leftovers, verification, job', () => {
           `step-00000006.tmp-${gone}`, // not a temporary of ours: left alone
           `.step-0000007.tmp-${gone}`,
         ];
-        for (const n of names) mkdirSync(join(root, n));
+        // Each holds what a save had written before it died.
+        for (const n of names) {
+          mkdirSync(join(root, n));
+          writeFileSync(join(root, n, 'weights.bin'), 'partial');
+        }
         lines.length = 0;
+        records.length = 0;
         new CheckpointStore(root, 2, log);
         expect(readdirSync(root).sort()).toEqual(
           [`.step-00000005.tmp-${live.pid}`, `.step-0000007.tmp-${gone}`, `step-00000006.tmp-${gone}`].sort(),
@@ -397,6 +547,9 @@ describe('checkpoint directory: lock, leftovers, verification, job', () => {
             `removed ${join(root, `.latest.tmp-${gone}`)}: an unfinished checkpoint of process ${gone}, which is not running`,
             `removed ${join(root, `.step-00000004.tmp-${process.pid}`)}: an unfinished checkpoint of process ${process.pid}, which is not running`,
           ].sort(),
+        );
+        expect(records).toContainEqual(
+          expect.objectContaining({ removed: join(root, `.latest.tmp-${gone}`), pid: gone }),
         );
       } finally {
         live.kill('SIGKILL');
@@ -431,6 +584,11 @@ describe('checkpoint directory: lock, leftovers, verification, job', () => {
       lines.length = 0;
       expect(store.loadLatest()?.state.nextStep).toBe(2);
       expect(lines).toEqual([`${join(root, 'latest')} does not name a step directory; ignoring it`]);
+      expect(records.at(-1)).toMatchObject({ latest: '../../etc' });
+      // What it names is logged cut to size (a pointer file can hold anything).
+      writeFileSync(join(root, 'latest'), 'x'.repeat(5000));
+      expect(store.loadLatest()?.state.nextStep).toBe(2);
+      expect(records.at(-1)).toMatchObject({ latest: 'x'.repeat(200) });
       // A root that cannot hold folders (here: a file): the save fails, nothing is left behind.
       const blocked = join(root, 'a-file');
       writeFileSync(blocked, '');
@@ -469,6 +627,7 @@ describe('checkpoint directory: lock, leftovers, verification, job', () => {
       const empty = openCheckpoints(dir, { resume: true, every: 0, keep: 2 }, { config: 1 }, log);
       expect(empty.resumed).toBeUndefined();
       expect(lines).toEqual([`no checkpoint under ${dir} to resume from; starting a new run`]);
+      expect(records.at(-1)).toMatchObject({ checkpointDir: dir });
       empty.store!.save(request(4, null)); // its state.config is { x: 1 }
       empty.store!.release();
       const fresh = openCheckpoints(dir, { resume: false, every: 0, keep: 2 }, {}, log);

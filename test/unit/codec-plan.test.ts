@@ -113,6 +113,8 @@ describe('float16 rounding (IEEE 754 binary16, round to nearest even)', () => {
     expect(toHalf(65504)).toBe(0x7bff);
     expect(toHalf(65520)).toBe(0x7c00); // halfway to 2^16: the even neighbour is infinity
     expect(toHalf(neighbour(65520, -1))).toBe(0x7bff);
+    expect(toHalf(1e5)).toBe(0x7c00); // exponent 16: the first one past the largest half's
+    expect(toHalf(-70000)).toBe(0xfc00);
     expect(toHalf(1e30)).toBe(0x7c00);
     expect(toHalf(-1e30)).toBe(0xfc00);
     expect(toHalf(Infinity)).toBe(0x7c00);
@@ -133,26 +135,35 @@ describe('tensor codec edges', () => {
   const chunks = (dtype: 'float32' | 'float16' = 'float32') => encodeTensor('w', small, [3, 5], dtype, 16);
 
   it("the portable path (a big-endian host's) writes the same bytes and reads the same values", () => {
-    const host = (['float32', 'float16'] as const).map((d) => chunks(d));
-    useCodecPath('portable');
-    try {
-      for (const [i, dtype] of (['float32', 'float16'] as const).entries()) {
-        const portable = chunks(dtype);
-        expect(portable.map((c) => Array.from(c.data))).toEqual(host[i].map((c) => Array.from(c.data)));
-        expect(Array.from(decodeTensor(portable, spec, limits))).toEqual(
-          Array.from(decodeTensor(host[i], spec, limits)),
-        );
-      }
-      // Unaligned float16 bytes, and the limits, the same way.
-      const odd = chunks('float16').map((c) => {
+    // Every value of `small` is exact in float16 too: both dtypes must decode to it exactly.
+    const expected = Array.from(small);
+    const unaligned = (cs: ReturnType<typeof chunks>) =>
+      cs.map((c) => {
         const shifted = new Uint8Array(c.data.length + 1);
         shifted.set(c.data, 1);
         return { ...c, data: shifted.subarray(1) };
       });
-      expect(Array.from(decodeTensor(odd, spec, limits))).toEqual(Array.from(decodeTensor(host[1], spec, limits)));
+    const host = (['float32', 'float16'] as const).map((d) => chunks(d));
+    for (const cs of [...host, unaligned(host[1])])
+      expect(Array.from(decodeTensor(cs, spec, limits))).toEqual(expected);
+    // The host's float32 chunks can be views of the values; the portable path always writes its own.
+    const isView = () =>
+      encodeTensor('w', small, [3, 5], 'float32', 1 << 20, { copy: false })[0].data.buffer === small.buffer;
+    expect(isView()).toBe(true);
+    useCodecPath('portable');
+    try {
+      expect(isView()).toBe(false);
+      for (const [i, dtype] of (['float32', 'float16'] as const).entries()) {
+        const portable = chunks(dtype);
+        expect(portable.map((c) => Array.from(c.data))).toEqual(host[i].map((c) => Array.from(c.data)));
+        // Each path reads the other's chunks, unaligned bytes too.
+        for (const cs of [portable, host[i], unaligned(portable)])
+          expect(Array.from(decodeTensor(cs, spec, limits))).toEqual(expected);
+      }
     } finally {
       useCodecPath('host');
     }
+    expect(isView()).toBe(true);
   });
 
   it('takes exactly the chunk limit, and decodes into the array given when it fits', () => {
@@ -178,7 +189,21 @@ describe('tensor codec edges', () => {
         limits,
       ),
     ).toThrow(/shape \[3,6\] where \[3,5\] was expected/);
-    for (const change of [{ shape: [3, 6] }, { shape: [3, 5, 1] }, { chunkCount: 5 }, { dtype: 'float16' as const }])
+    // A shape that is a prefix of the expected one (all its dimensions agree, one is missing).
+    expect(() =>
+      decodeTensor(
+        c.map((x) => ({ ...x, shape: [3] })),
+        spec,
+        limits,
+      ),
+    ).toThrow(/shape \[3\] where \[3,5\] was expected/);
+    for (const change of [
+      { shape: [3, 6] },
+      { shape: [3, 5, 1] },
+      { shape: [3] },
+      { chunkCount: 5 },
+      { dtype: 'float16' as const },
+    ])
       expect(() => decodeTensor(with1(change), spec, limits), JSON.stringify(change)).toThrow(
         /chunk 1 disagrees with chunk 0 on dtype, shape or count/,
       );

@@ -27,8 +27,6 @@ import { buildArchitecture } from '../../src/shared/model/architecture.js';
 import { modelConfig } from '../../src/shared/model/config.js';
 import { createModelState } from '../../src/shared/model/params.js';
 import { relativeError, useBackend } from '../helpers.js';
-import { UploadReader } from '../../src/coordinator/fleet-service.js';
-import { WireDType } from '../../src/shared/gen/tricaps/v1/fleet.js';
 
 const silent = pino({ level: 'silent' });
 const items = new Map<number, number[]>(
@@ -963,77 +961,6 @@ describe('fleet coordinator failure paths (no transport)', () => {
     await expect(d.nextStep(m.id, run)).rejects.toThrow(/the coordinator is stopping/);
     expect((await c.nextStep(a.id, run)).action).toBe('finish');
     c.close();
-  });
-});
-
-describe('upload reader', () => {
-  const specs = new Map([['w', { name: 'w', shape: [4] }]]);
-  const reader = () => new UploadReader((name) => specs.get(name));
-  const chunk = (over: Partial<Parameters<UploadReader['add']>[0]> = {}) => ({
-    name: 'w',
-    dtype: WireDType.WIRE_D_TYPE_FLOAT32,
-    shape: [4],
-    chunkIndex: 0,
-    chunkCount: 1,
-    offset: 0,
-    data: Buffer.alloc(16),
-    ...over,
-  });
-
-  it.each<[string, Parameters<UploadReader['add']>[0][], RegExp]>([
-    ['an unexpected tensor', [chunk({ name: 'x' })], /tensor x: not expected in this upload/],
-    [
-      'a wrong shape, before buffering',
-      [chunk({ shape: [1_000_000_000] })],
-      /shape \[1000000000\] where \[4\] was expected/,
-    ],
-    ['an absurd chunk count', [chunk({ chunkCount: 1000 })], /1000 chunks announced for 4 values/],
-    [
-      'more bytes than the tensor holds',
-      [
-        chunk({ chunkCount: 2, data: Buffer.alloc(16) }),
-        chunk({ chunkCount: 2, chunkIndex: 1, data: Buffer.alloc(16) }),
-      ],
-      /more bytes than 4 values can take/,
-    ],
-    [
-      'interleaved tensors',
-      [chunk({ chunkCount: 2, data: Buffer.alloc(8) }), chunk({ name: 'v' })],
-      /chunk of v arrived before its 2 chunks were complete/,
-    ],
-    ['a tensor sent twice', [chunk(), chunk()], /tensor w: sent twice/],
-  ])('refuses %s', (_label, chunks, message) => {
-    const r = reader();
-    expect(() => chunks.forEach((c) => r.add(c))).toThrow(message);
-  });
-
-  it('accepts a complete upload and refuses an incomplete one', () => {
-    const r = reader();
-    r.add(chunk());
-    expect(r.finish(['w'], 1).get('w')).toEqual(new Float32Array(4));
-    const partial = reader();
-    partial.add(chunk({ chunkCount: 2, data: Buffer.alloc(8) }));
-    expect(() => partial.finish(['w'], 1)).toThrow(/1 of 2 chunks received/);
-    expect(() => reader().finish(['w'], 0)).toThrow(/missing tensors: w/);
-    expect(() => reader().finish(['w'], 3)).toThrow(/0 tensors received, the header announced 3/);
-  });
-
-  it('hands its arrays over once: finish gives them away, discard returns those of a failed upload', () => {
-    const specs2 = new Map([
-      ['w', { name: 'w', shape: [4] }],
-      ['v', { name: 'v', shape: [4] }],
-    ]);
-    const failed = new UploadReader((name) => specs2.get(name));
-    failed.add(chunk());
-    expect(() => failed.add(chunk({ name: 'x' }))).toThrow(/not expected/);
-    const left = failed.discard();
-    expect(left).toHaveLength(1);
-    expect(failed.discard()).toEqual([]); // never twice: a pool must not get the same array again
-    const done = new UploadReader((name) => specs2.get(name));
-    done.add(chunk());
-    done.add(chunk({ name: 'v' }));
-    expect(done.finish(['w', 'v'], 2).size).toBe(2);
-    expect(done.discard()).toEqual([]); // handed over: the new owner gives them back
   });
 });
 
