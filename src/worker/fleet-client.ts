@@ -131,12 +131,12 @@ export class Backoff {
   }
 }
 
-/** Waits ms, or less if the signal fires (a stop does not wait out a backoff or a simulated compute). */
 /** Holds this thread for ms, synchronously (test hooks that stand for a long synchronous compute or load). */
 export function holdThread(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
+/** Waits ms, or less if the signal fires (a stop does not wait out a backoff or a simulated compute). */
 export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();

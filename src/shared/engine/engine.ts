@@ -206,16 +206,14 @@ export async function selectEngine(
   }
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const passedOver: Engine['passedOver'] = [];
+  const reasons = () => passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ');
   for (const name of candidates) {
     const result = await probe(name, { auto: choice === 'auto' });
     if ('unavailable' in result) {
       passedOver.push({ engine: name, reason: result.unavailable });
       continue;
     }
-    const why =
-      choice === 'auto'
-        ? ` (auto${passedOver.length ? `; passed over ${passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ')}` : ''})`
-        : '';
+    const why = choice === 'auto' ? ` (auto${passedOver.length ? `; passed over ${reasons()}` : ''})` : '';
     return {
       name,
       device: result.device,
@@ -224,9 +222,8 @@ export async function selectEngine(
       message: `engine ${name} on ${result.device}${why}${result.note ? ` (${result.note})` : ''}`,
     };
   }
-  const why = passedOver.map((p) => `${p.engine}: ${p.reason}`).join('; ');
   throw new UsageError(
-    `engine "${choice}" is not available here: ${why}. Use --engine wasm (always available) or --engine auto.`,
+    `engine "${choice}" is not available here: ${reasons()}. Use --engine wasm (always available) or --engine auto.`,
   );
 }
 
