@@ -20,6 +20,10 @@ describe('gradients of the whole loss', () => {
     const batch = tinyBatch();
     const opts = { ...loss, conv: stockConv, seed: 4 };
     const evalLoss = async () => {
+      // The cpu engine's reads resolve as microtasks, so without a macrotask turn this loop holds the
+      // fork's event loop for the whole check (88 s for rc on a loaded CI machine); vitest's worker
+      // RPC then times out at 60 s and fails the run with "Timeout calling onTaskUpdate".
+      await new Promise((resolve) => setImmediate(resolve));
       const r = computeGradients(model, batch, opts);
       const { loss } = await r.readStats();
       r.dispose();
