@@ -314,6 +314,38 @@ describe('gradient averaging', () => {
     Array.from(grads.get('w')!).forEach((v, i) => expect(v).toBeCloseTo(mean(perTriplet)[i], 5));
   });
 
+  it('writes into the arrays it is given when they fit, overwriting what they held; allocates when not', () => {
+    const shards = [
+      {
+        triplets: 1,
+        grads: new Map([
+          ['w', Float32Array.of(4, 8)],
+          ['b', Float32Array.of(1)],
+        ]),
+      },
+      {
+        triplets: 3,
+        grads: new Map([
+          ['w', Float32Array.of(0, 4)],
+          ['b', Float32Array.of(5)],
+        ]),
+      },
+    ];
+    const reused = Float32Array.of(99, 99); // last step's values: none may leak into this one
+    const wrongSize = Float32Array.of(99, 99, 99);
+    const { grads } = weightedAverage(
+      shards,
+      new Map([
+        ['w', reused],
+        ['b', wrongSize],
+      ]),
+    );
+    expect(grads.get('w')).toBe(reused);
+    expect(Array.from(reused)).toEqual([1, 5]); // (4 + 0 x 3) / 4, (8 + 4 x 3) / 4
+    expect(grads.get('b')).not.toBe(wrongSize);
+    expect(Array.from(grads.get('b')!)).toEqual([4]);
+  });
+
   it('refuses empty or inconsistent input', () => {
     expect(() => weightedAverage([{ triplets: 0, grads: new Map() }])).toThrow(/no shard contributed/);
     expect(() =>

@@ -850,6 +850,42 @@ describe('hard-negative plan', () => {
     expect(meanWithinShardDistance(grouped, emb)).toBeLessThan(meanWithinShardDistance(plain, emb));
     expect(confusableAffinity(batchItems, new Map(), 4).size).toBe(0);
   });
+
+  it('numbers groups in batch order; of equally near neighbours, the earlier in the batch joins first', () => {
+    const at = (...xs: number[]) => new Map(xs.map((x, i) => [i, Float32Array.of(x)]));
+    // Item 0 at 0 has three neighbours at distance 1 (items 1, 2, 3) and item 4 far away; 5 items in
+    // 3 shards make groups of 2: item 0 takes item 1 (first of the tie), item 2 takes item 3, 4 is alone.
+    const tie = confusableAffinity([0, 0, 1, 2, 3, 4], at(0, 1, -1, 1, 50), 3);
+    expect([...tie].sort((a, b) => a[0] - b[0])).toEqual([
+      [0, 0],
+      [1, 0],
+      [2, 1],
+      [3, 1],
+      [4, 2],
+    ]);
+    // Items without an embedding get no group.
+    expect(confusableAffinity([0, 9, 1], at(0, 1), 1)).toEqual(
+      new Map([
+        [0, 0],
+        [1, 0],
+      ]),
+    );
+  });
+
+  it('mean within-shard distance: squared distances over distinct item pairs that have embeddings', () => {
+    const emb = new Map([0, 1, 3, 7].map((x, i) => [i, Float32Array.of(x)]));
+    // Pairs (0,1): 1 and (2,3): 16; the repeated item 1 and item 9 (no embedding) add none.
+    expect(
+      meanWithinShardDistance(
+        [
+          [0, 1, 1, 9],
+          [2, 3],
+        ],
+        emb,
+      ),
+    ).toBe(8.5);
+    expect(meanWithinShardDistance([[0], [1, 1]], emb)).toBe(0);
+  });
 });
 
 describe('worker data check', () => {

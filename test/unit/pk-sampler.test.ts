@@ -63,8 +63,13 @@ describe('PK sampler', () => {
     expect(() =>
       samplePkBatch({ seed: 1, epoch: 0, step: 0, itemsPerBatch: 2, imagesPerItem: 2, items: single }),
     ).toThrow(/1 items with at least 2 images/);
-    expect(() => samplePkBatch({ seed: 1, epoch: 0, step: 5, itemsPerBatch: 3, imagesPerItem: 2, items })).toThrow(
-      /outside the epoch's 3 steps/,
-    );
+    // 10 items of 3 per batch: steps 0..2; the first step past the end and one before the start.
+    for (const step of [3, 5, -1])
+      expect(() => samplePkBatch({ seed: 1, epoch: 0, step, itemsPerBatch: 3, imagesPerItem: 2, items })).toThrow(
+        `PK sampler: step ${step} outside the epoch's 3 steps`,
+      );
+    expect(
+      samplePkBatch({ seed: 1, epoch: 0, step: 2, itemsPerBatch: 3, imagesPerItem: 2, items }).itemIds,
+    ).toHaveLength(6);
   });
 });

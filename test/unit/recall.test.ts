@@ -5,6 +5,8 @@ describe('Recall@K (In-shop definition)', () => {
   it('uses the best of several gallery images of the query item', () => {
     // gallery items: [7, 8, 7, 9]; query item 7 -> its images at distances 5 and 2; others 1 and 3.
     expect(firstMatchRank([5, 1, 2, 3], 7, [7, 8, 7, 9])).toBe(2);
+    // The nearest match comes first in the gallery here: the farther one (5) must not replace it.
+    expect(firstMatchRank([2, 1, 5, 3], 7, [7, 8, 7, 9])).toBe(2);
   });
 
   it('counts ties against the query', () => {
@@ -37,6 +39,8 @@ describe('Recall@K (In-shop definition)', () => {
     expect(r.recall[1]).toBeCloseTo(1 / 3);
     expect(r.recall[2]).toBeCloseTo(2 / 3);
     expect(r.recall[50]).toBe(1);
+    // R = 1 for each: AP 1 for the query ranked first, 0 for the others; the mean over 3 queries.
+    expect(r.mapAtR).toBeCloseTo(1 / 3, 12);
   });
 
   it('gives the same result block by block', () => {
@@ -63,6 +67,13 @@ describe('mAP@R', () => {
     expect(averagePrecisionAtR([0.5], 7, [9])).toBe(0);
     expect(recallAtK([0.1, 0.2, 0.3, 0.4], [7], [7, 8, 7, 9], [1]).mapAtR).toBeCloseTo(0.5);
   });
+
+  it('ranks by distance, not by gallery order (hand-computed, R = 3)', async () => {
+    const { averagePrecisionAtR } = await import('../../src/shared/eval/recall.js');
+    // Matches (item 7) at 0.4, 0.05, 0.3; others at 0.35, 0.1, 0.9. By distance: 0.05 match (rank 1),
+    // 0.1, 0.3 match (rank 3), 0.35, 0.4 match (rank 5, past R): (1/1 + 2/3) / 3.
+    expect(averagePrecisionAtR([0.35, 0.4, 0.1, 0.05, 0.3, 0.9], 7, [9, 7, 8, 7, 7, 9])).toBeCloseTo(5 / 9, 12);
+  });
 });
 
 describe('ties within the stated tolerance', () => {
@@ -73,6 +84,11 @@ describe('ties within the stated tolerance', () => {
     expect(firstMatchRank([2, 2 + 2e-7, 3], 7, [7, 8, 9])).toBe(2);
     expect(firstMatchRank([2, 2 + 1e-3, 3], 7, [7, 8, 9])).toBe(1); // a real difference is not a tie
     expect(firstMatchRank([2, 2 + 2e-7, 3], 7, [7, 8, 9], 0)).toBe(1); // without tolerance: noise decides
+    // The tolerance is relative above magnitude 1: at 2, 1.5e-5 apart is within 1e-5 x 2, a tie.
+    expect(firstMatchRank([2, 2 + 1.5e-5, 3], 7, [7, 8, 9])).toBe(2);
+    expect(firstMatchRank([2, 2 + 2.5e-5, 3], 7, [7, 8, 9])).toBe(1);
+    expect(firstMatchRank([100, 100 + 5e-4, 3e3], 7, [7, 8, 9])).toBe(2);
+    expect(firstMatchRank([0, 1e-5], 7, [7, 8])).toBe(2); // exactly the tolerance apart: still a tie
   });
 
   it('give the same Recall@K and mAP@R for two summation orders of the same distances', async () => {

@@ -20,18 +20,23 @@ import {
 } from '../../src/shared/plan/ring.js';
 import { Rng } from '../../src/shared/rng.js';
 
-const layout = ringLayout(
-  [
-    { name: 'conv/kernel', size: 1000 },
-    { name: 'caps/W', size: 3333 },
-  ],
-  [
-    { name: 'bn/moving_mean', size: 16 },
-    { name: 'bn/moving_variance', size: 16 },
-  ],
-);
+// Layouts are built inside the tests, never while the file is collected: Stryker's per-test coverage
+// credits a mutant only to the tests that run its code, and code run at collection is credited to none,
+// so a wrong ringLayout() went unjudged by this file (the full `make mutation` run found it).
+const modelLayout = () =>
+  ringLayout(
+    [
+      { name: 'conv/kernel', size: 1000 },
+      { name: 'caps/W', size: 3333 },
+    ],
+    [
+      { name: 'bn/moving_mean', size: 16 },
+      { name: 'bn/moving_variance', size: 16 },
+    ],
+  );
 
 function member(seed: number, triplets: number, shards: number): MemberContribution {
+  const layout = modelLayout();
   const rng = new Rng(seed);
   const fill = (n: number, f = () => rng.normal()) => Float32Array.from({ length: n }, f);
   return {
@@ -86,6 +91,7 @@ describe('ring schedules', () => {
 describe('ring reduction', () => {
   it('gives the central weighted averages (float32 summation order aside), deterministically', () => {
     for (const n of [2, 3, 5, 8]) {
+      const layout = modelLayout();
       const members = Array.from({ length: n }, (_, i) => member(100 * n + i, 3 + 5 * i, 1 + (i % 2)));
       const vectors = members.map((m) => packContribution(layout, m));
       const reduced = reduceInMemory(vectors);
@@ -137,6 +143,7 @@ describe('ring reduction', () => {
   });
 
   it('refuses contributions that do not fit the model', () => {
+    const layout = modelLayout();
     const m = member(1, 3, 1);
     m.grads.set('caps/W', new Float32Array(5));
     expect(() => packContribution(layout, m)).toThrow(/gradient caps\/W has 5 values, the model 3333/);
@@ -164,7 +171,7 @@ describe('hop checks', () => {
 });
 
 describe('ring details', () => {
-  const small = ringLayout([{ name: 'g', size: 3 }], [{ name: 's', size: 2 }]);
+  const smallLayout = () => ringLayout([{ name: 'g', size: 3 }], [{ name: 's', size: 2 }]);
   const contribution = (): MemberContribution => ({
     grads: new Map([['g', Float32Array.of(1, -2, 0.5)]]),
     bnStats: new Map([['s', Float32Array.of(4, 8)]]),
@@ -176,7 +183,13 @@ describe('ring details', () => {
     meanNegativeDistance: 1.5,
   });
 
+  it('lays out the gradients, then the statistics, then the six scalars', () => {
+    expect(smallLayout().length).toBe(3 + 2 + 6);
+    expect(modelLayout().length).toBe(1000 + 3333 + 16 + 16 + 6);
+  });
+
   it('packs sums: gradients x triplets, statistics x shards, then the scalars as sums', () => {
+    const small = smallLayout();
     expect(Array.from(packContribution(small, contribution()))).toEqual([4, -8, 2, 8, 16, 4, 2, 3, 1, 2, 6]);
     const reused = new Float32Array(small.length);
     expect(packContribution(small, contribution(), reused)).toBe(reused);

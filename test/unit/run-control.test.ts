@@ -14,6 +14,17 @@ describe('run control', () => {
       throw new Error('disk full');
     });
     expect(replies.pop()).toEqual({ ok: false, command: 'checkpoint', reason: 'checkpoint failed: disk full' });
+    const reasons: string[] = [];
+    c.submit('checkpoint', ' \n', (r) => replies.push(r)); // blank is an empty payload
+    await c.atStepBoundary(7, async (reason) => (reasons.push(reason), '/ckpt/step-00000007'));
+    expect(replies.pop()).toEqual({
+      ok: true,
+      command: 'checkpoint',
+      done: 'checkpoint saved at step 7',
+      step: 7,
+      checkpoint: '/ckpt/step-00000007',
+    });
+    expect(reasons).toEqual(['requested']);
     c.submit('resume', '', (r) => replies.push(r));
     await c.atStepBoundary(8, async () => 'x');
     expect(replies.pop()).toMatchObject({ ok: true, done: 'was not paused' });
@@ -53,5 +64,18 @@ describe('run control', () => {
       'malformed command: payload must be {} or {"token": "..."}',
       'unauthorised: this run takes commands with its control token only',
     ]);
+    c.submit('pause', '{}', (r) => replies.push(r)); // no token at all
+    expect(replies.map((r) => r.ok)).toEqual([false, false, false, false, false]);
+    expect(replies.map((r) => r.command)).toEqual(['format-disk', 'pause', 'pause', 'pause', 'pause']);
+  });
+
+  it('carries out a command that brings the control token', async () => {
+    const c = new RunControl('t0k');
+    const replies: ControlReply[] = [];
+    c.submit('stop', '{"token": "t0k"}', (r) => replies.push(r));
+    expect(replies).toEqual([]); // queued, not refused
+    await c.atStepBoundary(2, async () => undefined);
+    expect(replies).toMatchObject([{ ok: true, command: 'stop' }]);
+    expect(c.stopRequested).toBe(true);
   });
 });
