@@ -22,7 +22,7 @@ import { Rng } from '../../src/shared/rng.js';
 
 // Layouts are built inside the tests, never while the file is collected: Stryker's per-test coverage
 // credits a mutant only to the tests that run its code, and code run at collection is credited to none,
-// so a wrong ringLayout() went unjudged by this file (the full `make mutation` run found it).
+// so a wrong ringLayout() would go unjudged by this file.
 const modelLayout = () =>
   ringLayout(
     [
@@ -90,8 +90,8 @@ describe('ring schedules', () => {
 
 describe('ring reduction', () => {
   it('gives the central weighted averages (float32 summation order aside), deterministically', () => {
+    const layout = modelLayout();
     for (const n of [2, 3, 5, 8]) {
-      const layout = modelLayout();
       const members = Array.from({ length: n }, (_, i) => member(100 * n + i, 3 + 5 * i, 1 + (i % 2)));
       const vectors = members.map((m) => packContribution(layout, m));
       const reduced = reduceInMemory(vectors);
